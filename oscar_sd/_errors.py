@@ -1,0 +1,62 @@
+"""The errors the library raises.
+
+Every message is a sentence a person can act on, and none of them ever holds a
+password, a token or a storage key.
+"""
+
+from __future__ import annotations
+
+
+class OscarSDError(Exception):
+    """Base class of every error raised by oscar_sd."""
+
+
+class InvalidRequestError(OscarSDError, ValueError):
+    """A generation request has a field out of range; the message names it."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        self.field = field
+        self.problem = problem
+        super().__init__(f"{field}: {problem}")
+
+
+class AuthenticationError(OscarSDError):
+    """The cluster refused the credentials (HTTP 401) or the session expired."""
+
+
+class ClusterUnreachableError(OscarSDError):
+    """The OSCAR endpoint or its MinIO could not be reached."""
+
+
+class ServiceNotFoundError(OscarSDError):
+    """The named OSCAR service does not exist on the cluster."""
+
+    def __init__(self, service: str, available: list[str]) -> None:
+        self.service = service
+        self.available = available
+        existing = ", ".join(sorted(available)) if available else "none"
+        super().__init__(
+            f"The cluster has no service named {service!r} (services there: {existing}). "
+            "Deploy it with `oscar-sd deploy` or pick one of those."
+        )
+
+
+class ServiceMisconfiguredError(OscarSDError):
+    """The service exists but lacks the MinIO input or output path the app needs."""
+
+
+class JobFailedError(OscarSDError):
+    """The service ran and reported a failure for this job."""
+
+    def __init__(self, message: str, job_id: str, error_type: str | None = None) -> None:
+        self.job_id = job_id
+        self.error_type = error_type
+        super().__init__(message)
+
+
+class GenerationTimeout(OscarSDError, TimeoutError):
+    """No result arrived before the request's deadline."""
+
+
+class InvalidResultError(OscarSDError):
+    """The result object is not a safe archive of images."""

@@ -1,0 +1,179 @@
+"""What goes in (a request), what comes out (a result), and what happens between (progress)."""
+
+from __future__ import annotations
+
+import enum
+import secrets
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+
+from ._errors import InvalidRequestError
+
+MAX_SEED = 2**32 - 1
+
+
+class GenerationRequest(BaseModel):
+    """One text-to-image request: the JSON input object of the app-service contract.
+
+    ``seed``, ``steps`` and ``guidance_scale`` may be left as ``None``: a random
+    seed is drawn before the request is sent (and reported in the result), and
+    the service picks the steps and guidance its model is made for.
+
+    >>> GenerationRequest(prompt="a lighthouse at dusk", num_images=2).num_images
+    2
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    prompt: str
+    negative_prompt: str = ""
+    seed: int | None = None
+    steps: int | None = None
+    guidance_scale: float | None = None
+    width: int = 512
+    height: int = 512
+    num_images: int = 6
+
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            raise _friendly(exc) from None
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt(cls, value: str) -> str:
+        value = value.strip()
+        if not value:
+            raise ValueError("is empty: type what the images should show")
+        if len(value) > 2000:
+            raise ValueError(f"is {len(value)} characters long; the limit is 2,000")
+        return value
+
+    @field_validator("negative_prompt")
+    @classmethod
+    def _negative_prompt(cls, value: str) -> str:
+        value = value.strip()
+        if len(value) > 2000:
+            raise ValueError(f"is {len(value)} characters long; the limit is 2,000")
+        return value
+
+    @field_validator("seed")
+    @classmethod
+    def _seed(cls, value: int | None) -> int | None:
+        if value is not None and not 0 <= value <= MAX_SEED:
+            raise ValueError(f"must be between 0 and {MAX_SEED}, or empty for a random one")
+        return value
+
+    @field_validator("steps")
+    @classmethod
+    def _steps(cls, value: int | None) -> int | None:
+        if value is not None and not 1 <= value <= 150:
+            raise ValueError("must be between 1 and 150")
+        return value
+
+    @field_validator("guidance_scale")
+    @classmethod
+    def _guidance(cls, value: float | None) -> float | None:
+        if value is not None and not 0.0 <= value <= 30.0:
+            raise ValueError("must be between 0 and 30")
+        return value
+
+    @field_validator("width", "height")
+    @classmethod
+    def _size(cls, value: int) -> int:
+        if not 64 <= value <= 2048 or value % 8:
+            raise ValueError("must be a multiple of 8 between 64 and 2048")
+        return value
+
+    @field_validator("num_images")
+    @classmethod
+    def _num_images(cls, value: int) -> int:
+        if not 1 <= value <= 8:
+            raise ValueError("must be between 1 and 8")
+        return value
+
+    def with_seed(self) -> GenerationRequest:
+        """This request with a concrete seed, drawn at random when none was given."""
+        if self.seed is not None:
+            return self
+        return self.model_copy(update={"seed": secrets.randbelow(MAX_SEED + 1)})
+
+    def to_payload(self) -> dict[str, Any]:
+        """The JSON body of the input object (DESIGN.md, the app-service contract)."""
+        return self.model_dump()
+
+
+def _friendly(exc: ValidationError) -> InvalidRequestError:
+    """Turn pydantic's report into one sentence naming the first bad field."""
+    error = exc.errors()[0]
+    name = ".".join(str(part) for part in error["loc"]) or "request"
+    message = error["msg"].removeprefix("Value error, ")
+    if error["type"] == "extra_forbidden":
+        message = "is not a field of a generation request"
+    elif error["type"] == "missing":
+        message = "is required"
+    return InvalidRequestError(name, message)
+
+
+class Stage(str, enum.Enum):
+    """Where a request is. The OSCAR backend and the local backend report the same stages."""
+
+    QUEUED = "queued"
+    UPLOADED = "uploaded"
+    WAITING = "waiting"
+    GENERATING = "generating"
+    DOWNLOADING = "downloading"
+    DONE = "done"
+
+
+@dataclass(frozen=True)
+class Progress:
+    """A progress report handed to ``on_progress``."""
+
+    stage: Stage
+    message: str
+    elapsed: float = 0.0
+    step: int | None = None
+    total_steps: int | None = None
+    queue_position: int | None = None
+
+
+ProgressCallback = Callable[[Progress], None]
+
+
+@dataclass(frozen=True)
+class Timings:
+    """Seconds spent in each phase of one request."""
+
+    upload: float = 0.0
+    wait: float = 0.0
+    download: float = 0.0
+
+    @property
+    def total(self) -> float:
+        return self.upload + self.wait + self.download
+
+
+@dataclass
+class GenerationResult:
+    """The images of one request, in a directory of their own.
+
+    ``request`` carries the seed actually used, so any result can be reproduced.
+    The files stay until :meth:`cleanup` is called (or the directory is removed).
+    """
+
+    images: list[Path]
+    request: GenerationRequest
+    job_id: str
+    directory: Path
+    timings: Timings = field(default_factory=Timings)
+    model: str | None = None
+
+    def cleanup(self) -> None:
+        """Delete the result's directory and its images."""
+        shutil.rmtree(self.directory, ignore_errors=True)
