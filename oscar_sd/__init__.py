@@ -21,6 +21,7 @@ from ._errors import (
     ServiceMisconfiguredError,
     ServiceNotFoundError,
 )
+from ._settings import Settings
 from ._models import GenerationRequest, GenerationResult, Progress, ProgressCallback, Stage, Timings
 
 __all__ = [
@@ -38,6 +39,7 @@ __all__ = [
     "ProgressCallback",
     "ServiceMisconfiguredError",
     "ServiceNotFoundError",
+    "Settings",
     "Stage",
     "Timings",
 ]
