@@ -1,0 +1,328 @@
+"""S3 on loopback: moto's S3 server behind a front that adds what MinIO adds.
+
+The front (a WSGI middleware) checks the access key, answers 503 while "MinIO"
+restarts, serves MinIO's listen extension, and turns every completed object
+write into an event for the listen streams and the job runner.  Everything
+else is moto's S3 implementation, so the wire protocol is the real one.
+
+Each front owns a private moto backend: two doubles in one process (or a test
+using ``moto.mock_aws``) never see each other's buckets.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+from urllib.parse import parse_qs, unquote
+from xml.etree import ElementTree
+from xml.sax.saxutils import escape as xml_escape
+
+from moto.moto_server.werkzeug_app import create_backend_app
+from moto.s3 import responses as s3_responses
+from moto.s3.exceptions import BucketAlreadyExists, MissingBucket
+from moto.s3.models import FakeBucket, S3Backend, s3_backends
+
+from .events import (
+    OBJECT_CREATED_COPY,
+    OBJECT_CREATED_MULTIPART,
+    OBJECT_CREATED_PUT,
+    OBJECT_REMOVED_DELETE,
+    ObjectEvent,
+)
+from .listen import ListenHub, ListenStream
+
+BACKEND_ENVIRON_KEY = "tests.double.s3_backend"
+_CREDENTIAL = re.compile(r"Credential=([^/,\s]+)/")
+_account_ids = iter(range(100_000_000_000, 999_999_999_999))
+_account_lock = threading.Lock()
+
+WriteListener = Callable[[list[ObjectEvent]], None]
+
+
+# -- a moto backend of our own ----------------------------------------------------
+
+
+class PrivateS3Backend(S3Backend):
+    """A moto S3 backend whose bucket namespace is its own (moto's is process-wide)."""
+
+    def __init__(self) -> None:
+        with _account_lock:
+            account_id = str(next(_account_ids))
+        super().__init__("us-east-1", account_id)
+
+    def create_bucket(  # type: ignore[override]
+        self, bucket_name: str, region_name: str, bucket_namespace: str | None = None
+    ) -> FakeBucket:
+        if bucket_name in self.buckets:
+            raise BucketAlreadyExists(bucket=bucket_name)
+        bucket = FakeBucket(name=bucket_name, account_id=self.account_id, region_name=region_name)
+        # FakeBucket registers itself in moto's global namespace: take it back out.
+        if s3_backends.bucket_accounts.get(bucket_name, (None, None))[1] == self.account_id:
+            s3_backends.bucket_accounts.pop(bucket_name, None)
+        self.buckets[bucket_name] = bucket
+        return bucket
+
+    def get_bucket(self, bucket_name: str) -> FakeBucket:
+        try:
+            return self.buckets[bucket_name]
+        except KeyError:
+            raise MissingBucket(bucket=bucket_name) from None
+
+
+def _route_moto_to_private_backends() -> None:
+    """Make moto's S3Response use the backend our front put in the WSGI environ."""
+    response_cls = s3_responses.S3Response
+    if getattr(response_cls, "_double_patched", False):
+        return
+    original = response_cls.backend
+
+    def backend(self: Any) -> S3Backend:
+        request = getattr(self, "request", None)
+        private = getattr(request, "environ", {}).get(BACKEND_ENVIRON_KEY)
+        return private if private is not None else original.fget(self)
+
+    response_cls.backend = property(backend)  # type: ignore[assignment]
+    response_cls._double_patched = True  # type: ignore[attr-defined]
+
+
+_route_moto_to_private_backends()
+_moto_app_lock = threading.Lock()
+_moto_app: Any = None
+
+
+def _shared_moto_app() -> Any:
+    """moto's S3 Flask app is stateless once routed per request: build it once (slow)."""
+    global _moto_app
+    with _moto_app_lock:
+        if _moto_app is None:
+            _moto_app = create_backend_app("s3")
+        return _moto_app
+
+
+# -- the front --------------------------------------------------------------------
+
+
+def error_xml(
+    code: str, message: str, resource: str = "", bucket: str = "", key: str = ""
+) -> bytes:
+    return (
+        '<?xml version="1.0" encoding="UTF-8"?>\n<Error>'
+        f"<Code>{code}</Code><Message>{xml_escape(message)}</Message>"
+        f"<Key>{xml_escape(key)}</Key><BucketName>{xml_escape(bucket)}</BucketName>"
+        f"<Resource>{xml_escape(resource)}</Resource>"
+        f"<RequestId>{uuid.uuid4().hex[:16].upper()}</RequestId><HostId>double</HostId></Error>"
+    ).encode()
+
+
+class S3Front:
+    """The WSGI app of the double's "MinIO"."""
+
+    def __init__(self, access_key: str, secret_key: str) -> None:
+        self.access_key = access_key
+        self.secret_key = secret_key
+        self.backend = PrivateS3Backend()
+        self.hub = ListenHub(endpoint="")
+        self.on_object_created: Callable[[str, str, float], None] | None = None
+        self._write_listeners: list[WriteListener] = []
+        self._down_until = 0.0
+        self._moto = _shared_moto_app()
+
+    # -- switches ---------------------------------------------------------------
+
+    def add_write_listener(self, listener: WriteListener) -> None:
+        """Called with the events of every completed write (the job runner uses it)."""
+        self._write_listeners.append(listener)
+
+    def restart(self, downtime: float = 0.0) -> None:
+        """Drop every stream; refuse S3 requests for ``downtime`` seconds."""
+        self._down_until = time.monotonic() + downtime
+        self.hub.drop_all(abort=True)
+
+    @property
+    def down(self) -> bool:
+        return time.monotonic() < self._down_until
+
+    # -- direct access for the double itself (same event path as a client PUT) --
+
+    def make_bucket(self, bucket: str) -> None:
+        if bucket not in self.backend.buckets:
+            self.backend.create_bucket(bucket, "us-east-1")
+
+    def put_object(self, bucket: str, key: str, data: bytes) -> ObjectEvent:
+        """Write an object without firing its event (see :meth:`written`)."""
+        fake = self.backend.put_object(bucket, key, data)
+        content_type, user_meta = _describe(fake)
+        return ObjectEvent(OBJECT_CREATED_PUT, bucket, key, size=fake.size, etag=fake.etag,
+                           content_type=content_type, user_metadata=user_meta,
+                           principal=self.access_key)
+
+    def get_object(self, bucket: str, key: str) -> bytes:
+        fake = self.backend.get_object(bucket, key)
+        if fake is None:
+            raise KeyError(f"{bucket}/{key}")
+        return fake.value
+
+    def list_keys(self, bucket: str, prefix: str = "") -> list[str]:
+        keys = self.backend.get_bucket(bucket).keys
+        return sorted(k for k in list(keys.keys()) if k.startswith(prefix))
+
+    def written(self, events: list[ObjectEvent]) -> None:
+        """Objects are stored: run the hook, send the events, tell the job runner."""
+        hook = self.on_object_created
+        if hook is not None:
+            now = time.perf_counter()
+            for event in events:
+                if event.created:
+                    hook(event.bucket, event.key, now)
+        if not self.down:  # a restarting MinIO notifies nobody
+            self.hub.publish(events)
+        for listener in list(self._write_listeners):
+            listener(events)
+
+    # -- WSGI -----------------------------------------------------------------------
+
+    def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
+        method = environ["REQUEST_METHOD"]
+        path = environ.get("PATH_INFO", "/").encode("latin-1").decode("utf-8", "replace")
+        bucket, _, key = path.lstrip("/").partition("/")
+        query = parse_qs(environ.get("QUERY_STRING", ""), keep_blank_values=True)
+        if self.down:
+            return self._error(start_response, environ, 503, "XMinioServerNotInitialized",
+                               "Server not initialized, please try again.", path, bucket, key)
+        denied = self._check_access_key(environ, query)
+        if denied is not None:
+            code, message = denied
+            return self._error(start_response, environ, 403, code, message, path, bucket, key)
+        environ[BACKEND_ENVIRON_KEY] = self.backend
+        if method == "GET" and bucket and not key and "events" in query:
+            return self._listen(environ, start_response, bucket, query)
+        return self._storage(environ, start_response, method, bucket, key, query)
+
+    def _check_access_key(self, environ: dict, query: dict) -> tuple[str, str] | None:
+        auth = environ.get("HTTP_AUTHORIZATION", "")
+        match = _CREDENTIAL.search(auth)
+        if match is None and "X-Amz-Credential" in query:  # a presigned URL
+            match = re.match(r"([^/]+)/", unquote(query["X-Amz-Credential"][0]))
+        if match is None:
+            return "AccessDenied", "Access Denied."
+        if match.group(1) != self.access_key:
+            return ("InvalidAccessKeyId",
+                    "The Access Key Id you provided does not exist in our records.")
+        return None
+
+    def _error(self, start_response: Callable, environ: dict, status: int, code: str,
+               message: str, resource: str, bucket: str, key: str) -> list[bytes]:
+        reason = {403: "Forbidden", 404: "Not Found", 503: "Service Unavailable"}[status]
+        body = b"" if environ["REQUEST_METHOD"] == "HEAD" else error_xml(
+            code, message, resource, bucket, key)
+        start_response(f"{status} {reason}", [
+            ("Content-Type", "application/xml"), ("Content-Length", str(len(body))),
+            ("Server", "MinIO"), ("x-amz-request-id", uuid.uuid4().hex[:16].upper())])
+        return [body]
+
+    # -- listen -------------------------------------------------------------------
+
+    def _listen(self, environ: dict, start_response: Callable, bucket: str,
+                query: dict) -> Iterable[bytes]:
+        if bucket not in self.backend.buckets:
+            return self._error(start_response, environ, 404, "NoSuchBucket",
+                               "The specified bucket does not exist", f"/{bucket}", bucket, "")
+        ping = query.get("ping", [""])[0]
+        stream = ListenStream(
+            bucket=bucket,
+            prefix=query.get("prefix", [""])[0],
+            suffix=query.get("suffix", [""])[0],
+            events=[e for e in query.get("events", []) if e],
+            keepalive_interval=self.hub.keepalive_interval,
+            keepalive_payload=self.hub.keepalive_payload,
+            ping=float(ping) if ping else None,
+            sock=environ.get("werkzeug.socket"),
+        )
+        # Registered before start_response: once the client holds the 200, no event is missed.
+        self.hub.open(stream)
+        start_response("200 OK", [
+            ("Content-Type", "application/json"), ("Server", "MinIO"),
+            ("x-amz-request-id", uuid.uuid4().hex[:16].upper())])
+        return self._stream_body(stream)
+
+    def _stream_body(self, stream: ListenStream) -> Iterator[bytes]:
+        try:
+            yield from stream.body()
+        finally:
+            self.hub.closed(stream)
+
+    # -- storage ------------------------------------------------------------------
+
+    def _storage(self, environ: dict, start_response: Callable, method: str, bucket: str,
+                 key: str, query: dict) -> Iterable[bytes]:
+        deleted_keys: list[str] = []
+        if method == "POST" and bucket and not key and "delete" in query:
+            body = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
+            environ["wsgi.input"] = io.BytesIO(body)
+            deleted_keys = _keys_in_delete_request(body)
+        captured: dict[str, Any] = {}
+
+        def capture(status: str, headers: list, exc_info: Any = None) -> None:
+            captured["status"], captured["headers"] = status, headers
+
+        result = self._moto(environ, capture)
+        try:
+            body = b"".join(result)
+        finally:
+            close = getattr(result, "close", None)
+            if close is not None:
+                close()
+        status = captured["status"]
+        if status.startswith("2"):
+            events = self._events_for(environ, method, bucket, key, query, deleted_keys, body)
+            if events:
+                self.written(events)
+        start_response(status, captured["headers"])
+        return [body]
+
+    def _events_for(self, environ: dict, method: str, bucket: str, key: str, query: dict,
+                    deleted_keys: list[str], body: bytes) -> list[ObjectEvent]:
+        agent = environ.get("HTTP_USER_AGENT", "")
+        host = environ.get("REMOTE_ADDR", "127.0.0.1")
+        if method == "PUT" and key and "partNumber" not in query and len(query) == 0:
+            name = OBJECT_CREATED_COPY if environ.get("HTTP_X_AMZ_COPY_SOURCE") else (
+                OBJECT_CREATED_PUT)
+        elif method == "POST" and key and "uploadId" in query and b"<Error>" not in body:
+            name = OBJECT_CREATED_MULTIPART
+        elif method == "DELETE" and key and not query:
+            return [ObjectEvent(OBJECT_REMOVED_DELETE, bucket, key, principal=self.access_key,
+                                source_host=host, user_agent=agent)]
+        elif deleted_keys:
+            return [ObjectEvent(OBJECT_REMOVED_DELETE, bucket, k, principal=self.access_key,
+                                source_host=host, user_agent=agent) for k in deleted_keys]
+        else:
+            return []
+        fake = self.backend.get_object(bucket, key)
+        if fake is None:
+            return []
+        content_type, user_meta = _describe(fake)
+        return [ObjectEvent(name, bucket, key, size=fake.size, etag=fake.etag,
+                            content_type=content_type, user_metadata=user_meta,
+                            principal=self.access_key, source_host=host, user_agent=agent)]
+
+
+def _describe(fake: Any) -> tuple[str, dict[str, str]]:
+    """Content type and user metadata of a moto key, spelled as MinIO spells them."""
+    metadata = dict(fake.metadata.items())
+    content_type = next((v for k, v in metadata.items() if k.lower() == "content-type"),
+                        "binary/octet-stream")
+    user_meta = {k.title(): v for k, v in metadata.items() if k.lower().startswith("x-amz-meta-")}
+    return content_type, user_meta
+
+
+def _keys_in_delete_request(body: bytes) -> list[str]:
+    try:
+        root = ElementTree.fromstring(body)
+    except ElementTree.ParseError:
+        return []
+    return [el.text or "" for el in root.iter() if el.tag.rsplit("}", 1)[-1] == "Key"]
