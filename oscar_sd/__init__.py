@@ -21,12 +21,15 @@ from ._errors import (
     ServiceMisconfiguredError,
     ServiceNotFoundError,
 )
-from ._settings import Settings
+from ._hub import Backoff
 from ._models import GenerationRequest, GenerationResult, Progress, ProgressCallback, Stage, Timings
+from ._oscar import OscarSD
+from ._settings import Settings
 
 __all__ = [
     "AuthenticationError",
     "Backend",
+    "Backoff",
     "ClusterUnreachableError",
     "GenerationRequest",
     "GenerationResult",
@@ -34,6 +37,7 @@ __all__ = [
     "InvalidRequestError",
     "InvalidResultError",
     "JobFailedError",
+    "OscarSD",
     "OscarSDError",
     "Progress",
     "ProgressCallback",

@@ -1,0 +1,502 @@
+"""The OSCAR backend: one client for one Stable Diffusion service on one cluster.
+
+>>> async with OscarSD.connect(
+...     "https://oscar.example.org", user="alice", password="...",
+... ) as sd:
+...     result = await sd.generate(GenerationRequest(prompt="a lighthouse at dusk"))
+
+A request is a JSON object uploaded to the service's input folder; OSCAR runs
+a job for it; the job writes ``<job>.zip`` (or ``<job>.error.json``) to the
+output folder; the shared notification hub hears about it and wakes this
+request up. Object keys are the only correlation handle, so each request uses
+a fresh unguessable job id.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Generator
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+import anyio
+import anyio.to_thread
+import requests
+from oscar_python.client import Client
+
+from ._errors import (
+    AuthenticationError,
+    ClusterUnreachableError,
+    GenerationTimeout,
+    JobFailedError,
+    OscarSDError,
+    ServiceMisconfiguredError,
+    ServiceNotFoundError,
+)
+from ._hub import Backoff, NotificationHub, StreamAddress, get_hub
+from ._models import (
+    GenerationRequest,
+    GenerationResult,
+    Progress,
+    ProgressCallback,
+    Stage,
+    Timings,
+)
+from ._storage import MinioStorage, StoragePath, storage_error
+from ._unpack import check_image, unpack_images
+
+logger = logging.getLogger("oscar_sd.oscar")
+
+T = TypeVar("T")
+
+#: What a job may write for ``<job>``: our zip, our error report, or the bare
+#: PNG of the upstream example service (``<input name>.png``).
+RESULT_SUFFIXES = (".zip", ".error.json", ".png", ".txt.png", ".json.png")
+
+
+class OscarSD:
+    """A connected client for one OSCAR service. Create it with :meth:`connect`."""
+
+    def __init__(
+        self,
+        *,
+        cluster: Client,
+        storage: MinioStorage,
+        hub: NotificationHub,
+        service: str,
+        input_path: StoragePath,
+        output_path: StoragePath,
+        endpoint: str,
+        user: str | None,
+        timeout: float,
+        input_format: Literal["json", "text"],
+        results_dir: Path,
+        keep_objects: bool,
+    ) -> None:
+        self.service = service
+        self.user = user
+        self.endpoint = endpoint
+        self.input_path = input_path
+        self.output_path = output_path
+        self.timeout = timeout
+        self.input_format = input_format
+        self.results_dir = results_dir
+        self.keep_objects = keep_objects
+        self.description = f"OSCAR service {service!r} at {endpoint}"
+        self._cluster = cluster
+        self._storage = storage
+        self._hub = hub
+        self._closed = False
+
+    @classmethod
+    def connect(
+        cls,
+        endpoint: str,
+        *,
+        user: str | None = None,
+        password: str | None = None,
+        token: str | None = None,
+        service: str = "stable-diffusion",
+        verify_ssl: bool = True,
+        timeout: float = 900.0,
+        connect_timeout: float = 15.0,
+        input_format: Literal["json", "text"] = "json",
+        results_dir: str | Path | None = None,
+        keep_objects: bool = False,
+        stall_timeout: float = 60.0,
+        backoff: Backoff | None = None,
+    ) -> _Connecting:
+        """Log in to the cluster, find ``service`` and its storage.
+
+        Use it as ``async with OscarSD.connect(...) as sd`` or
+        ``sd = await OscarSD.connect(...)`` (then ``await sd.aclose()``).
+
+        Credentials are HTTP basic (``user`` + ``password``) or an OIDC bearer
+        ``token``. ``timeout`` bounds each :meth:`generate` call;
+        ``connect_timeout`` bounds each call to the cluster's API, so an
+        unreachable endpoint fails fast. ``input_format="text"`` uploads a bare
+        ``<job>.txt`` prompt, for services that read only text. Input and
+        result objects are deleted once used unless ``keep_objects``.
+
+        Raises :class:`AuthenticationError`, :class:`ServiceNotFoundError`,
+        :class:`ServiceMisconfiguredError` or :class:`ClusterUnreachableError`.
+        """
+        if input_format not in ("json", "text"):
+            raise ValueError("input_format must be 'json' or 'text'")
+        return _Connecting(
+            cls._open(
+                endpoint,
+                user=user,
+                password=password,
+                token=token,
+                service=service,
+                verify_ssl=verify_ssl,
+                request_timeout=timeout,
+                connect_timeout=connect_timeout,
+                input_format=input_format,
+                results_dir=Path(results_dir) if results_dir else None,
+                keep_objects=keep_objects,
+                stall_timeout=stall_timeout,
+                backoff=backoff,
+            )
+        )
+
+    @classmethod
+    async def _open(
+        cls,
+        endpoint: str,
+        *,
+        user: str | None,
+        password: str | None,
+        token: str | None,
+        service: str,
+        verify_ssl: bool,
+        request_timeout: float,
+        connect_timeout: float,
+        input_format: Literal["json", "text"],
+        results_dir: Path | None,
+        keep_objects: bool,
+        stall_timeout: float,
+        backoff: Backoff | None,
+    ) -> OscarSD:
+        endpoint = _public_endpoint(endpoint)
+        options: dict[str, Any] = {
+            "cluster_id": "oscar-sd",
+            "endpoint": endpoint,
+            "ssl": verify_ssl,
+        }
+        if token:
+            options["oidc_token"] = token
+        elif user and password:
+            options.update(user=user, password=password)
+        else:
+            raise AuthenticationError(
+                "Give a user name and password, or a token, to log in to the cluster."
+            )
+        cluster = Client(options)
+
+        async def call(what: str, function: Callable[[], T]) -> T:
+            return await _call_cluster(endpoint, what, function, connect_timeout)
+
+        config = (await call("read the cluster configuration", cluster.get_cluster_config)).json()
+        definition = await _find_service(cluster, service, call)
+        input_path, output_path = _service_paths(definition)
+
+        provider = config.get("minio_provider") or {}
+        if not provider.get("endpoint") or not provider.get("access_key"):
+            raise ServiceMisconfiguredError(
+                "The cluster did not report its MinIO storage (/system/config has no "
+                "minio_provider). Ask the cluster administrator to check the OSCAR setup."
+            )
+        storage = MinioStorage(
+            provider["endpoint"],
+            provider["access_key"],
+            provider.get("secret_key", ""),
+            region=provider.get("region") or None,
+            verify=bool(provider.get("verify", True)) and verify_ssl,
+            stall_timeout=stall_timeout,
+        )
+        try:
+            with anyio.fail_after(connect_timeout):
+                exists = await anyio.to_thread.run_sync(
+                    storage.check_bucket, output_path.bucket, abandon_on_cancel=True
+                )
+        except TimeoutError:
+            raise ClusterUnreachableError(
+                f"The cluster's storage (MinIO) at {storage.endpoint} did not answer within "
+                f"{connect_timeout:g} s. Check that the cluster is up."
+            ) from None
+        except OscarSDError:
+            raise
+        except Exception as exc:
+            raise storage_error(exc, storage.endpoint) from None
+        if not exists:
+            raise ServiceMisconfiguredError(
+                f"The output bucket {output_path.bucket!r} of service {service!r} does not "
+                "exist. Redeploy the service (`oscar-sd deploy`)."
+            )
+
+        address = StreamAddress(storage.endpoint, output_path.bucket, output_path.prefix)
+        options_for_hub: dict[str, Any] = {"stall_timeout": stall_timeout}
+        if backoff is not None:
+            options_for_hub["backoff"] = backoff
+        hub = get_hub(address, storage, **options_for_hub)
+        results = results_dir or Path(tempfile.gettempdir()) / "oscar-sd-results"
+        results.mkdir(parents=True, exist_ok=True)
+        return cls(
+            cluster=cluster,
+            storage=storage,
+            hub=hub,
+            service=service,
+            input_path=input_path,
+            output_path=output_path,
+            endpoint=endpoint,
+            user=user,
+            timeout=request_timeout,
+            input_format=input_format,
+            results_dir=results,
+            keep_objects=keep_objects,
+        )
+
+    async def __aenter__(self) -> OscarSD:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Forget the credentials. The shared notification stream stops by itself when idle."""
+        self._closed = True
+
+    async def generate(
+        self,
+        request: GenerationRequest | str,
+        on_progress: ProgressCallback | None = None,
+    ) -> GenerationResult:
+        """Run ``request`` on the service and return its images.
+
+        Raises :class:`JobFailedError` when the service reports a failure,
+        :class:`GenerationTimeout` past ``timeout``, :class:`InvalidResultError`
+        for a corrupt or hostile result and :class:`ClusterUnreachableError`
+        when storage cannot be reached. Cancelling the calling task cleans up:
+        the waiter goes, partial files go, and the input object is deleted if
+        no result came.
+        """
+        if self._closed:
+            raise AuthenticationError("This session has ended. Log in again.")
+        if isinstance(request, str):
+            request = GenerationRequest(prompt=request)
+        request = request.with_seed()
+        job_id = uuid.uuid4().hex
+        started = time.monotonic()
+        deadline = started + self.timeout
+
+        def report(stage: Stage, message: str) -> None:
+            if on_progress is not None:
+                on_progress(Progress(stage, message, elapsed=time.monotonic() - started))
+
+        input_key, body, content_type = self._input_object(job_id, request)
+        result_keys = {self.output_path.key(job_id + suffix) for suffix in RESULT_SUFFIXES}
+        waiter = await self._expect(result_keys, deadline)
+        landed: str | None = None
+        directory: Path | None = None
+        try:
+            upload_started = time.monotonic()
+            await self._storage_call(
+                self._storage.put, self.input_path.bucket, input_key, body, content_type
+            )
+            uploaded = time.monotonic()
+            report(Stage.UPLOADED, "Prompt uploaded to the cluster")
+            report(Stage.WAITING, "Waiting for the cluster to generate the images")
+
+            with anyio.move_on_after(max(0.0, deadline - time.monotonic())):
+                landed = await waiter.wait()
+            if landed is None:
+                # The deadline is also the last chance for a lost notification.
+                landed = await self._hub.look_now(waiter)
+            if landed is None:
+                raise GenerationTimeout(
+                    f"No result from service {self.service!r} after {self.timeout:g} s. "
+                    "The cluster may be busy or the job may have failed: try again, or check "
+                    "the service's jobs with `oscar-sd status`."
+                )
+            waited = time.monotonic()
+
+            report(Stage.DOWNLOADING, "Downloading the images")
+            data = await self._storage_call(self._storage.get, self.output_path.bucket, landed)
+            if landed.endswith(".error.json"):
+                raise _job_failure(data, job_id)
+            directory = self.results_dir / job_id
+            directory.mkdir(mode=0o700)
+            images = await anyio.to_thread.run_sync(_unpack, landed, data, directory)
+            finished = time.monotonic()
+            report(Stage.DONE, f"{len(images)} images ready")
+            return GenerationResult(
+                images=images,
+                request=request,
+                job_id=job_id,
+                directory=directory,
+                timings=Timings(
+                    upload=uploaded - upload_started,
+                    wait=waited - uploaded,
+                    download=finished - waited,
+                ),
+            )
+        except BaseException:
+            if directory is not None:
+                await anyio.to_thread.run_sync(_remove_tree, directory)
+            raise
+        finally:
+            self._hub.discard(waiter)
+            with anyio.CancelScope(shield=True):
+                await self._tidy(input_key, landed)
+
+    def _input_object(self, job_id: str, request: GenerationRequest) -> tuple[str, bytes, str]:
+        if self.input_format == "text":
+            return self.input_path.key(f"{job_id}.txt"), request.prompt.encode(), "text/plain"
+        body = json.dumps(request.to_payload()).encode()
+        return self.input_path.key(f"{job_id}.json"), body, "application/json"
+
+    async def _expect(self, keys: set[str], deadline: float) -> Any:
+        """Register for the result and wait until the stream listens: only then upload."""
+        with anyio.move_on_after(max(0.0, deadline - time.monotonic())):
+            return await self._hub.expect(keys, self._storage)
+        raise ClusterUnreachableError(
+            f"Could not open the notification stream of the cluster's storage at "
+            f"{self._storage.endpoint} before the deadline. Check that the cluster is up."
+        )
+
+    async def _storage_call(self, function: Callable[..., T], *args: Any) -> T:
+        try:
+            return await anyio.to_thread.run_sync(function, *args)
+        except OscarSDError:
+            raise
+        except Exception as exc:
+            raise storage_error(exc, self._storage.endpoint) from None
+
+    async def _tidy(self, input_key: str, landed: str | None) -> None:
+        """Delete the input when no result came (so no job starts late for
+        nobody), and both objects once used unless asked to keep them."""
+        doomed = []
+        if landed is None or not self.keep_objects:
+            doomed.append((self.input_path.bucket, input_key))
+        if landed is not None and not self.keep_objects:
+            doomed.append((self.output_path.bucket, landed))
+        for bucket, key in doomed:
+            try:
+                await anyio.to_thread.run_sync(self._storage.remove, bucket, key)
+            except Exception as exc:  # tidying is best effort; the result stands
+                logger.warning("could not delete %s/%s (%s)", bucket, key, type(exc).__name__)
+
+    async def list_jobs(self) -> dict[str, dict[str, Any]]:
+        """The service's jobs and their states, as OSCAR reports them."""
+        response = await _call_cluster(
+            self.endpoint,
+            "list the service's jobs",
+            lambda: self._cluster.list_jobs(self.service),
+            15.0,
+        )
+        return response.json().get("jobs") or {}
+
+
+class _NotFound(OscarSDError):
+    """The cluster answered 404: callers that expect it turn it into a precise error."""
+
+
+class _Connecting:
+    """What :meth:`OscarSD.connect` returns: await it, or use it with ``async with``."""
+
+    def __init__(self, opening: Any) -> None:
+        self._opening = opening
+        self._client: OscarSD | None = None
+
+    def __await__(self) -> Generator[Any, None, OscarSD]:
+        return self._opening.__await__()
+
+    async def __aenter__(self) -> OscarSD:
+        self._client = await self._opening
+        return self._client
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+
+
+async def _call_cluster(endpoint: str, what: str, function: Callable[[], T], limit: float) -> T:
+    """Call oscar-python in a worker thread and turn its failures into our errors."""
+    try:
+        with anyio.fail_after(limit):
+            return await anyio.to_thread.run_sync(function, abandon_on_cancel=True)
+    except TimeoutError:
+        raise ClusterUnreachableError(
+            f"The OSCAR cluster at {endpoint} did not answer within {limit:g} s "
+            f"(trying to {what}). Check the URL and that the cluster is up."
+        ) from None
+    except requests.HTTPError as exc:
+        status = exc.response.status_code if exc.response is not None else 0
+        if status in (401, 403):
+            raise AuthenticationError(
+                f"The OSCAR cluster at {endpoint} refused the credentials (HTTP {status}). "
+                "Check the user name and password, or log in again."
+            ) from None
+        if status == 404:
+            raise _NotFound(f"The OSCAR cluster at {endpoint} has nothing to {what}.") from None
+        raise ClusterUnreachableError(
+            f"The OSCAR cluster at {endpoint} answered HTTP {status} when asked to {what}."
+        ) from None
+    except (requests.ConnectionError, requests.Timeout) as exc:
+        raise ClusterUnreachableError(
+            f"Cannot reach the OSCAR cluster at {endpoint} ({type(exc).__name__}). "
+            "Check the URL and that the cluster is up."
+        ) from None
+    except requests.RequestException as exc:
+        raise ClusterUnreachableError(
+            f"The request to the OSCAR cluster at {endpoint} failed ({type(exc).__name__})."
+        ) from None
+
+
+async def _find_service(cluster: Client, name: str, call: Any) -> dict[str, Any]:
+    try:
+        return (await call(f"read service {name!r}", lambda: cluster.get_service(name))).json()
+    except _NotFound:
+        pass
+    services = (await call("list the services", cluster.list_services)).json() or []
+    raise ServiceNotFoundError(name, [s.get("name", "?") for s in services])
+
+
+def _service_paths(definition: dict[str, Any]) -> tuple[StoragePath, StoragePath]:
+    """The service's first MinIO input and output paths."""
+
+    def first_minio(kind: str) -> StoragePath:
+        for entry in definition.get(kind) or []:
+            provider = str(entry.get("storage_provider", "minio"))
+            if provider.split(".")[0] == "minio" and entry.get("path"):
+                return StoragePath.parse(entry["path"])
+        raise ServiceMisconfiguredError(
+            f"Service {definition.get('name')!r} has no MinIO {kind} path, so the app cannot "
+            f"hand it prompts or collect its images. Add an {kind} with storage_provider "
+            "minio.default to its definition."
+        )
+
+    return first_minio("input"), first_minio("output")
+
+
+def _job_failure(data: bytes, job_id: str) -> JobFailedError:
+    try:
+        report = json.loads(data[:1_000_000])
+        message = str(report.get("error") or "no reason given")[:2000]
+        error_type = report.get("type")
+    except (ValueError, AttributeError):
+        message, error_type = "its error report could not be read", None
+    return JobFailedError(f"The service failed: {message}", job_id, error_type)
+
+
+def _unpack(key: str, data: bytes, directory: Path) -> list[Path]:
+    if key.endswith(".zip"):
+        return unpack_images(data, directory)
+    # The upstream example service writes one bare PNG.
+    check_image(data, Path(key).name)
+    image = directory / "1.png"
+    image.write_bytes(data)
+    return [image]
+
+
+def _remove_tree(directory: Path) -> None:
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+def _public_endpoint(endpoint: str) -> str:
+    """The endpoint without any ``user:password@`` part, which must never be logged."""
+    parts = urlsplit(endpoint.strip().rstrip("/"))
+    if not parts.scheme or not parts.hostname:
+        raise ClusterUnreachableError(
+            "The cluster URL is not valid: it should look like https://oscar.example.org"
+        )
+    netloc = parts.hostname + (f":{parts.port}" if parts.port else "")
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))

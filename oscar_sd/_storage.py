@@ -1,0 +1,166 @@
+"""The cluster's MinIO, as the OSCAR backend uses it.
+
+Every method here blocks (minio is a blocking library): callers run them
+through ``anyio.to_thread.run_sync``.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterable
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import certifi
+import urllib3
+from minio import Minio
+from minio.error import S3Error
+
+from ._errors import ClusterUnreachableError, InvalidResultError
+from ._hub import ListenResponse
+
+#: The largest result object downloaded (a zip of 8 PNGs is a few MB).
+MAX_RESULT_BYTES = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class StoragePath:
+    """A service's ``input[]``/``output[]`` path: the first segment is the bucket."""
+
+    bucket: str
+    folder: str
+
+    @classmethod
+    def parse(cls, path: str) -> StoragePath:
+        bucket, _, folder = path.strip("/").partition("/")
+        return cls(bucket, folder.strip("/"))
+
+    def key(self, name: str) -> str:
+        return f"{self.folder}/{name}" if self.folder else name
+
+    @property
+    def prefix(self) -> str:
+        return f"{self.folder}/" if self.folder else ""
+
+
+class MinioStorage:
+    """Uploads, downloads, listings and the listen stream, through minio-py."""
+
+    def __init__(
+        self,
+        endpoint: str,
+        access_key: str,
+        secret_key: str,
+        *,
+        region: str | None = None,
+        verify: bool = True,
+        stall_timeout: float = 60.0,
+    ) -> None:
+        url = urlsplit(endpoint if "://" in endpoint else f"https://{endpoint}")
+        self.endpoint = f"{url.scheme}://{url.netloc}"
+        secure = url.scheme == "https"
+        options = {
+            "cert_reqs": "CERT_REQUIRED" if verify else "CERT_NONE",
+            "ca_certs": certifi.where(),
+        }
+        # Requests of many users share this pool: more than minio's default 10.
+        requests_pool = urllib3.PoolManager(
+            maxsize=32,
+            timeout=urllib3.Timeout(connect=10, read=120),
+            retries=urllib3.Retry(
+                total=5, backoff_factor=0.2, status_forcelist=[500, 502, 503, 504]
+            ),
+            **options,
+        )
+        # The listen stream gets its own pool: its read timeout is the stall
+        # limit, and the hub, not urllib3, decides when to reconnect.
+        listen_pool = urllib3.PoolManager(
+            maxsize=2,
+            timeout=urllib3.Timeout(connect=10, read=stall_timeout),
+            retries=urllib3.Retry(total=0),
+            **options,
+        )
+        self.ping_interval = max(1, int(stall_timeout / 3))
+        self._client = Minio(
+            url.netloc,
+            access_key,
+            secret_key,
+            secure=secure,
+            region=region,
+            http_client=requests_pool,
+        )
+        self._listen_client = Minio(
+            url.netloc,
+            access_key,
+            secret_key,
+            secure=secure,
+            region=region,
+            http_client=listen_pool,
+        )
+
+    def check_bucket(self, bucket: str) -> bool:
+        return self._client.bucket_exists(bucket)
+
+    def put(self, bucket: str, key: str, data: bytes, content_type: str) -> None:
+        self._client.put_object(bucket, key, io.BytesIO(data), len(data), content_type=content_type)
+
+    def get(self, bucket: str, key: str, limit: int = MAX_RESULT_BYTES) -> bytes:
+        size = self._client.stat_object(bucket, key).size or 0
+        if size > limit:
+            raise InvalidResultError(
+                f"The result object is {size} bytes; at most {limit} are accepted."
+            )
+        response = self._client.get_object(bucket, key)
+        try:
+            data = response.read(limit + 1)
+        finally:
+            response.close()
+            response.release_conn()
+        if len(data) > limit:
+            raise InvalidResultError(f"The result object is larger than {limit} bytes.")
+        return data
+
+    def remove(self, bucket: str, key: str) -> None:
+        self._client.remove_object(bucket, key)
+
+    def list_keys(self, bucket: str, prefix: str) -> Iterable[str]:
+        for item in self._client.list_objects(bucket, prefix=prefix, recursive=True):
+            if item.object_name is not None:
+                yield item.object_name
+
+    def open_listen(self, bucket: str, prefix: str) -> ListenResponse:
+        """Open MinIO's listen stream and return the live response.
+
+        minio-py's public ``listen_bucket_notification`` iterator swallows
+        keep-alives and reconnects silently, which would hide exactly the gaps
+        the hub must catch up on. So the hub reads the same signed request's
+        response itself; ``ping`` asks MinIO for ``{"Records":null}`` lines so
+        that a healthy but quiet stream never looks stalled.
+        """
+        response = self._listen_client._execute(
+            "GET",
+            bucket,
+            query_params={
+                "prefix": prefix,
+                "suffix": "",
+                "events": ("s3:ObjectCreated:*",),
+                "ping": str(self.ping_interval),
+            },
+            preload_content=False,
+        )
+        return response  # type: ignore[return-value]
+
+
+def storage_error(exc: BaseException, endpoint: str) -> Exception:
+    """Translate a minio/urllib3 failure into an error a person can act on."""
+    if isinstance(exc, S3Error):
+        if exc.code in {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"}:
+            return ClusterUnreachableError(
+                f"The cluster's storage refused access ({exc.code}). "
+                "Ask the cluster administrator to check the service's bucket permissions."
+            )
+        return ClusterUnreachableError(f"The cluster's storage answered {exc.code}.")
+    return ClusterUnreachableError(
+        f"Cannot reach the cluster's storage (MinIO) at {endpoint} "
+        f"({type(exc).__name__}). Check that the cluster is up."
+    )
