@@ -50,10 +50,11 @@ WriteListener = Callable[[list[ObjectEvent]], None]
 class PrivateS3Backend(S3Backend):
     """A moto S3 backend whose bucket namespace is its own (moto's is process-wide)."""
 
-    def __init__(self) -> None:
-        with _account_lock:
-            account_id = str(next(_account_ids))
-        super().__init__("us-east-1", account_id)
+    def __init__(self, region_name: str = "us-east-1", account_id: str | None = None) -> None:
+        if account_id is None:  # moto's reset() passes the old one back in
+            with _account_lock:
+                account_id = str(next(_account_ids))
+        super().__init__(region_name, account_id)
 
     def create_bucket(  # type: ignore[override]
         self, bucket_name: str, region_name: str, bucket_namespace: str | None = None
@@ -141,7 +142,7 @@ class S3Front:
     def restart(self, downtime: float = 0.0) -> None:
         """Drop every stream; refuse S3 requests for ``downtime`` seconds."""
         self._down_until = time.monotonic() + downtime
-        self.hub.drop_all(abort=True)
+        self.hub.drop_all()
 
     @property
     def down(self) -> bool:

@@ -1,0 +1,196 @@
+"""ClusterDouble: an OSCAR cluster and its MinIO on loopback, for tests.
+
+    with ClusterDouble(users={"alice": "alice-pw"}) as double:
+        double.add_service("stable-diffusion", input_path="stable-diffusion/in",
+                           output_path="stable-diffusion/out")
+        ...  # talk to double.oscar_endpoint and double.minio_endpoint
+
+Both servers bind random free ports on 127.0.0.1 and run in daemon threads.
+The fault switches are plain attributes and methods; all are thread-safe.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from . import services
+from .jobs import DeployedService, Handler, Job, JobRunner, StoragePath
+from .oscar import complete_service, create_app
+from .s3 import S3Front
+from .server import LoopbackServer
+
+
+class ClusterDouble:
+    """OSCAR REST + S3 with MinIO's listen extension + jobs, all in-process."""
+
+    def __init__(self, users: Mapping[str, str] | None = None,
+                 tokens: Mapping[str, str] | None = None, *,
+                 cluster_id: str = "oscar-double", keepalive_interval: float = 1.0) -> None:
+        self.users: dict[str, str] = dict(users or {"oscar": "oscar-pw"})
+        self.tokens: dict[str, str] = dict(tokens or {})
+        self.cluster_id = cluster_id
+        self.minio_access_key = "double-" + secrets.token_hex(6)
+        self.minio_secret_key = secrets.token_hex(20)
+        # What a service created through the REST API runs (it has no Python handler).
+        self.default_handler: Handler = services.fake_generator
+        self.storage = S3Front(self.minio_access_key, self.minio_secret_key)
+        self.storage.hub.keepalive_interval = keepalive_interval
+        self.runner = JobRunner(self.storage)
+        self._s3_server = LoopbackServer(self.storage, "minio")
+        self._oscar_server = LoopbackServer(create_app(self), "oscar")
+        self.storage.hub.endpoint = self._s3_server.url
+        self._started = False
+
+    # -- lifecycle ------------------------------------------------------------------
+
+    def start(self) -> ClusterDouble:
+        self._s3_server.start()
+        self._oscar_server.start()
+        self._started = True
+        return self
+
+    def stop(self) -> None:
+        self.storage.hub.drop_all()
+        self.runner.stop()
+        if self._started:
+            self._oscar_server.stop()
+            self._s3_server.stop()
+        self.storage.hub.drop_all(abort=True)
+        self.storage.backend.reset()  # closes moto's temporary files
+        self._started = False
+
+    def __enter__(self) -> ClusterDouble:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    @property
+    def oscar_endpoint(self) -> str:
+        return self._oscar_server.url
+
+    @property
+    def minio_endpoint(self) -> str:
+        return self._s3_server.url
+
+    # -- services ------------------------------------------------------------------
+
+    def add_service(self, name: str, *, input_path: str, output_path: str,
+                    handler: Handler | None = None, job_delay: float = 0.0,
+                    input_suffix: list[str] | None = None,
+                    input_prefix: list[str] | None = None,
+                    **definition: Any) -> dict[str, Any]:
+        """Deploy a service (no MinIO restart: this is test setup); returns its definition."""
+        input_entry: dict[str, Any] = {"storage_provider": "minio.default", "path": input_path}
+        if input_suffix:
+            input_entry["suffix"] = list(input_suffix)
+        if input_prefix:
+            input_entry["prefix"] = list(input_prefix)
+        output_entry = {"storage_provider": "minio.default", "path": output_path}
+        service = {"name": name, "input": [input_entry], "output": [output_entry], **definition}
+        return self.deploy(service, handler or self.default_handler, job_delay)
+
+    def deploy(self, definition: Mapping[str, Any], handler: Handler,
+               job_delay: float = 0.0) -> dict[str, Any]:
+        """Register a service definition and create its buckets."""
+        service = complete_service(dict(definition), self.cluster_id)
+        for entry in service["input"] + service["output"]:
+            self.storage.make_bucket(StoragePath.parse(entry).bucket)
+        self.runner.services[service["name"]] = DeployedService(service, handler, job_delay)
+        return service
+
+    def remove_service(self, name: str) -> None:
+        self.runner.services.pop(name, None)
+
+    def jobs(self, service: str) -> dict[str, Job]:
+        """The service's jobs by name (what /system/logs/{service} lists)."""
+        return self.runner.jobs(service)
+
+    # -- objects -------------------------------------------------------------------
+
+    def make_bucket(self, bucket: str) -> None:
+        self.storage.make_bucket(bucket)
+
+    def put_object(self, bucket: str, key: str, data: bytes) -> None:
+        """Write an object; its event fires (and jobs start) as for a client PUT."""
+        self.storage.make_bucket(bucket)
+        self.storage.written([self.storage.put_object(bucket, key, data)])
+
+    def get_object(self, bucket: str, key: str) -> bytes:
+        return self.storage.get_object(bucket, key)
+
+    def list_keys(self, bucket: str, prefix: str = "") -> list[str]:
+        return self.storage.list_keys(bucket, prefix)
+
+    # -- fault switches ------------------------------------------------------------
+
+    @property
+    def escape_keys(self) -> bool:
+        """Record keys URL-escaped like Go's url.QueryEscape (``quote_plus(key, safe="")``)."""
+        return self.storage.hub.escape_keys
+
+    @escape_keys.setter
+    def escape_keys(self, value: bool) -> None:
+        self.storage.hub.escape_keys = value
+
+    @property
+    def batch_records(self) -> bool:
+        """Pack events that happen together (a job's outputs) as records of one line."""
+        return self.storage.hub.batch_records
+
+    @batch_records.setter
+    def batch_records(self, value: bool) -> None:
+        self.storage.hub.batch_records = value
+
+    @property
+    def keepalive_interval(self) -> float:
+        return self.storage.hub.keepalive_interval
+
+    @keepalive_interval.setter
+    def keepalive_interval(self, value: float) -> None:
+        self.storage.hub.keepalive_interval = value  # for streams opened from now on
+
+    @property
+    def on_object_created(self) -> Callable[[str, str, float], None] | None:
+        return self.storage.on_object_created
+
+    @on_object_created.setter
+    def on_object_created(self, hook: Callable[[str, str, float], None] | None) -> None:
+        self.storage.on_object_created = hook
+
+    def drop_streams(self, abort: bool = False) -> None:
+        """End every open listen stream now (``abort``: reset the connections instead)."""
+        self.storage.hub.drop_all(abort=abort)
+
+    def stall_streams(self) -> None:
+        """Every open stream goes silent but stays open; later streams work normally."""
+        self.storage.hub.stall_all()
+
+    def restart_minio(self, downtime: float = 0.0) -> None:
+        """Drop every stream; S3 answers 503 for ``downtime`` seconds.  Returns at once."""
+        self.storage.restart(downtime)
+
+    def lose_next_event(self) -> None:
+        """The next ObjectCreated event reaches no stream."""
+        self.storage.hub.lose_next_event()
+
+    def fail_next_job(self, message: str = "the job failed") -> None:
+        """The next job skips its handler, writes ``<job>.error.json`` and ends Failed."""
+        self.runner.fail_next(message)
+
+    def hold_jobs(self) -> None:
+        """Jobs stay Pending until :meth:`release_jobs`."""
+        self.runner.hold()
+
+    def release_jobs(self) -> None:
+        self.runner.release()
+
+    @property
+    def listen_connections(self) -> int:
+        return self.storage.hub.open_count
+
+    @property
+    def listen_connects_total(self) -> int:
+        return self.storage.hub.connects_total

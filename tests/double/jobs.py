@@ -1,0 +1,352 @@
+"""Running a service for an upload, the way OSCAR and faas-supervisor do.
+
+An object created under a service's input path becomes a job (Pending ->
+Running -> Succeeded/Failed).  The job downloads the object to
+``<tmp>/input/<basename of key>``, runs the handler with ``<tmp>/output/``,
+then uploads every file there to ``<output bucket>/<output folder>/<relative
+path>`` through the storage's own write path, so the outputs fire events
+exactly like a client PUT.  Delays go through one timer thread, the work
+through a thread pool, so a thousand jobs in flight cost no thousand threads.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import os
+import secrets
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+import traceback
+from collections import deque
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from .events import ObjectEvent
+from .s3 import S3Front
+from .services import job_id, write_error
+
+# A handler may return text for the job log (a script's output does).
+Handler = Callable[[Path, Path], "str | None"]
+
+PENDING, RUNNING, SUCCEEDED, FAILED = "Pending", "Running", "Succeeded", "Failed"
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _rfc3339(moment: datetime | None) -> str | None:
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ") if moment else None
+
+
+class ScriptFailed(RuntimeError):
+    def __init__(self, returncode: int, output: str) -> None:
+        super().__init__(f"script exited with status {returncode}")
+        self.returncode = returncode
+        self.output = output
+
+
+class ScriptHandler:
+    """Run a shell script under OSCAR's job contract; its output is the job log.
+
+    The script sees ``INPUT_FILE_PATH``, ``TMP_INPUT_DIR`` and ``TMP_OUTPUT_DIR``
+    (plus ``env``), as inside a real OSCAR job.
+    """
+
+    def __init__(self, script: str | os.PathLike[str], env: Mapping[str, str] | None = None,
+                 timeout: float = 120.0) -> None:
+        self.script = Path(script)
+        self.env = dict(env or {})
+        self.timeout = timeout
+
+    def __call__(self, input_file: Path, output_dir: Path) -> str:
+        env = {
+            **os.environ, **self.env,
+            "INPUT_FILE_PATH": str(input_file),
+            "TMP_INPUT_DIR": str(input_file.parent),
+            "TMP_OUTPUT_DIR": str(output_dir),
+        }
+        done = subprocess.run(
+            ["/bin/sh", str(self.script)], env=env, cwd=output_dir.parent,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=self.timeout, check=False)
+        output = done.stdout.decode("utf-8", "replace")
+        if done.returncode != 0:
+            raise ScriptFailed(done.returncode, output)
+        return output
+
+
+@dataclass
+class StoragePath:
+    """One ``input[]``/``output[]`` entry: ``<bucket>/<folder>`` plus name filters."""
+
+    bucket: str
+    folder: str
+    prefixes: list[str] = field(default_factory=list)
+    suffixes: list[str] = field(default_factory=list)
+
+    @classmethod
+    def parse(cls, entry: Mapping[str, Any]) -> StoragePath:
+        bucket, _, folder = str(entry["path"]).strip("/").partition("/")
+        return cls(bucket, folder.strip("/"), list(entry.get("prefix") or []),
+                   list(entry.get("suffix") or []))
+
+    def key_for(self, relative: str) -> str:
+        return f"{self.folder}/{relative}" if self.folder else relative
+
+    def relative(self, key: str) -> str | None:
+        """The name below the folder if ``key`` passes this path's filters, else None."""
+        base = f"{self.folder}/" if self.folder else ""
+        if not key.startswith(base) or key == base:
+            return None
+        rest = key[len(base):]
+        if self.prefixes and not any(rest.startswith(p) for p in self.prefixes):
+            return None
+        if self.suffixes and not any(key.endswith(s) for s in self.suffixes):
+            return None
+        return rest
+
+
+@dataclass
+class DeployedService:
+    """A service as the runner sees it: its OSCAR definition, handler and job delay."""
+
+    definition: dict[str, Any]
+    handler: Handler
+    job_delay: float = 0.0
+
+    @property
+    def name(self) -> str:
+        return str(self.definition["name"])
+
+    @property
+    def inputs(self) -> list[StoragePath]:
+        return [StoragePath.parse(e) for e in self.definition.get("input") or []]
+
+    @property
+    def outputs(self) -> list[StoragePath]:
+        return [StoragePath.parse(e) for e in self.definition.get("output") or []]
+
+
+@dataclass(eq=False)
+class Job:
+    name: str
+    service: str
+    input_name: str  # basename of the input file
+    bucket: str | None = None
+    key: str | None = None
+    data: bytes | None = None  # body of POST /job/{svc}
+    status: str = PENDING
+    creation_time: datetime = field(default_factory=_now)
+    start_time: datetime | None = None
+    finish_time: datetime | None = None
+    log: str = ""
+    done: threading.Event = field(default_factory=threading.Event)
+
+    def info(self) -> dict[str, str]:
+        """A JobInfo of OSCAR's API (absent times are left out, not null)."""
+        times = {"creation_time": self.creation_time, "start_time": self.start_time,
+                 "finish_time": self.finish_time}
+        return {"status": self.status,
+                **{k: v for k, v in ((k, _rfc3339(t)) for k, t in times.items()) if v}}
+
+
+class JobRunner:
+    """Turns uploads into jobs and runs them."""
+
+    def __init__(self, storage: S3Front, max_workers: int = 32) -> None:
+        self.storage = storage
+        self.services: dict[str, DeployedService] = {}
+        self._jobs: dict[str, dict[str, Job]] = {}
+        self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="double-job")
+        self._timers: list[tuple[float, int, Job]] = []
+        self._timer_cond = threading.Condition(self._lock)
+        self._tie = itertools.count()
+        self._held = False
+        self._held_jobs: list[Job] = []
+        self._failures: deque[str] = deque()
+        self._stopping = False
+        self._timer_thread = threading.Thread(target=self._timer_loop, name="double-job-timer",
+                                              daemon=True)
+        self._timer_thread.start()
+        storage.add_write_listener(self.on_writes)
+
+    # -- switches -----------------------------------------------------------------
+
+    def hold(self) -> None:
+        with self._lock:
+            self._held = True
+
+    def release(self) -> None:
+        with self._lock:
+            self._held = False
+            jobs, self._held_jobs = self._held_jobs, []
+        for job in jobs:
+            self._pool.submit(self._run, job)
+
+    def fail_next(self, message: str) -> None:
+        with self._lock:
+            self._failures.append(message)
+
+    # -- jobs of a service (for /system/logs) -----------------------------------------
+
+    def jobs(self, service: str) -> dict[str, Job]:
+        with self._lock:
+            return dict(self._jobs.get(service, {}))
+
+    def all_jobs(self) -> list[Job]:
+        with self._lock:
+            return [job for jobs in self._jobs.values() for job in jobs.values()]
+
+    def delete_job(self, service: str, name: str) -> bool:
+        with self._lock:
+            return self._jobs.get(service, {}).pop(name, None) is not None
+
+    def delete_jobs(self, service: str, everything: bool) -> None:
+        with self._lock:
+            jobs = self._jobs.get(service, {})
+            for name in [n for n, j in jobs.items() if everything or j.status == SUCCEEDED]:
+                del jobs[name]
+
+    # -- creating jobs --------------------------------------------------------------
+
+    def on_writes(self, events: list[ObjectEvent]) -> None:
+        """Storage callback: every created object under an input path starts a job."""
+        for event in events:
+            if not event.created:
+                continue
+            for service in list(self.services.values()):
+                for path in service.inputs:
+                    if path.bucket == event.bucket and path.relative(event.key) is not None:
+                        self.submit(service, bucket=event.bucket, key=event.key)
+                        break
+
+    def submit(self, service: DeployedService, *, bucket: str | None = None,
+               key: str | None = None, data: bytes | None = None,
+               input_name: str | None = None) -> Job:
+        name = f"{service.name}-{secrets.token_hex(4)}"
+        job = Job(name=name, service=service.name,
+                  input_name=input_name or os.path.basename(key or name),
+                  bucket=bucket, key=key, data=data)
+        with self._lock:
+            self._jobs.setdefault(service.name, {})[name] = job
+            if service.job_delay > 0:
+                when = time.monotonic() + service.job_delay
+                heapq.heappush(self._timers, (when, next(self._tie), job))
+                self._timer_cond.notify()
+                return job
+        self._pool.submit(self._run, job)
+        return job
+
+    def _timer_loop(self) -> None:
+        with self._lock:
+            while not self._stopping:
+                if not self._timers:
+                    self._timer_cond.wait()
+                    continue
+                wait = self._timers[0][0] - time.monotonic()
+                if wait > 0:
+                    self._timer_cond.wait(wait)
+                    continue
+                _, _, job = heapq.heappop(self._timers)
+                self._pool.submit(self._run, job)
+
+    # -- running one job ------------------------------------------------------------
+
+    def _run(self, job: Job) -> None:
+        with self._lock:
+            if self._stopping:
+                return
+            if self._held:
+                self._held_jobs.append(job)  # stays Pending until release()
+                return
+            failure = self._failures.popleft() if self._failures else None
+            job.status, job.start_time = RUNNING, _now()
+        service = self.services.get(job.service)
+        workdir = Path(tempfile.mkdtemp(prefix="oscar-double-job-"))
+        log: list[str] = []
+        ok = False
+        try:
+            input_dir, output_dir = workdir / "input", workdir / "output"
+            input_dir.mkdir()
+            output_dir.mkdir()
+            input_file = input_dir / job.input_name
+            if job.data is not None:
+                input_file.write_bytes(job.data)
+            else:
+                assert job.bucket is not None and job.key is not None
+                input_file.write_bytes(self.storage.get_object(job.bucket, job.key))
+            if service is None:
+                log.append(f"service {job.service} no longer exists\n")
+            elif failure is not None:
+                write_error(output_dir, job_id(input_file), failure, "JobFailed")
+                log.append(f"job failed on purpose: {failure}\n")
+            else:
+                ok = self._call_handler(service.handler, input_file, output_dir, log)
+            if service is not None:
+                self._upload_outputs(service, output_dir, log)
+        except Exception:
+            ok = False
+            log.append(traceback.format_exc())
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+            with self._lock:
+                job.log = "".join(log)
+                job.status = SUCCEEDED if ok else FAILED
+                job.finish_time = _now()
+            job.done.set()
+
+    @staticmethod
+    def _call_handler(handler: Handler, input_file: Path, output_dir: Path,
+                      log: list[str]) -> bool:
+        try:
+            output = handler(input_file, output_dir)
+        except ScriptFailed as exc:
+            log.append(exc.output)
+            log.append(f"{exc}\n")
+            return False
+        except Exception:
+            log.append(traceback.format_exc())
+            return False
+        if isinstance(output, str):
+            log.append(output)
+        return True
+
+    def _upload_outputs(self, service: DeployedService, output_dir: Path,
+                        log: list[str]) -> None:
+        """faas-supervisor's upload: every file, its name kept, to every output path."""
+        files = sorted(p for p in output_dir.rglob("*") if p.is_file())
+        together: list[ObjectEvent] = []
+        batch = self.storage.hub.batch_records
+        for path in service.outputs:
+            self.storage.make_bucket(path.bucket)
+            for file in files:
+                relative = file.relative_to(output_dir).as_posix()
+                key = path.key_for(relative)
+                if path.relative(key) is None:
+                    continue
+                event = self.storage.put_object(path.bucket, key, file.read_bytes())
+                log.append(f"uploaded {path.bucket}/{key}\n")
+                if batch:
+                    together.append(event)
+                else:
+                    self.storage.written([event])
+        if together:
+            self.storage.written(together)
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stopping = True
+            self._timers.clear()
+            self._held_jobs.clear()
+            self._timer_cond.notify_all()
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._timer_thread.join(timeout=5)

@@ -1,0 +1,201 @@
+"""The OSCAR REST subset the app uses, shaped by tests/data/oscar-api.yaml.
+
+Basic auth (the cluster accounts) or a bearer token on everything but
+``/health``.  Creating or deleting a service restarts "MinIO", as on a real
+cluster, so every listen stream drops at that moment.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import json
+import secrets
+from typing import TYPE_CHECKING, Any
+
+from flask import Flask, Response, request
+
+from .jobs import DeployedService, StoragePath
+
+if TYPE_CHECKING:
+    from .cluster import ClusterDouble
+
+OSCAR_VERSION = "v3.6.5"
+
+
+def _text(body: str, status: int) -> Response:
+    return Response(body, status=status, mimetype="text/plain")
+
+
+def _json(body: Any, status: int = 200) -> Response:
+    return Response(json.dumps(body), status=status, mimetype="application/json")
+
+
+def complete_service(definition: dict[str, Any], cluster_id: str) -> dict[str, Any]:
+    """Fill in what OSCAR fills in when a service is created."""
+    service = copy.deepcopy(definition)
+    service.setdefault("cluster_id", cluster_id)
+    service.setdefault("image", "ghcr.io/grycap/oscar-sd-double:latest")
+    service.setdefault("script", "#!/bin/sh\n# run in-process by the cluster double\n")
+    service.setdefault("memory", "1Gi")
+    service.setdefault("cpu", "1.0")
+    service.setdefault("log_level", "INFO")
+    service.setdefault("alpine", False)
+    service.setdefault("enable_gpu", False)
+    service.setdefault("input", [])
+    service.setdefault("output", [])
+    service.setdefault("environment", {"variables": {}})
+    service.setdefault("annotations", {})
+    service.setdefault("labels", {})
+    service["token"] = service.get("token") or secrets.token_hex(32)
+    return service
+
+
+def create_app(double: ClusterDouble) -> Flask:
+    app = Flask("oscar-double")
+
+    def user() -> str | None:
+        """The authenticated user, or None."""
+        header = request.headers.get("Authorization", "")
+        scheme, _, credentials = header.partition(" ")
+        if scheme.lower() == "basic":
+            try:
+                name, _, password = base64.b64decode(credentials).decode().partition(":")
+            except ValueError:
+                return None
+            return name if double.users.get(name) == password and password else None
+        if scheme.lower() == "bearer":
+            return double.tokens.get(credentials.strip())
+        return None
+
+    @app.before_request
+    def authenticate() -> Response | None:
+        if request.path == "/health":
+            return None
+        if request.path.startswith("/job/") and _service_token_ok():
+            return None
+        if user() is None:
+            return Response("Unauthorized", status=401, mimetype="text/plain",
+                            headers={"WWW-Authenticate": 'Basic realm="OSCAR"'})
+        return None
+
+    def _service_token_ok() -> bool:
+        name = request.path.removeprefix("/job/").strip("/")
+        service = double.runner.services.get(name)
+        header = request.headers.get("Authorization", "")
+        return bool(service and header == f"Bearer {service.definition.get('token')}")
+
+    @app.get("/health")
+    def health() -> Response:
+        return _text("Ok", 200)
+
+    @app.get("/system/info")
+    def info() -> Response:
+        return _json({
+            "version": OSCAR_VERSION, "git_commit": "cluster-double", "architecture": "amd64",
+            "kubernetes_version": "v1.30.0",
+            "serverless_backend": {"name": "Knative", "version": "1.15"},
+        })
+
+    @app.get("/system/config")
+    def config() -> Response:
+        settings = {
+            "name": "oscar", "namespace": "oscar", "services_namespace": "oscar-svc",
+            "gpu_available": False, "interLink_available": False,
+            "serverless_backend": "knative", "yunikorn_enable": False, "oidc_groups": [],
+        }
+        # ConfigForUser's {config, minio_provider}, with the config also at the top level
+        # as OSCAR answers a basic-auth user.
+        return _json({**settings, "config": settings, "minio_provider": {
+            "endpoint": double.minio_endpoint, "verify": False,
+            "access_key": double.minio_access_key, "secret_key": double.minio_secret_key,
+            "region": "us-east-1",
+        }})
+
+    @app.get("/system/services")
+    def list_services() -> Response:
+        return _json([s.definition for s in list(double.runner.services.values())])
+
+    @app.post("/system/services")
+    def create_service() -> Response:
+        definition = request.get_json(force=True, silent=True)
+        if not isinstance(definition, dict) or not definition.get("name"):
+            return _text("error: the service definition needs a name", 400)
+        if definition["name"] in double.runner.services:
+            return _text(f"error: service {definition['name']} already exists", 409)
+        double.deploy(definition, double.default_handler, job_delay=0.0)
+        double.restart_minio()
+        return Response(status=201)
+
+    @app.put("/system/services")
+    def update_service() -> Response:
+        definition = request.get_json(force=True, silent=True)
+        if not isinstance(definition, dict) or not definition.get("name"):
+            return _text("error: the service definition needs a name", 400)
+        current = double.runner.services.get(definition["name"])
+        if current is None:
+            return _text(f"error: service {definition['name']} not found", 404)
+        merged = complete_service({**current.definition, **definition}, double.cluster_id)
+        merged["token"] = current.definition["token"]
+        for entry in merged["input"] + merged["output"]:
+            double.storage.make_bucket(StoragePath.parse(entry).bucket)
+        double.runner.services[merged["name"]] = DeployedService(
+            merged, current.handler, current.job_delay)
+        return Response(status=204)
+
+    @app.get("/system/services/<name>")
+    def read_service(name: str) -> Response:
+        service = double.runner.services.get(name)
+        if service is None:
+            return _text(f"error: service {name} not found", 404)
+        return _json(service.definition)
+
+    @app.delete("/system/services/<name>")
+    def delete_service(name: str) -> Response:
+        if double.runner.services.pop(name, None) is None:
+            return _text(f"error: service {name} not found", 404)
+        double.restart_minio()
+        return Response(status=204)
+
+    @app.get("/system/logs/<service>")
+    def list_jobs(service: str) -> Response:
+        if service not in double.runner.services:
+            return _text(f"error: service {service} not found", 404)
+        jobs = double.runner.jobs(service)
+        return _json({"jobs": {name: job.info() for name, job in jobs.items()}})
+
+    @app.delete("/system/logs/<service>")
+    def delete_jobs(service: str) -> Response:
+        if service not in double.runner.services:
+            return _text(f"error: service {service} not found", 404)
+        double.runner.delete_jobs(service, request.args.get("all", "false").lower() == "true")
+        return Response(status=204)
+
+    @app.get("/system/logs/<service>/<job>")
+    def job_logs(service: str, job: str) -> Response:
+        found = double.runner.jobs(service).get(job)
+        if found is None:
+            return _text(f"error: job {job} not found", 404)
+        return _text(found.log, 200)
+
+    @app.delete("/system/logs/<service>/<job>")
+    def delete_job(service: str, job: str) -> Response:
+        if not double.runner.delete_job(service, job):
+            return _text(f"error: job {job} not found", 404)
+        return Response(status=204)
+
+    @app.post("/job/<name>")
+    def invoke_async(name: str) -> Response:
+        service = double.runner.services.get(name)
+        if service is None:
+            return _text(f"error: service {name} not found", 404)
+        body = request.get_data()
+        try:
+            json.loads(body)
+            suffix = ".json"
+        except ValueError:
+            suffix = ".txt"
+        double.runner.submit(service, data=body, input_name=f"{secrets.token_hex(16)}{suffix}")
+        return Response(status=201)
+
+    return app
