@@ -1,0 +1,458 @@
+"""The OSCAR backend end to end, through the cluster double.
+
+Every test goes the real way: oscar-python against the double's REST API,
+minio against its S3 API, and the notification hub on its listen stream.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.to_thread
+import pytest
+from PIL import Image
+
+from oscar_sd import (
+    AuthenticationError,
+    Backoff,
+    ClusterUnreachableError,
+    GenerationRequest,
+    GenerationTimeout,
+    InvalidResultError,
+    JobFailedError,
+    OscarSD,
+    Progress,
+    ServiceNotFoundError,
+    Stage,
+)
+from oscar_sd._hub import close_all_hubs, get_hub
+from tests.double import ClusterDouble, services
+
+pytestmark = pytest.mark.anyio
+
+FAST_BACKOFF = Backoff(base=0.01, cap=0.2)
+SERVICE = "stable-diffusion"
+
+
+@pytest.fixture(autouse=True)
+def _fresh_hubs() -> Any:
+    yield
+    close_all_hubs()
+
+
+def connect(cluster: ClusterDouble, user: str = "alice", **options: Any) -> Any:
+    options.setdefault("backoff", FAST_BACKOFF)
+    options.setdefault("connect_timeout", 5.0)
+    return OscarSD.connect(
+        cluster.oscar_endpoint, user=user, password=f"{user}-pw", service=SERVICE, **options
+    )
+
+
+def fingerprints(paths: list[Path]) -> list[str]:
+    return [services.png_fingerprint(path.read_bytes()) for path in paths]
+
+
+def expected(request: GenerationRequest, count: int | None = None) -> list[str]:
+    assert request.seed is not None
+    return [
+        services.expected_png_fingerprint(request.prompt, request.seed, index)
+        for index in range(1, (count or request.num_images) + 1)
+    ]
+
+
+class Uploads:
+    """Counts requests that reached Stage.UPLOADED: the event a fault test waits on."""
+
+    def __init__(self, expected_count: int) -> None:
+        self.expected_count = expected_count
+        self.count = 0
+        self.all_uploaded = anyio.Event()
+
+    def __call__(self, progress: Progress) -> None:
+        if progress.stage is Stage.UPLOADED:
+            self.count += 1
+            if self.count == self.expected_count:
+                self.all_uploaded.set()
+
+
+async def wait_for_thread_event(event: threading.Event, limit: float = 10.0) -> None:
+    """Wait for a flag the double sets from its own threads, without blocking the loop."""
+    with anyio.fail_after(limit):
+        while not await anyio.to_thread.run_sync(event.wait, 0.05):
+            pass
+
+
+def objects_left(cluster: ClusterDouble) -> list[str]:
+    return cluster.list_keys("stable-diffusion")
+
+
+# -- the happy path -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("escape_keys", [False, True], ids=["raw-keys", "escaped-keys"])
+async def test_generate_end_to_end(cluster: ClusterDouble, escape_keys: bool, tmp_path: Path):
+    cluster.escape_keys = escape_keys
+    stages: list[Stage] = []
+    async with connect(cluster, results_dir=tmp_path) as sd:
+        result = await sd.generate(
+            GenerationRequest(prompt="a lighthouse at dusk", seed=1234),
+            on_progress=lambda progress: stages.append(progress.stage),
+        )
+    assert len(result.images) == 6
+    assert fingerprints(result.images) == expected(result.request)
+    assert result.request.seed == 1234
+    assert result.directory.parent == tmp_path
+    assert all(path.parent == result.directory for path in result.images)
+    with Image.open(result.images[0]) as image:
+        assert "a lighthouse at dusk" in image.text["parameters"]
+        assert json.loads(image.text["oscar-sd"])["seed"] == 1234
+    assert stages == [Stage.UPLOADED, Stage.WAITING, Stage.DOWNLOADING, Stage.DONE]
+    assert result.timings.total > 0
+    assert objects_left(cluster) == []  # input and output are tidied away
+
+
+async def test_a_random_seed_is_drawn_and_reported(cluster: ClusterDouble):
+    async with connect(cluster) as sd:
+        result = await sd.generate("a red fox")
+    assert result.request.seed is not None
+    assert fingerprints(result.images) == expected(result.request)
+    result.cleanup()
+    assert not result.directory.exists()
+
+
+async def test_text_input_and_the_upstream_example_service(cluster: ClusterDouble):
+    cluster.add_service(
+        "upstream",
+        input_path="upstream/in",
+        output_path="upstream/out",
+        handler=services.upstream_example,
+    )
+    async with OscarSD.connect(
+        cluster.oscar_endpoint,
+        user="alice",
+        password="alice-pw",
+        service="upstream",
+        input_format="text",
+        backoff=FAST_BACKOFF,
+    ) as sd:
+        result = await sd.generate(GenerationRequest(prompt="a cat", seed=9))
+    # A .txt holds only the prompt, so the service used its own default seed.
+    assert fingerprints(result.images) == [services.expected_png_fingerprint("a cat", 0, 1)]
+
+
+async def test_keep_objects_leaves_input_and_output(cluster: ClusterDouble):
+    async with connect(cluster, keep_objects=True) as sd:
+        result = await sd.generate("kept")
+    assert sorted(objects_left(cluster)) == [
+        f"in/{result.job_id}.json",
+        f"out/{result.job_id}.zip",
+    ]
+
+
+# -- connecting ----------------------------------------------------------------
+
+
+async def test_wrong_password_is_an_authentication_error(cluster: ClusterDouble):
+    with pytest.raises(AuthenticationError) as caught:
+        await OscarSD.connect(cluster.oscar_endpoint, user="alice", password="not-it")
+    assert "401" in str(caught.value)
+    assert "not-it" not in str(caught.value)
+
+
+async def test_a_bearer_token_is_accepted():
+    with ClusterDouble(tokens={"tok-carol": "carol"}) as cluster:
+        cluster.add_service(
+            SERVICE,
+            input_path="stable-diffusion/in",
+            output_path="stable-diffusion/out",
+            handler=services.fake_generator,
+        )
+        async with OscarSD.connect(cluster.oscar_endpoint, token="tok-carol") as sd:
+            result = await sd.generate(GenerationRequest(prompt="with a token", num_images=2))
+        with pytest.raises(AuthenticationError):
+            await OscarSD.connect(cluster.oscar_endpoint, token="tok-mallory")
+    assert len(result.images) == 2
+
+
+async def test_unknown_service_names_the_ones_that_exist(cluster: ClusterDouble):
+    with pytest.raises(ServiceNotFoundError) as caught:
+        await OscarSD.connect(
+            cluster.oscar_endpoint, user="alice", password="alice-pw", service="stable-difusion"
+        )
+    assert "'stable-difusion'" in str(caught.value)
+    assert "stable-diffusion" in caught.value.available
+
+
+async def test_unreachable_endpoint_fails_fast_and_clearly():
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with anyio.fail_after(10):  # a safety net: the point is that it does not hang
+        with pytest.raises(ClusterUnreachableError, match="Cannot reach the OSCAR cluster"):
+            await OscarSD.connect(f"http://127.0.0.1:{port}", user="a", password="b")
+
+
+async def test_an_endpoint_that_never_answers_is_cut_off_by_connect_timeout():
+    with socket.socket() as silent:  # accepts connections, never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        port = silent.getsockname()[1]
+        with pytest.raises(ClusterUnreachableError, match=r"did not answer within 0\.5 s"):
+            await OscarSD.connect(
+                f"http://127.0.0.1:{port}", user="a", password="b", connect_timeout=0.5
+            )
+
+
+async def test_credentials_in_the_url_never_reach_a_message(cluster: ClusterDouble):
+    endpoint = cluster.oscar_endpoint.replace("http://", "http://alice:hunter2@")
+    with pytest.raises(AuthenticationError) as caught:
+        await OscarSD.connect(endpoint, user="alice", password="wrong-secret")
+    assert "hunter2" not in str(caught.value)
+    assert "wrong-secret" not in str(caught.value)
+
+
+# -- failures of the job ---------------------------------------------------------
+
+
+async def test_an_error_object_fails_the_request_at_once(cluster: ClusterDouble):
+    cluster.fail_next_job("CUDA out of memory")
+    async with connect(cluster, timeout=60) as sd:
+        with pytest.raises(JobFailedError, match="CUDA out of memory") as caught:
+            await sd.generate("anything")
+    assert caught.value.job_id
+    assert objects_left(cluster) == []
+
+
+async def test_the_services_own_error_report_is_passed_on(cluster: ClusterDouble):
+    async with connect(cluster) as sd:
+        with pytest.raises(JobFailedError, match="the prompt asked to fail"):
+            await sd.generate("FAIL")
+
+
+async def test_the_deadline_raises_and_deletes_the_input(cluster: ClusterDouble):
+    cluster.hold_jobs()
+    try:
+        async with connect(cluster, timeout=0.5) as sd:
+            with pytest.raises(GenerationTimeout, match="No result"):
+                await sd.generate("too slow")
+        assert objects_left(cluster) == []
+    finally:
+        cluster.release_jobs()
+
+
+@pytest.mark.parametrize(
+    "entries",
+    [
+        {"../escape.png": b"x"},
+        {"1.png": b"not a png at all"},
+    ],
+    ids=["zip-slip", "non-image"],
+)
+async def test_a_hostile_result_is_refused(
+    cluster: ClusterDouble, tmp_path: Path, entries: dict[str, bytes]
+):
+    def hostile(input_file: Path, output_dir: Path) -> None:
+        with zipfile.ZipFile(output_dir / f"{services.job_id(input_file)}.zip", "w") as zipped:
+            for name, data in entries.items():
+                zipped.writestr(name, data)
+
+    cluster.add_service(
+        "hostile", input_path="hostile/in", output_path="hostile/out", handler=hostile
+    )
+    results = tmp_path / "results"
+    async with OscarSD.connect(
+        cluster.oscar_endpoint,
+        user="alice",
+        password="alice-pw",
+        service="hostile",
+        results_dir=results,
+        backoff=FAST_BACKOFF,
+    ) as sd:
+        with pytest.raises(InvalidResultError):
+            await sd.generate("x")
+    assert not (tmp_path / "escape.png").exists()
+    assert list(results.iterdir()) == []  # the request's directory is gone too
+
+
+# -- cancellation ------------------------------------------------------------------
+
+
+async def test_cancelling_cleans_up(cluster: ClusterDouble, tmp_path: Path):
+    cluster.hold_jobs()
+    uploads = Uploads(1)
+    try:
+        async with connect(cluster, results_dir=tmp_path) as sd:
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(sd.generate, "cancel me", uploads)
+                await uploads.all_uploaded.wait()
+                tasks.cancel_scope.cancel()
+            hub = sd._hub
+            assert hub.pending == 0  # the waiter is gone
+        assert objects_left(cluster) == []  # the input was deleted: no result came
+        assert list(tmp_path.iterdir()) == []
+    finally:
+        cluster.release_jobs()
+
+
+# -- the notification stream under faults ----------------------------------------------
+
+
+async def run_all(
+    clients: list[OscarSD], requests: list[GenerationRequest], fault: Callable[[], None]
+) -> list[Any]:
+    """Start every request, wait until all are uploaded, inject ``fault``, let the jobs go."""
+    uploads = Uploads(len(requests))
+    results: list[Any] = [None] * len(requests)
+
+    async def one(index: int) -> None:
+        client = clients[index % len(clients)]
+        results[index] = await client.generate(requests[index], uploads)
+
+    async with anyio.create_task_group() as tasks:
+        for index in range(len(requests)):
+            tasks.start_soon(one, index)
+        with anyio.fail_after(60):
+            await uploads.all_uploaded.wait()
+        fault()
+    return results
+
+
+def assert_each_got_its_own(results: list[Any], requests: list[GenerationRequest]) -> None:
+    for result, request in zip(results, requests, strict=True):
+        assert result.request.prompt == request.prompt
+        assert fingerprints(result.images) == expected(request)
+
+
+async def test_a_stream_dropped_mid_wait_still_resolves_every_waiter(cluster: ClusterDouble):
+    requests = [GenerationRequest(prompt=f"dropped {i}", seed=i, num_images=2) for i in range(10)]
+    cluster.hold_jobs()
+
+    def drop_then_release() -> None:
+        cluster.drop_streams()
+        cluster.release_jobs()
+
+    async with connect(cluster) as sd:
+        connects_before = sd._hub.stats.connects
+        results = await run_all([sd], requests, drop_then_release)
+        assert sd._hub.stats.connects > connects_before
+    assert_each_got_its_own(results, requests)
+
+
+async def test_a_minio_restart_with_50_jobs_in_flight(cluster: ClusterDouble):
+    requests = [GenerationRequest(prompt=f"restart {i}", seed=100 + i) for i in range(50)]
+    cluster.hold_jobs()
+
+    def restart_then_release() -> None:
+        cluster.restart_minio(downtime=0.3)
+        cluster.release_jobs()  # results land while MinIO is "down" or reconnecting
+
+    async with connect(cluster, user="alice") as alice, connect(cluster, user="bob") as bob:
+        results = await run_all([alice, bob], requests, restart_then_release)
+        assert alice._hub is bob._hub  # two users, one shared stream
+        assert alice._hub.stats.connects >= 2  # it was dropped and reconnected
+    assert_each_got_its_own(results, requests)
+
+
+async def test_a_stalled_stream_is_noticed_and_replaced(cluster: ClusterDouble):
+    cluster.keepalive_interval = 0.1
+    requests = [GenerationRequest(prompt="stalled", seed=5, num_images=1)]
+    cluster.hold_jobs()
+
+    def stall_then_release() -> None:
+        cluster.stall_streams()
+        cluster.release_jobs()
+
+    async with connect(cluster, stall_timeout=1.0) as sd:
+        results = await run_all([sd], requests, stall_then_release)
+        assert any("dropped" in error for error in sd._hub.stats.errors)
+    assert_each_got_its_own(results, requests)
+
+
+async def test_a_lost_event_is_recovered_by_the_catch_up_after_a_reconnect(
+    cluster: ClusterDouble,
+):
+    landed = threading.Event()
+    cluster.on_object_created = lambda bucket, key, when: key.endswith(".zip") and landed.set()
+    cluster.lose_next_event()
+    request = GenerationRequest(prompt="lost", seed=3, num_images=1)
+    async with connect(cluster, timeout=60) as sd:
+        async with anyio.create_task_group() as tasks:
+            results: list[Any] = []
+
+            async def generate() -> None:
+                results.append(await sd.generate(request))
+
+            tasks.start_soon(generate)
+            await wait_for_thread_event(landed)
+            assert not results  # its event was lost: nothing woke the request
+            cluster.drop_streams()  # the next reconnect's catch-up finds the result
+    assert_each_got_its_own(results, [request])
+
+
+async def test_a_lost_event_with_no_reconnect_is_recovered_at_the_deadline(
+    cluster: ClusterDouble,
+):
+    cluster.lose_next_event()
+    request = GenerationRequest(prompt="lost too", seed=4, num_images=1)
+    async with connect(cluster, timeout=1.0) as sd:
+        result = await sd.generate(request)
+    assert_each_got_its_own([result], [request])
+
+
+async def test_a_result_that_landed_before_the_stream_connected(cluster: ClusterDouble):
+    """The catch-up on connect resolves a result that is already there."""
+    from oscar_sd._hub import StreamAddress
+    from oscar_sd._storage import MinioStorage
+
+    cluster.put_object("stable-diffusion", "out/early.zip", b"already here")
+    storage = MinioStorage(
+        cluster.minio_endpoint, cluster.minio_access_key, cluster.minio_secret_key
+    )
+    hub = get_hub(StreamAddress(storage.endpoint, "stable-diffusion", "out/"), storage)
+    assert not hub.connected
+    waiter = await hub.expect({"out/early.zip", "out/early.error.json"})
+    with anyio.fail_after(10):
+        assert await waiter.wait() == "out/early.zip"
+    assert hub.stats.caught_up == 1
+    hub.discard(waiter)
+
+
+# -- many users at once ----------------------------------------------------------------------
+
+
+async def test_200_requests_from_20_users_each_get_their_own_images():
+    users = {f"user{i}": f"user{i}-pw" for i in range(20)}
+    with ClusterDouble(users=users) as cluster:
+        cluster.add_service(
+            SERVICE,
+            input_path="stable-diffusion/in",
+            output_path="stable-diffusion/out",
+            handler=services.fake_generator,
+        )
+        clients = [await connect(cluster, user=name) for name in users]
+        requests = [
+            GenerationRequest(prompt=f"user{i % 20} picture {i}", seed=i, num_images=2)
+            for i in range(200)
+        ]
+        results: list[Any] = [None] * len(requests)
+
+        async def one(index: int) -> None:
+            results[index] = await clients[index % 20].generate(requests[index])
+
+        with anyio.fail_after(120):
+            async with anyio.create_task_group() as tasks:
+                for index in range(len(requests)):
+                    tasks.start_soon(one, index)
+        assert_each_got_its_own(results, requests)
+        assert len({result.job_id for result in results}) == 200
+        assert len({result.directory for result in results}) == 200
+        assert cluster.listen_connects_total == 1  # one shared stream served them all
+        for client in clients:
+            await client.aclose()
