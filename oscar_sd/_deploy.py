@@ -1,0 +1,416 @@
+"""Deploying the Stable Diffusion service to OSCAR, and asking how it is doing.
+
+``deploy_service`` does what ``oscar-cli apply`` does for one service: it reads
+the service entry of an FDL file, inlines the script the entry names (relative
+to the FDL), creates the service when the cluster lacks it or updates it when
+it exists, then waits until the cluster lists the new definition.
+``service_status`` reads a service and its recent jobs.
+
+oscar-python is blocking: every call runs in a worker thread, never on the
+event loop. Its HTTP errors are turned into the library's errors here, with
+messages a person can act on and without any credential in them.
+
+>>> import anyio, oscar_sd
+>>> async def main():
+...     deployed = await oscar_sd.deploy_service(
+...         "https://oscar.example.org", user="alice", password="...",
+...         fdl_path="manifests/stable-diffusion.yaml",
+...     )
+...     status = await oscar_sd.service_status(
+...         "https://oscar.example.org", user="alice", password="...", service=deployed.name,
+...     )
+...     print(status.image, [job.status for job in status.jobs])
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import anyio
+import anyio.to_thread
+import requests
+import yaml
+from oscar_python.client import Client
+
+from ._errors import (
+    AuthenticationError,
+    ClusterUnreachableError,
+    OscarSDError,
+    ServiceNotFoundError,
+)
+
+T = TypeVar("T")
+
+#: Seconds ``deploy_service`` waits for the cluster to list the service.
+DEFAULT_DEPLOY_WAIT = 300.0
+
+
+class FDLError(OscarSDError, ValueError):
+    """The FDL file cannot be read or does not hold exactly one usable service."""
+
+
+class ClusterRequestError(OscarSDError):
+    """The cluster answered a request with an error status (other than 401/403)."""
+
+    def __init__(self, message: str, status: int) -> None:
+        self.status = status
+        super().__init__(message)
+
+
+class DeployError(OscarSDError):
+    """The cluster accepted the service but did not list it before the deadline."""
+
+
+@dataclass(frozen=True)
+class DeployedService:
+    """What ``deploy_service`` did."""
+
+    name: str
+    #: True when the service was created, False when an existing one was updated.
+    created: bool
+
+
+@dataclass(frozen=True)
+class JobState:
+    """One job of a service, as ``GET /system/logs/{service}`` reports it."""
+
+    name: str
+    #: Pending, Running, Succeeded, Failed (or whatever the cluster says).
+    status: str
+    creation_time: str | None = None
+    start_time: str | None = None
+    finish_time: str | None = None
+
+
+@dataclass(frozen=True)
+class ServiceStatus:
+    """A service's definition (the parts people ask about) and its recent jobs."""
+
+    name: str
+    image: str
+    gpu: bool
+    cpu: str | None
+    memory: str | None
+    #: Storage paths "<bucket>/<folder>" the service reads from and writes to.
+    inputs: list[str] = field(default_factory=list)
+    outputs: list[str] = field(default_factory=list)
+    #: The most recent jobs first.
+    jobs: list[JobState] = field(default_factory=list)
+    #: How many jobs the cluster holds for the service (``jobs`` may be fewer).
+    total_jobs: int = 0
+
+
+# ---------------------------------------------------------------------------
+# The FDL file
+
+
+def load_fdl_service(fdl_path: str | Path, service: str | None = None) -> dict[str, Any]:
+    """The service definition of an FDL file, ready for ``POST /system/services``.
+
+    An FDL lists services under ``functions.oscar`` keyed by a cluster id; the
+    id is ignored here because the cluster is the endpoint we were given (that
+    is why this does not use oscar-python's ``create_service(path)``, which
+    insists on the id). ``service`` picks one entry by name when there are
+    several. The ``script`` is read relative to the FDL, as oscar-cli does.
+    """
+    path = Path(fdl_path)
+    try:
+        document = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FDLError(f"No FDL file at {path}: pass --fdl with the path of one.") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise FDLError(f"Cannot read the FDL file {path}: {exc.__class__.__name__}.") from None
+    except yaml.YAMLError as exc:
+        raise FDLError(f"The FDL file {path} is not valid YAML: {exc}") from None
+
+    entries = _fdl_entries(document)
+    if service is not None:
+        entries = [entry for entry in entries if entry.get("name") == service]
+    if len(entries) != 1:
+        names = ", ".join(str(entry.get("name")) for entry in _fdl_entries(document)) or "none"
+        wanted = f"a service named {service!r}" if service else "exactly one service"
+        raise FDLError(f"The FDL file {path} must hold {wanted} under functions.oscar "
+                       f"(it holds: {names}).")
+
+    definition = dict(entries[0])
+    for required in ("name", "image", "script"):
+        if not definition.get(required):
+            raise FDLError(f"The service in {path} has no {required!r}.")
+
+    script_path = Path(definition["script"])
+    if not script_path.is_absolute():
+        script_path = path.parent / script_path
+    try:
+        definition["script"] = script_path.read_text(encoding="utf-8")
+    except OSError:
+        raise FDLError(f"Cannot read the script {script_path} named by {path}.") from None
+
+    # OSCAR wants cpu as a string ("2.0"); YAML makes an unquoted 2 a number.
+    if isinstance(definition.get("cpu"), (int, float)):
+        definition["cpu"] = str(definition["cpu"])
+    # Top-level storage providers belong to the service, as oscar-cli merges them.
+    if isinstance(document, dict) and document.get("storage_providers"):
+        definition.setdefault("storage_providers", document["storage_providers"])
+    return definition
+
+
+def _fdl_entries(document: Any) -> list[dict[str, Any]]:
+    """Every service entry of ``functions.oscar``, whatever its cluster id."""
+    try:
+        clusters = document["functions"]["oscar"]
+    except (TypeError, KeyError):
+        return []
+    entries: list[dict[str, Any]] = []
+    for by_cluster in clusters or []:
+        if isinstance(by_cluster, dict):
+            entries.extend(svc for svc in by_cluster.values() if isinstance(svc, dict))
+    return entries
+
+
+# ---------------------------------------------------------------------------
+# Talking to the cluster
+
+
+class _Cluster:
+    """An oscar-python client whose calls run in a thread and raise oscar_sd errors."""
+
+    def __init__(
+        self,
+        endpoint: str,
+        *,
+        user: str | None,
+        password: str | None,
+        token: str | None,
+        verify_ssl: bool,
+    ) -> None:
+        self.endpoint = endpoint.rstrip("/")
+        options: dict[str, Any] = {
+            "cluster_id": "oscar-sd",
+            "endpoint": self.endpoint,
+            "ssl": verify_ssl,
+        }
+        if token:
+            options["oidc_token"] = token
+        elif user and password is not None:
+            options["user"] = user
+            options["password"] = password
+        else:
+            raise AuthenticationError(
+                "No credentials: give a user and password, or a bearer token."
+            )
+        self._client = Client(options)
+
+    async def call(
+        self, method: Callable[..., T], *args: Any, what: str, missing_ok: bool = False
+    ) -> T | None:
+        """Run ``method(*args)`` of the client in a thread; ``what`` names it in errors.
+
+        With ``missing_ok`` an HTTP 404 answer gives None instead of an error.
+        """
+        try:
+            return await anyio.to_thread.run_sync(
+                functools.partial(method, *args), abandon_on_cancel=True
+            )
+        except requests.exceptions.SSLError:
+            raise ClusterUnreachableError(
+                f"The TLS certificate of {self.endpoint} could not be verified while trying to "
+                f"{what}. Fix the certificate, or turn verification off (--insecure, "
+                "OSCAR_SD_VERIFY_SSL=false) on a cluster you trust."
+            ) from None
+        except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
+            reason = "timed out" if isinstance(exc, requests.exceptions.Timeout) else "no answer"
+            raise ClusterUnreachableError(
+                f"Cannot reach the OSCAR cluster at {self.endpoint} to {what} ({reason}). "
+                "Check the endpoint URL and the network."
+            ) from None
+        except requests.exceptions.HTTPError as exc:
+            if missing_ok and exc.response is not None and exc.response.status_code == 404:
+                return None
+            raise self._http_error(exc, what) from None
+        except requests.exceptions.RequestException as exc:
+            raise ClusterUnreachableError(
+                f"The request to the OSCAR cluster at {self.endpoint} to {what} failed "
+                f"({type(exc).__name__}). Check the endpoint URL."
+            ) from None
+
+    def _http_error(self, exc: requests.exceptions.HTTPError, what: str) -> OscarSDError:
+        status = exc.response.status_code if exc.response is not None else 0
+        if status == 401:
+            return AuthenticationError(
+                f"The cluster at {self.endpoint} refused the credentials (HTTP 401). "
+                "Check the user name and password, or the token."
+            )
+        if status == 403:
+            return AuthenticationError(
+                f"The cluster at {self.endpoint} does not allow this account to {what} "
+                "(HTTP 403)."
+            )
+        # OSCAR explains a refusal in the body as plain text; a short piece of it helps.
+        detail = ""
+        if exc.response is not None and exc.response.text:
+            detail = ": " + " ".join(exc.response.text.split())[:300]
+        return ClusterRequestError(
+            f"The cluster at {self.endpoint} could not {what} (HTTP {status}){detail}", status
+        )
+
+    async def service(self, name: str) -> dict[str, Any] | None:
+        """The service's definition, or None when the cluster has no such service."""
+        response = await self.call(
+            self._client.get_service, name, what=f"read service {name!r}", missing_ok=True
+        )
+        return None if response is None else response.json()
+
+    async def services(self) -> list[dict[str, Any]]:
+        response = await self.call(self._client.list_services, what="list the services")
+        return (response.json() if response is not None else None) or []
+
+    async def create(self, definition: dict[str, Any]) -> None:
+        await self.call(
+            self._client.create_service, definition, what=f"create service {definition['name']!r}"
+        )
+
+    async def update(self, definition: dict[str, Any]) -> None:
+        name = definition["name"]
+        await self.call(
+            self._client.update_service, name, definition, what=f"update service {name!r}"
+        )
+
+    async def jobs(self, name: str) -> dict[str, Any]:
+        response = await self.call(
+            self._client.list_jobs, name, what=f"list the jobs of {name!r}", missing_ok=True
+        )
+        return (response.json() if response is not None else None) or {}
+
+
+# ---------------------------------------------------------------------------
+# The public functions
+
+
+async def deploy_service(
+    endpoint: str,
+    *,
+    fdl_path: str | Path,
+    user: str | None = None,
+    password: str | None = None,
+    token: str | None = None,
+    service: str | None = None,
+    verify_ssl: bool = True,
+    wait_seconds: float = DEFAULT_DEPLOY_WAIT,
+) -> DeployedService:
+    """Create or update the service of ``fdl_path`` on the cluster, then wait until it is listed.
+
+    ``service`` picks the FDL entry by name when the file holds several.
+    Raises :class:`FDLError` for a bad file, :class:`AuthenticationError`,
+    :class:`ClusterUnreachableError`, :class:`ClusterRequestError` when the
+    cluster refuses the definition, or :class:`DeployError` when it does not
+    list it within ``wait_seconds``.
+    """
+    definition = load_fdl_service(fdl_path, service)
+    name = definition["name"]
+    cluster = _Cluster(endpoint, user=user, password=password, token=token, verify_ssl=verify_ssl)
+
+    created = await cluster.service(name) is None
+    if created:
+        try:
+            await cluster.create(definition)
+        except ValueError:
+            # oscar-python found it already there: someone created it in between.
+            created = False
+            await cluster.update(definition)
+    else:
+        await cluster.update(definition)
+
+    await _wait_until_listed(cluster, definition, wait_seconds)
+    return DeployedService(name=name, created=created)
+
+
+async def _wait_until_listed(
+    cluster: _Cluster, definition: dict[str, Any], wait_seconds: float
+) -> None:
+    """Return once the service list shows ``definition`` (its name with its image).
+
+    OSCAR has no watch API for services, so this reads the list again with a
+    growing pause between reads, until the deadline.
+    """
+    name, image = definition["name"], definition["image"]
+    pause = 0.05
+    try:
+        with anyio.fail_after(wait_seconds):
+            while True:
+                listed = await cluster.services()
+                if any(svc.get("name") == name and svc.get("image") == image for svc in listed):
+                    return
+                await anyio.sleep(pause)
+                pause = min(pause * 2, 2.0)
+    except TimeoutError:
+        raise DeployError(
+            f"The cluster at {cluster.endpoint} accepted service {name!r} but did not list it "
+            f"with image {image} within {wait_seconds:g} s. Check it later with `oscar-sd status`."
+        ) from None
+
+
+async def service_status(
+    endpoint: str,
+    *,
+    user: str | None = None,
+    password: str | None = None,
+    token: str | None = None,
+    service: str = "stable-diffusion",
+    verify_ssl: bool = True,
+    recent: int = 10,
+) -> ServiceStatus:
+    """The service's definition and its ``recent`` latest jobs with their states.
+
+    Raises :class:`ServiceNotFoundError` (naming the services that exist),
+    :class:`AuthenticationError`, :class:`ClusterUnreachableError` or
+    :class:`ClusterRequestError`.
+    """
+    cluster = _Cluster(endpoint, user=user, password=password, token=token, verify_ssl=verify_ssl)
+    definition = await cluster.service(service)
+    if definition is None:
+        available = [str(svc.get("name")) for svc in await cluster.services()]
+        raise ServiceNotFoundError(service, available)
+
+    jobs = _job_states(await cluster.jobs(service))
+    return ServiceStatus(
+        name=definition.get("name", service),
+        image=definition.get("image", ""),
+        gpu=bool(definition.get("enable_gpu")),
+        cpu=_text_or_none(definition.get("cpu")),
+        memory=_text_or_none(definition.get("memory")),
+        inputs=[io.get("path", "") for io in definition.get("input") or []],
+        outputs=[io.get("path", "") for io in definition.get("output") or []],
+        jobs=jobs[:recent],
+        total_jobs=len(jobs),
+    )
+
+
+def _job_states(answer: dict[str, Any]) -> list[JobState]:
+    """Jobs from ``GET /system/logs/{svc}``, newest first.
+
+    OSCAR 3.6 answers ``{"jobs": {name: info}, "next_page": ...}``; older
+    releases answer the ``{name: info}`` map itself. Both are read.
+    """
+    by_name = answer.get("jobs") if isinstance(answer.get("jobs"), dict) else answer
+    states = [
+        JobState(
+            name=name,
+            status=str(info.get("status", "Unknown")),
+            creation_time=info.get("creation_time"),
+            start_time=info.get("start_time"),
+            finish_time=info.get("finish_time"),
+        )
+        for name, info in by_name.items()
+        if isinstance(info, dict)
+    ]
+    # RFC 3339 times from one cluster share a format, so text order is time order.
+    states.sort(key=lambda job: job.creation_time or "", reverse=True)
+    return states
+
+
+def _text_or_none(value: Any) -> str | None:
+    return None if value in (None, "") else str(value)
