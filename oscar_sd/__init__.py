@@ -10,6 +10,16 @@
 """
 
 from ._backend import Backend
+from ._deploy import (
+    ClusterRequestError,
+    DeployedService,
+    DeployError,
+    FDLError,
+    JobState,
+    ServiceStatus,
+    deploy_service,
+    service_status,
+)
 from ._errors import (
     AuthenticationError,
     ClusterUnreachableError,
@@ -30,20 +40,28 @@ __all__ = [
     "AuthenticationError",
     "Backend",
     "Backoff",
+    "ClusterRequestError",
     "ClusterUnreachableError",
+    "DeployError",
+    "DeployedService",
+    "FDLError",
     "GenerationRequest",
     "GenerationResult",
     "GenerationTimeout",
     "InvalidRequestError",
     "InvalidResultError",
     "JobFailedError",
+    "JobState",
     "OscarSD",
     "OscarSDError",
     "Progress",
     "ProgressCallback",
     "ServiceMisconfiguredError",
     "ServiceNotFoundError",
+    "ServiceStatus",
     "Settings",
     "Stage",
     "Timings",
+    "deploy_service",
+    "service_status",
 ]

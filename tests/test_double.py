@@ -566,9 +566,9 @@ def test_script_handler_gets_the_oscar_job_contract(cluster: ClusterDouble, list
     assert input_path.endswith("/input/name.txt")
     assert input_dir == str(Path(input_path).parent)
     assert output_dir.endswith("/output") and greeting == "hello"
-    assert not Path(input_dir).exists()  # the temp dir is cleaned up
     job = only_job(cluster, "scripted")
     assert job.done.wait(TIMEOUT) and job.status == "Succeeded"
+    assert not Path(input_dir).exists()  # the temp dir is cleaned up
     assert "running for" in job.log
 
     cluster.put_object("scripted", "in/boom.txt", b"boom")
