@@ -150,7 +150,7 @@ async def main(samples: int, levels: list[int]) -> None:
             baseline = await polled(storage, clock, in_flight, samples, f"poll-{tag}")
             rows.append((in_flight, latencies, baseline, connections, growth))
         connects_total = cluster.listen_connects_total
-        close_all_hubs()
+        await anyio.to_thread.run_sync(close_all_hubs)
 
     print(f"notification latency: PUT complete -> awaitable resolved, {samples} samples a row")
     print(

@@ -162,7 +162,7 @@ class NotificationHub:
                 self._waiters[key] = waiter
             if self._connected:
                 waiter.connected.set()
-            if self._thread is None or not self._thread.is_alive():
+            if self._thread is None:  # no reader, or it retired: start one
                 if source is not None:
                     self._source = source
                 self._stop.clear()
@@ -216,8 +216,9 @@ class NotificationHub:
     # -- the reader thread --------------------------------------------------
 
     def _run(self) -> None:
+        me = threading.current_thread()
         attempt = 0
-        while not self._stop.is_set() and not self._idle_expired():
+        while self._keep_running(me):
             try:
                 response = self._source.open_listen(self.address.bucket, self.address.prefix)
             except Exception as exc:
@@ -225,37 +226,55 @@ class NotificationHub:
                 self._stop.wait(self.backoff.delay(attempt))
                 attempt += 1
                 continue
-            attempt = 0
-            with self._lock:
-                self._response = response
+            self.stats.connects += 1
+            self._on_connected(response)
             if self._stop.is_set():  # closed while connecting
                 self._interrupt()
-            self.stats.connects += 1
-            self._on_connected()
             try:
                 self._catch_up()
                 for line in _lines(response):
+                    attempt = 0  # the stream proved healthy
                     self._on_line(line)
-                    if self._stop.is_set() or self._idle_expired():
+                    if not self._keep_running(me):
                         break
             except Exception as exc:  # dropped, stalled (read timeout) or interrupted
                 if not self._stop.is_set():
                     self._note_error("the notification stream dropped", exc)
             finally:
                 self._on_disconnected(response)
-        with self._lock:
-            self._connected = False
+            # Back off before reconnecting, so a server that keeps closing the
+            # stream at once is not hammered; the first retry comes quickly.
+            self._stop.wait(self.backoff.delay(attempt))
+            attempt += 1
 
-    def _on_connected(self) -> None:
+    def _keep_running(self, me: threading.Thread) -> bool:
+        """False when closing, or idle for ``idle_timeout``: the reader then retires.
+
+        Retiring happens under the lock together with the check, so a waiter
+        registering at that moment either sees the hub connected to a reader
+        that will serve it, or starts a new reader.
+        """
         with self._lock:
+            idle = not self._waiters and time.monotonic() - self._idle_since > self.idle_timeout
+            if self._stop.is_set() or idle:
+                if self._thread is me:
+                    self._thread = None
+                    self._connected = False
+                return False
+            return True
+
+    def _on_connected(self, response: ListenResponse) -> None:
+        with self._lock:
+            self._response = response
             self._connected = True
             waiters = {id(w): w for w in self._waiters.values() if not w.connected.is_set()}
         self._on_loops([(waiter, waiter.connected.set) for waiter in waiters.values()])
 
     def _on_disconnected(self, response: ListenResponse) -> None:
         with self._lock:
-            self._connected = False
-            self._response = None
+            if self._response is response:  # a newer reader may already own the state
+                self._response = None
+                self._connected = False
         try:
             response.close()
             response.release_conn()
@@ -323,10 +342,6 @@ class NotificationHub:
             except RuntimeError:  # that event loop has ended: its waiters are gone
                 for waiter, _ in group:
                     self.discard(waiter)
-
-    def _idle_expired(self) -> bool:
-        with self._lock:
-            return not self._waiters and time.monotonic() - self._idle_since > self.idle_timeout
 
     def _interrupt(self) -> None:
         """Unblock a reader stuck in ``read1`` by shutting the socket down."""

@@ -32,7 +32,7 @@ from oscar_sd import (
     ServiceNotFoundError,
     Stage,
 )
-from oscar_sd._hub import close_all_hubs, get_hub
+from oscar_sd._hub import close_all_hubs
 from tests.double import ClusterDouble, services
 
 pytestmark = pytest.mark.anyio
@@ -404,24 +404,6 @@ async def test_a_lost_event_with_no_reconnect_is_recovered_at_the_deadline(
     async with connect(cluster, timeout=1.0) as sd:
         result = await sd.generate(request)
     assert_each_got_its_own([result], [request])
-
-
-async def test_a_result_that_landed_before_the_stream_connected(cluster: ClusterDouble):
-    """The catch-up on connect resolves a result that is already there."""
-    from oscar_sd._hub import StreamAddress
-    from oscar_sd._storage import MinioStorage
-
-    cluster.put_object("stable-diffusion", "out/early.zip", b"already here")
-    storage = MinioStorage(
-        cluster.minio_endpoint, cluster.minio_access_key, cluster.minio_secret_key
-    )
-    hub = get_hub(StreamAddress(storage.endpoint, "stable-diffusion", "out/"), storage)
-    assert not hub.connected
-    waiter = await hub.expect({"out/early.zip", "out/early.error.json"})
-    with anyio.fail_after(10):
-        assert await waiter.wait() == "out/early.zip"
-    assert hub.stats.caught_up == 1
-    hub.discard(waiter)
 
 
 # -- many users at once ----------------------------------------------------------------------
