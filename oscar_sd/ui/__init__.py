@@ -1,0 +1,56 @@
+"""The web page (Gradio). The only part of oscar_sd that imports Gradio.
+
+``oscar-sd serve`` (``make run``) calls :func:`serve`; programs and tests use
+:func:`build_app`:
+
+>>> from oscar_sd import Settings
+>>> from oscar_sd.ui import build_app
+>>> app = build_app(Settings())                       # doctest: +SKIP
+>>> url = app.launch(server_name="127.0.0.1", server_port=7000, prevent_thread_lock=True)
+>>> app.close()                                       # doctest: +SKIP
+
+The generate event is an API too (``api_name="generate"``):
+
+>>> from gradio_client import Client
+>>> client = Client("http://127.0.0.1:7000/", auth=("alice", "..."))  # doctest: +SKIP
+>>> images, seed, status = client.predict("a red fox", api_name="/generate")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from .._settings import Settings
+from .app import IDLE_TIMEOUT, WebApp, cluster_backends
+from .login import BackendFactory
+
+__all__ = ["IDLE_TIMEOUT", "BackendFactory", "WebApp", "build_app", "cluster_backends", "serve"]
+
+
+def build_app(
+    settings: Settings | None = None,
+    backend_factory: BackendFactory | None = None,
+    *,
+    idle_timeout: float = IDLE_TIMEOUT,
+) -> WebApp:
+    """The web app for ``settings`` (default: from the environment), not yet serving.
+
+    ``backend_factory(user, password, results_dir)`` opens a user's backend at
+    login; by default the user's own :class:`~oscar_sd.OscarSD` when
+    ``oscar_endpoint`` is set, else the app runs the local backend.
+    """
+    return WebApp(settings or Settings(), backend_factory, idle_timeout=idle_timeout)
+
+
+def serve(settings: Settings | None = None) -> None:
+    """Serve the page on ``settings.host:settings.port`` until interrupted."""
+    settings = settings or Settings()
+    if not logging.getLogger().handlers:
+        logging.basicConfig(
+            level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        )
+    if settings.results_dir:
+        # The results live in Gradio's temp folder (see oscar_sd.ui.http).
+        os.environ.setdefault("GRADIO_TEMP_DIR", settings.results_dir)
+    build_app(settings).launch()

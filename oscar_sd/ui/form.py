@@ -1,0 +1,138 @@
+"""The form's values: to a request, and back from a history entry."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from .._models import GenerationRequest, GenerationResult
+
+#: (label, value) of the size dropdown; the value is "WIDTHxHEIGHT".
+SIZE_PRESETS: list[tuple[str, str]] = [
+    ("512 × 512 (square)", "512x512"),
+    ("768 × 512 (landscape)", "768x512"),
+    ("512 × 768 (portrait)", "512x768"),
+    ("768 × 768 (square, large)", "768x768"),
+    ("1024 × 576 (wide)", "1024x576"),
+    ("1024 × 1024 (square, XL)", "1024x1024"),
+]
+DEFAULT_SIZE = "512x512"
+
+#: Where the form's names differ from the request's, for error messages.
+FIELD_LABELS = {
+    "prompt": "Prompt",
+    "negative_prompt": "Negative prompt",
+    "seed": "Seed",
+    "steps": "Steps",
+    "guidance_scale": "Guidance",
+    "width": "Width",
+    "height": "Height",
+    "num_images": "Number of images",
+}
+
+
+def parse_size(size: str) -> tuple[int, int]:
+    """``"768x512"`` → ``(768, 512)``; anything else falls back to 512 × 512."""
+    width, _, height = (size or DEFAULT_SIZE).lower().replace("×", "x").partition("x")
+    try:
+        return int(width), int(height)
+    except ValueError:
+        return parse_size(DEFAULT_SIZE)
+
+
+def _optional_int(value: float | None) -> int | None:
+    return None if value is None else round(value)
+
+
+def build_request(
+    prompt: str,
+    negative_prompt: str,
+    seed: float | None,
+    randomize_seed: bool,
+    steps: float | None,
+    guidance_scale: float | None,
+    size: str,
+    num_images: float,
+) -> GenerationRequest:
+    """The request the form describes; raises :class:`~oscar_sd.InvalidRequestError`."""
+    width, height = parse_size(size)
+    return GenerationRequest(
+        prompt=prompt or "",
+        negative_prompt=negative_prompt or "",
+        seed=None if randomize_seed else _optional_int(seed),
+        # Empty or 0 means "the model's default", as the form's hints say.
+        steps=_optional_int(steps) or None,
+        guidance_scale=guidance_scale,
+        width=width,
+        height=height,
+        num_images=round(num_images) if num_images else 6,
+    )
+
+
+@dataclass(frozen=True)
+class HistoryEntry:
+    """One earlier run of this tab: its images and the parameters that made them."""
+
+    images: list[str]
+    prompt: str
+    negative_prompt: str
+    seed: int | None
+    steps: int | None
+    guidance_scale: float | None
+    size: str
+    num_images: int
+    model: str | None
+
+    @classmethod
+    def of(cls, result: GenerationResult) -> HistoryEntry:
+        request = result.request
+        return cls(
+            images=[str(path) for path in result.images],
+            prompt=request.prompt,
+            negative_prompt=request.negative_prompt,
+            seed=request.seed,
+            steps=request.steps,
+            guidance_scale=request.guidance_scale,
+            size=f"{request.width}x{request.height}",
+            num_images=request.num_images,
+            model=result.model,
+        )
+
+    def to_state(self) -> dict[str, Any]:
+        """Stored in a ``gr.State`` as a plain dict (it is deep-copied per session)."""
+        return asdict(self)
+
+    @classmethod
+    def from_state(cls, data: dict[str, Any]) -> HistoryEntry:
+        return cls(**data)
+
+    @property
+    def caption(self) -> str:
+        prompt = self.prompt if len(self.prompt) <= 60 else self.prompt[:59] + "…"
+        return f"{prompt} · seed {self.seed}"
+
+    def form_values(self) -> tuple[Any, ...]:
+        """What goes back in the form, in :data:`FORM_ORDER`: the seed is fixed, not random."""
+        return (
+            self.prompt,
+            self.negative_prompt,
+            self.seed,
+            False,
+            self.steps,
+            self.guidance_scale,
+            self.size,
+            self.num_images,
+        )
+
+
+#: The form's fields in the order the handlers take and give them.
+FORM_ORDER = (
+    "prompt",
+    "negative_prompt",
+    "seed",
+    "randomize_seed",
+    "steps",
+    "guidance_scale",
+    "size",
+    "num_images",
+)
