@@ -29,7 +29,7 @@ KUBERNETES_VERSION = latest_version()
 HEALTH_PATH = "/healthz"
 #: Environment variables the container gets that are not oscar_sd settings, and who reads them.
 NOT_SETTINGS = {
-    "GRADIO_TEMP_DIR": "Gradio: where uploads and cached files go",
+    "GRADIO_TEMP_DIR": "Gradio: its temp folder, where oscar_sd.ui keeps each session's images",
     "GRADIO_ANALYTICS_ENABLED": "Gradio: no calls home from the cluster",
     "HOME": "everything that writes under ~ (the root filesystem is read-only)",
 }
@@ -158,7 +158,8 @@ def test_the_settings_read_from_the_manifest_environment(monkeypatch):
     assert settings.port == container_port("http")
     assert settings.host == "0.0.0.0"  # reachable through the Service, not only from the pod
     assert settings.service == env["OSCAR_SD_SERVICE"]
-    assert settings.results_dir == env["OSCAR_SD_RESULTS_DIR"]
+    assert settings.timeout == float(env["OSCAR_SD_TIMEOUT"])
+    assert settings.verify_ssl is True
 
 
 def test_everything_the_app_writes_is_on_a_writable_volume():
@@ -169,7 +170,10 @@ def test_everything_the_app_writes_is_on_a_writable_volume():
     writable = [PurePosixPath(mount["mountPath"]) for mount in spec["volumeMounts"]
                 if mount["name"] in empty_dirs and not mount.get("readOnly")]
     env = container_env()
-    for name in ("GRADIO_TEMP_DIR", "HOME", "OSCAR_SD_RESULTS_DIR"):
+    written = ["GRADIO_TEMP_DIR", "HOME"]
+    if "OSCAR_SD_RESULTS_DIR" in env:
+        written.append("OSCAR_SD_RESULTS_DIR")
+    for name in written:
         path = PurePosixPath(env[name])
         assert any(path == mount or mount in path.parents for mount in writable), name
     assert PurePosixPath("/tmp") in writable  # Python's tempfile default
