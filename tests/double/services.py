@@ -87,7 +87,7 @@ def render_png(request: dict[str, Any], index: int) -> bytes:
     info.add_text("parameters", a1111_parameters(request))
     info.add_text("oscar-sd", json.dumps({**request, "index": index}))
     out = io.BytesIO()
-    image.save(out, format="PNG", pnginfo=info, compress_level=1)
+    image.save(out, format="PNG", pnginfo=info, compress_level=0)  # noise won't compress
     return out.getvalue()
 
 
