@@ -20,6 +20,7 @@ import argparse
 import dataclasses
 import getpass
 import json
+import logging
 import os
 import shutil
 import sys
@@ -86,6 +87,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # argparse has printed usage (code 2) or help (code 0)
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
 
+    if args.run is not run_serve:  # the web app sets up its own logging
+        _log_warnings_to_stderr()
     secrets: list[str] = []  # whatever must never reach the terminal, filled as read
     try:
         return args.run(args, secrets)
@@ -98,6 +101,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OscarSDError as exc:
         _report(_describe(exc), secrets)
         return EXIT_FAILURE
+
+
+def _log_warnings_to_stderr() -> None:
+    """The library's warnings (a dropped notification stream, say) as ``oscar-sd: ...`` lines."""
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.WARNING, format="oscar-sd: %(name)s: %(message)s")
 
 
 def _describe(exc: Exception) -> str:
@@ -347,12 +356,9 @@ class ProgressPrinter:
         if shown == self._last:
             return
         self._last = shown
-        detail = progress.message
-        if progress.step is not None and progress.total_steps:
-            detail += f" (step {progress.step}/{progress.total_steps})"
-        if progress.queue_position:
-            detail += f" (position {progress.queue_position} in the queue)"
-        print(f"[{progress.elapsed:6.1f}s] {progress.stage.value}: {detail}", file=self.stream)
+        # The backends' messages already say the step and the place in the queue.
+        print(f"[{progress.elapsed:6.1f}s] {progress.stage.value}: {progress.message}",
+              file=self.stream)
         self.stream.flush()
 
 
@@ -429,6 +435,8 @@ async def _generate(
 
 def run_deploy(args: argparse.Namespace, secrets: list[str]) -> int:
     settings = load_settings()
+    if not args.wait > 0:
+        raise UsageError("--wait must be a number of seconds above 0")
     if not args.fdl.is_file():
         raise UsageError(f"no FDL file at {args.fdl}: pass --fdl with the path of one")
     cluster = resolve_cluster(args, settings, secrets, required=True)

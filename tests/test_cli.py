@@ -151,6 +151,19 @@ def test_generate_via_the_console_script(cluster, tmp_path):
     assert PASSWORD not in done.stdout + done.stderr
 
 
+def test_without_an_endpoint_the_images_are_made_in_process(monkeypatch, capsys, tmp_path):
+    monkeypatch.setenv("OSCAR_SD_MODEL", "tiny")  # random weights: quick, and no download
+
+    code = main(["generate", "a fox", "-n", "2", "--size", "64x64", "--steps", "2"])
+
+    out, err = capsys.readouterr()
+    assert code == EXIT_OK, err
+    paths = [tmp_path / line for line in out.splitlines()]
+    assert len(paths) == 2
+    assert all(path.read_bytes().startswith(PNG_SIGNATURE) for path in paths)
+    assert "this machine" in err and "generating" in err
+
+
 def test_a_failed_job_exits_3(alice, capsys):
     alice.fail_next_job("the GPU ran out of memory")
 
@@ -335,6 +348,18 @@ def test_a_deployed_service_generates_and_shows_in_status(alice, capsys, tmp_pat
     assert job_name in out and "Succeeded" in out
 
 
+def test_deploy_that_is_not_listed_in_time_exits_3(alice, capsys, tmp_path):
+    fdl = write_fdl(tmp_path / "fdl", name="sd-slow", image="example/sd:1")
+
+    # A deadline far shorter than one request to the cluster: the wait cannot succeed.
+    code = main(["deploy", "--fdl", str(fdl), "--wait", "0.000001"])
+
+    assert code == EXIT_FAILURE
+    line = error_line(capsys.readouterr().err)
+    assert "did not list it" in line and "oscar-sd status" in line
+    assert "sd-slow" in alice.runner.services  # created: only the wait gave up
+
+
 def test_status_lists_recent_jobs_newest_first_with_their_states(alice, capsys):
     assert main(["generate", "first", "-n", "1"]) == EXIT_OK
     alice.fail_next_job("broken")
@@ -372,6 +397,8 @@ def test_status_lists_recent_jobs_newest_first_with_their_states(alice, capsys):
         (["generate", "fox", "--size", "big"], "WIDTHxHEIGHT"),
         (["generate", "fox", "-n", "six"], "invalid int value"),
         (["serve", "--port", "70000"], "between 1 and 65535"),
+        (["deploy", "--wait", "0"], "--wait"),
+        (["status", "--jobs", "-1"], "--jobs"),
     ],
 )
 def test_usage_errors_exit_2(capsys, argv, expected):
