@@ -54,9 +54,8 @@ class ClusterDouble:
     def stop(self) -> None:
         self.storage.hub.drop_all()
         self.runner.stop()
-        if self._started:
-            self._oscar_server.stop()
-            self._s3_server.stop()
+        self._oscar_server.stop()
+        self._s3_server.stop()
         self.storage.hub.drop_all(abort=True)
         self.storage.backend.reset()  # closes moto's temporary files
         self._started = False

@@ -20,7 +20,8 @@ class _QuietHandler(MotoRequestHandler):
     protocol_version = "HTTP/1.1"
 
     def log(self, type: str, message: str, *args: Any) -> None:
-        pass  # tests would drown in access logs
+        if type != "info":  # tests would drown in access logs; errors still show
+            super().log(type, message, *args)
 
 
 class LoopbackServer:
@@ -33,6 +34,7 @@ class LoopbackServer:
         self._connections: set[socket.socket] = set()
         self._lock = threading.Lock()
         self._wrap_connection_tracking()
+        self._started = False
         self._thread = threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
             name=f"double-{name}", daemon=True)
@@ -47,9 +49,11 @@ class LoopbackServer:
 
     def start(self) -> None:
         self._thread.start()
+        self._started = True
 
     def stop(self) -> None:
-        self._server.shutdown()
+        if self._started:
+            self._server.shutdown()
         self._server.server_close()
         with self._lock:
             connections = list(self._connections)
