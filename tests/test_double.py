@@ -623,6 +623,14 @@ def test_bearer_tokens() -> None:
         assert ok.status_code == 200
         bad = requests.get(url, headers={"Authorization": "Bearer tok-mallory"}, timeout=5)
         assert bad.status_code == 401
+        # a token user gets MinIO keys of their own, and they work
+        provider = ok.json()["minio_provider"]
+        assert provider["access_key"] != double.minio_access_key
+        assert (provider["access_key"], provider["secret_key"]) == double.user_minio_keys["carol"]
+        carol = Minio(urllib.parse.urlsplit(provider["endpoint"]).netloc, provider["access_key"],
+                      provider["secret_key"], secure=False)
+        carol.make_bucket("carols-bucket")
+        assert double.list_keys("carols-bucket") == []
 
 
 def test_info_and_config_match_the_spec(cluster: ClusterDouble) -> None:

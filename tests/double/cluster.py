@@ -36,6 +36,11 @@ class ClusterDouble:
         # What a service created through the REST API runs (it has no Python handler).
         self.default_handler: Handler = services.fake_generator
         self.storage = S3Front(self.minio_access_key, self.minio_secret_key)
+        # OSCAR gives a bearer-token user MinIO keys of their own (basic auth: the cluster's).
+        self.user_minio_keys: dict[str, tuple[str, str]] = {
+            user: (f"{user}-" + secrets.token_hex(6), secrets.token_hex(20))
+            for user in sorted(set(self.tokens.values()))}
+        self.storage.extra_access_keys.update(ak for ak, _ in self.user_minio_keys.values())
         self.storage.hub.keepalive_interval = keepalive_interval
         self.runner = JobRunner(self.storage)
         self._s3_server = LoopbackServer(self.storage, "minio")

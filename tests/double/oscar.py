@@ -97,6 +97,15 @@ def create_app(double: ClusterDouble) -> Flask:
             "serverless_backend": {"name": "Knative", "version": "1.15"},
         })
 
+    def minio_keys() -> tuple[str, str]:
+        """Basic auth gets the cluster's MinIO keys, a bearer token its user's own."""
+        header = request.headers.get("Authorization", "")
+        if header.lower().startswith("bearer "):
+            token_user = double.tokens.get(header[7:].strip())
+            if token_user in double.user_minio_keys:
+                return double.user_minio_keys[token_user]
+        return double.minio_access_key, double.minio_secret_key
+
     @app.get("/system/config")
     def config() -> Response:
         settings = {
@@ -106,10 +115,10 @@ def create_app(double: ClusterDouble) -> Flask:
         }
         # ConfigForUser's {config, minio_provider}, with the config also at the top level
         # as OSCAR answers a basic-auth user.
+        access_key, secret_key = minio_keys()
         return _json({**settings, "config": settings, "minio_provider": {
             "endpoint": double.minio_endpoint, "verify": False,
-            "access_key": double.minio_access_key, "secret_key": double.minio_secret_key,
-            "region": "us-east-1",
+            "access_key": access_key, "secret_key": secret_key, "region": "us-east-1",
         }})
 
     @app.get("/system/services")

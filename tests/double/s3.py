@@ -126,6 +126,8 @@ class S3Front:
     def __init__(self, access_key: str, secret_key: str) -> None:
         self.access_key = access_key
         self.secret_key = secret_key
+        # More keys S3 accepts: the per-user keys OSCAR hands to bearer-token users.
+        self.extra_access_keys: set[str] = set()
         self.backend = PrivateS3Backend()
         self.hub = ListenHub(endpoint="")
         self.on_object_created: Callable[[str, str, float], None] | None = None
@@ -211,7 +213,7 @@ class S3Front:
             match = re.match(r"([^/]+)/", unquote(query["X-Amz-Credential"][0]))
         if match is None:
             return "AccessDenied", "Access Denied."
-        if match.group(1) != self.access_key:
+        if match.group(1) != self.access_key and match.group(1) not in self.extra_access_keys:
             return ("InvalidAccessKeyId",
                     "The Access Key Id you provided does not exist in our records.")
         return None
