@@ -1,6 +1,22 @@
 """A cluster double for the tests: OSCAR's REST API and MinIO (S3 + listen) on loopback.
 
-See :class:`ClusterDouble`.  ``services`` holds ready-made service handlers.
+    from tests.double import ClusterDouble, services
+
+    with ClusterDouble(users={"alice": "alice-pw"}, tokens={"tok-carol": "carol"}) as double:
+        double.add_service("stable-diffusion", input_path="stable-diffusion/in",
+                           output_path="stable-diffusion/out", handler=services.fake_generator)
+        double.oscar_endpoint, double.minio_endpoint    # http://127.0.0.1:<port>
+        double.minio_access_key, double.minio_secret_key
+
+Files, one idea each:
+- ``cluster.py``: :class:`ClusterDouble`, the switches and helpers tests use;
+- ``s3.py``: moto's S3 behind a front that checks access keys, serves listen, fires events;
+- ``listen.py``: open listen streams and the fan-out of events to them;
+- ``events.py``: MinIO's event record shape, key escaping, event-name wildcards;
+- ``oscar.py``: the OSCAR REST subset (Flask);
+- ``jobs.py``: uploads become jobs run the faas-supervisor way; ``ScriptHandler``;
+- ``services.py``: ready-made handlers (``fake_generator``, ``upstream_example``, ...);
+- ``server.py``: a threaded werkzeug server on a random loopback port.
 """
 
 from . import services
