@@ -26,7 +26,7 @@ import shutil
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -259,8 +259,9 @@ class Cluster:
     service: str
     verify_ssl: bool
     user: str | None = None
-    password: str | None = None
-    token: str | None = None
+    # Kept out of repr() so that no debug print or traceback shows them.
+    password: str | None = field(default=None, repr=False)
+    token: str | None = field(default=None, repr=False)
 
     def credentials(self) -> dict[str, Any]:
         return {"user": self.user, "password": self.password, "token": self.token}

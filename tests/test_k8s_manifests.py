@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path, PurePosixPath
@@ -130,6 +131,39 @@ def test_the_probes_ask_the_health_check():
     assert spec["readinessProbe"]["httpGet"]["path"] == HEALTH_PATH
     assert spec["livenessProbe"]["httpGet"]["path"] == HEALTH_PATH
     assert spec["startupProbe"]["httpGet"]["path"] == HEALTH_PATH
+
+
+def test_the_app_started_with_the_manifest_environment_answers_the_probes(
+    monkeypatch, tmp_path
+):
+    """The real web app, configured as the pod is, answers every probe's path with 200."""
+    import requests
+
+    from oscar_sd.ui import build_app
+
+    for name in list(os.environ):
+        if name.upper() in setting_names():
+            monkeypatch.delenv(name)
+    for name, value in container_env().items():
+        monkeypatch.setenv(name, value)
+    # This machine is not the pod: its own free port, and a temp folder of the test's.
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "gradio"))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        free_port = probe.getsockname()[1]
+
+    app = build_app(Settings())
+    app.launch(server_name="127.0.0.1", server_port=free_port, prevent_thread_lock=True)
+    try:
+        spec = app_container()
+        for probe_name in ("startupProbe", "readinessProbe", "livenessProbe"):
+            path = spec[probe_name]["httpGet"]["path"]
+            answer = requests.get(f"http://127.0.0.1:{free_port}{path}", timeout=10)
+            assert answer.status_code == 200, (probe_name, answer.status_code)
+            assert answer.json()["status"] == "ok"
+    finally:
+        app.close()
 
 
 def test_every_environment_name_is_one_the_app_or_gradio_reads():
