@@ -178,6 +178,21 @@ def test_starts_fast_and_stops_cleanly() -> None:
         requests.get(f"{double.oscar_endpoint}/health", timeout=5)
 
 
+def test_stop_closes_open_streams() -> None:
+    double = ClusterDouble().start()
+    double.make_bucket("bucket")
+    stream = RawListen(double, "bucket", "events=s3:ObjectCreated:*")
+    double.stall_streams()  # even a silent one
+    double.stop()
+    try:
+        assert stream.line() is None
+    except ConnectionError:
+        pass  # ended by the connection shutdown rather than the last chunk: also closed
+    finally:
+        stream.close()
+    assert double.listen_connections == 0
+
+
 def test_two_doubles_keep_their_buckets_apart() -> None:
     with ClusterDouble() as one, ClusterDouble() as two:
         one.put_object("shared-name", "k", b"one")
