@@ -44,10 +44,9 @@ def message_for(exc: BaseException) -> str:
     if isinstance(exc, (SessionExpired, AuthenticationError)):
         return SESSION_EXPIRED
     if isinstance(exc, JobFailedError):
-        return (
-            f"The service could not make the images: {exc}. Try again; if it ran out of "
-            "memory, ask for fewer or smaller images."
-        )
+        # The library's message carries the service's own words.
+        said = str(exc).rstrip(".")
+        return f"{said}. Try again; if it ran out of memory, ask for fewer or smaller images."
     if isinstance(exc, OscarSDError):
         return str(exc)  # the library's messages are written for people and hold no secrets
     return UNEXPECTED

@@ -1,0 +1,355 @@
+"""The web app through its API (gradio_client) and plain HTTP, against the cluster double.
+
+Everything goes through the real OscarSD client and the double's OSCAR,
+MinIO and jobs; only the browser is left out (tests/test_browser.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import quote
+
+import httpx
+import pytest
+from gradio_client import Client
+from gradio_client.exceptions import AppError, AuthenticationError
+
+from oscar_sd.ui import WebApp
+from tests.conftest import SERVICE
+from tests.double import ClusterDouble, services
+from tests.ui_fixtures import (
+    browser_session,
+    client,
+    cluster_settings,
+    png_metadata,
+    running_app,
+    wait_until,
+)
+
+PROMPT = "a lighthouse at dusk"
+
+
+@pytest.fixture
+def web(cluster: ClusterDouble) -> Iterator[WebApp]:
+    with running_app(cluster_settings(cluster.oscar_endpoint)) as app:
+        yield app
+
+
+def generate(api: Client, prompt: str, **parameters: object) -> tuple[list[dict], int, str]:
+    images, seed, status = api.predict(prompt, api_name="/generate", **parameters)
+    return images, seed, status
+
+
+def file_urls(app: WebApp, user: str, password: str, prompt: str) -> list[str]:
+    """Generate as ``user`` without downloading; the server URLs of the images."""
+    assert app.url is not None
+    api = Client(app.url, auth=(user, password), verbose=False, download_files=False)
+    images, _, _ = generate(api, prompt)
+    return [image["image"]["url"] for image in images]
+
+
+def assert_own_images(paths: list[Path], prompt: str, seed: int) -> None:
+    """Each image's pixels are those the service makes for exactly this prompt and seed."""
+    for index, path in enumerate(paths, 1):
+        assert services.png_fingerprint(path.read_bytes()) == services.expected_png_fingerprint(
+            prompt, seed, index
+        ), f"image {index} is not the one made for {prompt!r}, seed {seed}"
+
+
+# -- login ----------------------------------------------------------------------
+
+
+def test_login_is_required(web: WebApp, tmp_path: Path) -> None:
+    with pytest.raises(AuthenticationError):
+        client(web, tmp_path)
+    # Nor can the queue or a file be reached around the login.
+    assert web.url is not None
+    with httpx.Client(base_url=web.url) as anonymous:
+        joined = anonymous.post(
+            "/gradio_api/queue/join",
+            json={"data": [PROMPT], "fn_index": 0, "session_hash": "x"},
+        )
+        assert joined.status_code == 401
+        assert anonymous.get("/gradio_api/info").status_code == 401
+
+
+def test_wrong_password_is_refused(web: WebApp, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="Could not login"):
+        client(web, tmp_path, auth=("alice", "bob-pw"))
+    with pytest.raises(ValueError, match="Could not login"):
+        client(web, tmp_path, auth=("mallory", "alice-pw"))
+    assert len(web.sessions) == 0, "a refused login must open no session"
+
+
+def test_health_probe_needs_no_login(web: WebApp) -> None:
+    assert web.url is not None
+    response = httpx.get(web.url + "healthz")
+    assert response.status_code == 200
+    assert response.json()["status"] == "ok"
+
+
+# -- generating -------------------------------------------------------------------
+
+
+def test_generate_returns_six_pngs_with_their_metadata(web: WebApp, tmp_path: Path) -> None:
+    api = client(web, tmp_path, auth=("alice", "alice-pw"))
+    images, seed, status = generate(api, PROMPT, negative_prompt="fog", seed=1234,
+                                    randomize_seed=False, steps=12, guidance_scale=5.5,
+                                    size="768x512")
+
+    assert seed == 1234
+    assert "6 images" in status
+    paths = [Path(image["image"]) for image in images]
+    assert len(paths) == 6
+    assert [path.suffix for path in paths] == [".png"] * 6
+    for index, path in enumerate(paths, 1):
+        parameters, info = png_metadata(path)
+        assert parameters.startswith(PROMPT + "\nNegative prompt: fog\n")
+        assert "Seed: 1234" in parameters and "Size: 768x512" in parameters
+        assert info["prompt"] == PROMPT and info["seed"] == 1234 and info["index"] == index
+        assert info["steps"] == 12 and info["guidance_scale"] == 5.5
+    assert_own_images(paths, PROMPT, 1234)
+
+
+def test_random_seed_is_reported(web: WebApp, tmp_path: Path) -> None:
+    api = client(web, tmp_path, auth=("alice", "alice-pw"))
+    images, seed, status = generate(api, PROMPT, num_images=2)
+    assert isinstance(seed, int) and f"seed {seed}" in status
+    assert len(images) == 2
+    assert_own_images([Path(image["image"]) for image in images], PROMPT, seed)
+
+
+def test_two_users_at_once_each_get_their_own_images(
+    cluster: ClusterDouble, web: WebApp, tmp_path: Path
+) -> None:
+    users = {"alice": ("alice-pw", "a red fox in snow"), "bob": ("bob-pw", "a blue whale")}
+    apis = {user: client(web, tmp_path / user, auth=(user, pw)) for user, (pw, _) in users.items()}
+    # Both requests are in flight at the same time: the jobs wait until both exist.
+    cluster.hold_jobs()
+    try:
+        jobs = {
+            user: apis[user].submit(prompt, api_name="/generate")
+            for user, (_, prompt) in users.items()
+        }
+        wait_until(lambda: len(cluster.jobs(SERVICE)) == 2, what="both jobs on the cluster")
+    finally:
+        cluster.release_jobs()
+
+    for user, (_, prompt) in users.items():
+        images, seed, _ = jobs[user].result(timeout=30)
+        paths = [Path(image["image"]) for image in images]
+        assert len(paths) == 6
+        assert_own_images(paths, prompt, seed)
+        assert all(png_metadata(path)[1]["prompt"] == prompt for path in paths)
+
+
+def test_one_user_cannot_fetch_another_users_files(web: WebApp) -> None:
+    alice_urls = file_urls(web, "alice", "alice-pw", "alice's secret garden")
+    file_urls(web, "bob", "bob-pw", "bob's boat")  # bob has a session and files of his own
+
+    with (
+        browser_session(web, "alice", "alice-pw") as alice,
+        browser_session(web, "bob", "bob-pw") as bob,
+    ):
+        for url in alice_urls:
+            mine = alice.get(url)
+            assert mine.status_code == 200
+            assert mine.headers["content-type"] == "image/png"
+            assert bob.get(url).status_code == 404
+        # Nor by walking up to alice's folder, or guessing around it.
+        folder = alice_urls[0].split("file=", 1)[1].rsplit("/", 2)[0]
+        assert bob.get(f"/gradio_api/file={folder}").status_code in (403, 404)
+        assert bob.get(f"/gradio_api/file={quote(folder)}/..%2F..%2Fx").status_code in (403, 404)
+    with httpx.Client(base_url=web.url or "") as anonymous:
+        assert anonymous.get(alice_urls[0]).status_code in (401, 403, 404)
+
+
+def test_logout_closes_the_session_and_deletes_its_files(web: WebApp) -> None:
+    urls = file_urls(web, "alice", "alice-pw", PROMPT)
+    with browser_session(web, "alice", "alice-pw") as alice:
+        assert alice.get(urls[0]).status_code == 200
+        session = web.sessions.get("alice")
+        assert session is not None
+        folder = session.directory
+
+        assert alice.get("/logout").status_code in (200, 302)
+
+        assert web.sessions.get("alice") is None
+        assert not folder.exists()
+        assert alice.get(urls[0]).status_code in (401, 403, 404)
+
+
+def test_the_page_says_which_backend_runs(web: WebApp) -> None:
+    with browser_session(web, "alice", "alice-pw") as alice:
+        config = alice.get("/config").json()
+    assert "From Text to Image" in str(config)
+    assert config["components"], "the page has components"
+
+
+# -- errors, each as a sentence a person can act on ---------------------------------
+
+
+def test_empty_prompt(web: WebApp, tmp_path: Path) -> None:
+    api = client(web, tmp_path, auth=("alice", "alice-pw"))
+    with pytest.raises(AppError, match="Prompt is empty: type what the images should show"):
+        generate(api, "   ")
+
+
+def test_job_failed_shows_the_services_message(
+    cluster: ClusterDouble, web: WebApp, tmp_path: Path
+) -> None:
+    api = client(web, tmp_path, auth=("alice", "alice-pw"))
+    cluster.fail_next_job("CUDA out of memory")
+    with pytest.raises(AppError) as failure:
+        generate(api, PROMPT)
+    assert "CUDA out of memory. Try again" in str(failure.value)
+    # The next request works again.
+    images, _, _ = generate(api, PROMPT, num_images=1)
+    assert len(images) == 1
+
+
+def test_timeout(cluster: ClusterDouble, tmp_path: Path) -> None:
+    settings = cluster_settings(cluster.oscar_endpoint, timeout=1.5)
+    with running_app(settings) as app:
+        api = client(app, tmp_path, auth=("alice", "alice-pw"))
+        cluster.hold_jobs()
+        try:
+            with pytest.raises(AppError, match=r"No result from service 'stable-diffusion' after"):
+                generate(api, PROMPT)
+        finally:
+            cluster.release_jobs()
+
+
+def test_service_missing(cluster: ClusterDouble, tmp_path: Path) -> None:
+    settings = cluster_settings(cluster.oscar_endpoint, service="no-such-service")
+    with running_app(settings) as app:
+        # The credentials are good, so the login works; the page says what is wrong.
+        api = client(app, tmp_path, auth=("alice", "alice-pw"))
+        with pytest.raises(AppError, match=r"The cluster has no service named 'no-such-service'"):
+            generate(api, PROMPT)
+        # Once the service is deployed, the same session works without logging in again.
+        cluster.add_service("no-such-service", input_path="nss/in", output_path="nss/out",
+                            handler=services.fake_generator)
+        images, _, _ = generate(api, PROMPT, num_images=1)
+        assert len(images) == 1
+
+
+def test_cluster_unreachable(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    double = ClusterDouble(users={"alice": "alice-pw"}).start()
+    stopped = False
+    try:
+        double.add_service(SERVICE, input_path=f"{SERVICE}/in", output_path=f"{SERVICE}/out",
+                           handler=services.fake_generator)
+        with running_app(cluster_settings(double.oscar_endpoint, timeout=10)) as app:
+            api = client(app, tmp_path, auth=("alice", "alice-pw"))
+            double.stop()
+            stopped = True
+            with caplog.at_level(logging.WARNING, logger="oscar_sd.ui"):
+                with pytest.raises(AppError) as failure:
+                    generate(api, PROMPT)
+    finally:
+        if not stopped:
+            double.stop()
+    logged = [r.getMessage() for r in caplog.records if "ClusterUnreachableError" in r.getMessage()]
+    assert logged, "the library raised ClusterUnreachableError"
+    library_message = logged[0].split("ClusterUnreachableError: ", 1)[1]
+    assert str(failure.value) == library_message
+
+
+def test_login_while_the_cluster_is_unreachable_is_refused(tmp_path: Path) -> None:
+    with running_app(cluster_settings("http://127.0.0.1:9")) as app:  # nothing listens there
+        with pytest.raises(ValueError, match="Could not login"):
+            client(app, tmp_path, auth=("alice", "alice-pw"))
+        assert len(app.sessions) == 0
+
+
+def test_session_expired(cluster: ClusterDouble, tmp_path: Path) -> None:
+    with running_app(cluster_settings(cluster.oscar_endpoint), idle_timeout=0.5) as app:
+        api = client(app, tmp_path, auth=("alice", "alice-pw"))
+        wait_until(lambda: app.sessions.get("alice") is None, what="the idle session to expire")
+        expired = r"Your session has expired\. Log out .* and log in again"
+        with pytest.raises(AppError, match=expired):
+            generate(api, PROMPT)
+
+
+def test_many_users_wait_at_once_without_blocking_each_other(
+    cluster: ClusterDouble, web: WebApp, tmp_path: Path
+) -> None:
+    """Gradio's default concurrency of one would keep all but one request queued."""
+    users = {"alice": "alice-pw", "bob": "bob-pw"}
+    apis = [client(web, tmp_path / f"{user}{i}", auth=(user, pw))
+            for i in range(3) for user, pw in users.items()]
+    cluster.hold_jobs()
+    try:
+        jobs = [api.submit(f"{PROMPT} {i}", api_name="/generate") for i, api in enumerate(apis)]
+        wait_until(lambda: len(cluster.jobs(SERVICE)) == len(apis), what="all jobs started")
+    finally:
+        cluster.release_jobs()
+    results = [job.result(timeout=30) for job in jobs]
+    assert all(len(images) == 6 for images, _, _ in results)
+
+
+def test_cancel_stops_the_wait_and_cleans_up(cluster: ClusterDouble, web: WebApp,
+                                             tmp_path: Path) -> None:
+    api = client(web, tmp_path, auth=("alice", "alice-pw"))
+    cluster.hold_jobs()
+    try:
+        job = api.submit(PROMPT, api_name="/generate")
+        wait_until(lambda: len(cluster.jobs(SERVICE)) == 1, what="the job on the cluster")
+        job.cancel()
+        input_keys = lambda: cluster.list_keys(SERVICE, "in/")  # noqa: E731
+        wait_until(lambda: not input_keys(), what="the input object to be deleted")
+    finally:
+        cluster.release_jobs()
+    session = web.sessions.get("alice")
+    assert session is not None and not session.busy
+    # The session goes on working.
+    images, _, _ = generate(api, PROMPT, num_images=1)
+    assert len(images) == 1
+
+
+def test_progress_reports_the_stage(cluster: ClusterDouble, web: WebApp, tmp_path: Path) -> None:
+    api = client(web, tmp_path, auth=("alice", "alice-pw"))
+    cluster.hold_jobs()
+    try:
+        job = api.submit(PROMPT, api_name="/generate")
+
+        def waiting_is_shown() -> bool:
+            progress = job.status().progress_data or []
+            return any("Waiting for the cluster" in (unit.desc or "") for unit in progress)
+
+        wait_until(waiting_is_shown, what="the waiting stage in the progress")
+        desc = job.status().progress_data[0].desc
+        assert desc.endswith(" s"), f"elapsed seconds are shown: {desc!r}"
+    finally:
+        cluster.release_jobs()
+    images, _, _ = job.result(timeout=30)
+    assert len(images) == 6
+
+
+def test_many_logins_share_nothing_but_the_hub(web: WebApp, tmp_path: Path) -> None:
+    """Each login gets a backend of its own (DESIGN.md mistake 1)."""
+    errors: list[BaseException] = []
+
+    def log_in(user: str, password: str) -> None:
+        try:
+            client(web, tmp_path / user, auth=(user, password))
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=log_in, args=pair)
+               for pair in (("alice", "alice-pw"), ("bob", "bob-pw"))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    alice, bob = web.sessions.get("alice"), web.sessions.get("bob")
+    assert alice is not None and bob is not None
+    assert alice.backend is not bob.backend
+    assert alice.directory != bob.directory
+    assert getattr(alice.backend, "user", None) == "alice"
+    assert getattr(bob.backend, "user", None) == "bob"

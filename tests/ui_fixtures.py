@@ -1,0 +1,90 @@
+"""Helpers for the web UI tests: launch the app on loopback, log in, read PNGs.
+
+The app runs in Gradio's server thread (``prevent_thread_lock=True``) on a
+free port of 127.0.0.1; the tests talk to it over HTTP like any client.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import socket
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+from gradio_client import Client
+from PIL import Image
+
+from oscar_sd import Settings
+from oscar_sd.ui import WebApp, build_app
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@contextmanager
+def running_app(settings: Settings, **options: Any) -> Iterator[WebApp]:
+    """The app serving on a free loopback port until the block ends."""
+    app = build_app(settings, **options)
+    app.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True)
+    try:
+        yield app
+    finally:
+        app.close()
+
+
+def cluster_settings(endpoint: str, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "oscar_endpoint": endpoint,
+        "host": "127.0.0.1",
+        "concurrency": 64,
+        "timeout": 30.0,
+        "verify_ssl": False,
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+def client(app: WebApp, downloads: Path, auth: tuple[str, str] | None = None) -> Client:
+    """A gradio_client for the app, logged in as ``auth``; it saves images under ``downloads``."""
+    assert app.url is not None
+    return Client(app.url, auth=auth, verbose=False, download_files=str(downloads))
+
+
+@contextmanager
+def browser_session(app: WebApp, user: str, password: str) -> Iterator[httpx.Client]:
+    """An HTTP client holding ``user``'s login cookie, as a browser would."""
+    assert app.url is not None
+    with httpx.Client(base_url=app.url, timeout=10) as http:
+        response = http.post("/login", data={"username": user, "password": password})
+        response.raise_for_status()
+        yield http
+
+
+def png_metadata(path: str | Path) -> tuple[str, dict[str, Any]]:
+    """The A1111 ``parameters`` chunk and the ``oscar-sd`` JSON chunk of a PNG."""
+    with Image.open(path) as image:
+        assert image.format == "PNG", f"{path} is {image.format}, not PNG"
+        text = dict(image.text)  # type: ignore[attr-defined]
+    return text["parameters"], json.loads(text["oscar-sd"])
+
+
+def png_bytes_format(data: bytes) -> str | None:
+    with Image.open(io.BytesIO(data)) as image:
+        return image.format
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 20.0, what: str = "") -> None:
+    """Wait for ``condition`` to hold (checked every 20 ms), or fail after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what or condition}")
+        time.sleep(0.02)
