@@ -612,6 +612,7 @@ def test_event_latency_is_small(cluster: ClusterDouble, listen: Any) -> None:
         key = key_of(stream.event())
         latencies.append(time.perf_counter() - written[key])
     latencies.sort()
+    # ~0.8 ms here; the bound leaves room for a busy machine, and the app's 5 ms budget
     assert latencies[len(latencies) // 2] < 0.005
 
 
