@@ -1,0 +1,57 @@
+"""``python -m oscar_sd.service``: the command of the OSCAR job (``manifests/script.sh``).
+
+Environment (set by OSCAR's faas-supervisor, or by hand)::
+
+    INPUT_FILE_PATH   the downloaded input object, <job>.json or <job>.txt
+    TMP_OUTPUT_DIR    the folder whose files are uploaded to the output bucket
+    OSCAR_SD_MODEL    hub id, folder or "tiny" (default stabilityai/sd-turbo)
+    OSCAR_SD_MODEL_NAME  the model's name in the PNG metadata (default OSCAR_SD_MODEL)
+    OSCAR_SD_DEVICE   "cuda", "cpu", ... (default: the GPU when there is one)
+    OSCAR_SD_LOG_LEVEL  DEBUG, INFO (default), WARNING, ...
+
+Exit codes are listed in :mod:`oscar_sd.service.errors` (0 success, 2 invalid
+request, 3 model load, 4 generation, 5 environment, 1 anything else).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+from .errors import EXIT_ENVIRONMENT, EXIT_INTERNAL
+from .job import execute_job
+
+logger = logging.getLogger("oscar_sd.service")
+
+
+def main() -> int:
+    """Run the job the environment describes; return the process exit code."""
+    logging.basicConfig(
+        level=os.environ.get("OSCAR_SD_LOG_LEVEL", "INFO").upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    input_path = os.environ.get("INPUT_FILE_PATH", "")
+    output_dir = os.environ.get("TMP_OUTPUT_DIR", "")
+    if not input_path or not output_dir:
+        missing = [
+            name
+            for name, value in (("INPUT_FILE_PATH", input_path), ("TMP_OUTPUT_DIR", output_dir))
+            if not value
+        ]
+        message = f"{' and '.join(missing)} not set: run this inside an OSCAR job or set them."
+        # Without both there is no job name or no folder to report to: the log says why.
+        logger.error(message)
+        return EXIT_ENVIRONMENT
+    try:
+        outcome = execute_job(Path(input_path), Path(output_dir))
+    except Exception:
+        # Writing the error object itself failed (a read-only or missing folder).
+        logger.exception("Could not write the job's output to %s", output_dir)
+        return EXIT_INTERNAL
+    return outcome.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,180 @@
+"""Which model runs, with which defaults, and loading it once per process.
+
+``OSCAR_SD_MODEL`` names the model:
+
+- a Hugging Face hub id, by default ``stabilityai/sd-turbo``;
+- a folder holding a diffusers pipeline (the service image bakes one in, so
+  jobs never download weights);
+- ``tiny``: a small randomly initialised pipeline (:mod:`.tiny`) that needs no
+  download and makes noise, not pictures.
+
+Each kind has the defaults it is made for, used when a request leaves ``steps``
+or ``guidance_scale`` empty. A name containing ``turbo`` is a few-step model.
+
+>>> loaded = load_pipeline("tiny")           # built once, then cached
+>>> loaded.profile.default_steps, loaded.device
+(2, 'cpu')
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import ModelLoadError
+
+logger = logging.getLogger("oscar_sd.service")
+
+DEFAULT_MODEL = "stabilityai/sd-turbo"
+TINY_MODEL = "tiny"
+
+
+@dataclass(frozen=True)
+class ModelProfile:
+    """What a model is called in the PNG metadata, and the settings it is made for."""
+
+    #: The label written into each image ("Model: ..."): the hub id, "tiny" or the folder.
+    label: str
+    #: "turbo" (few-step, no guidance), "tiny" (random weights) or "sd" (a classic SD model).
+    kind: str
+    default_steps: int
+    default_guidance: float
+    #: The most steps a request may ask for; turbo models are trained for 1 to 4.
+    max_steps: int = 150
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A pipeline ready to run, with where it runs and how long loading took."""
+
+    pipeline: Any
+    profile: ModelProfile
+    device: str
+    dtype: torch.dtype
+    load_seconds: float
+
+
+def model_from_env() -> str:
+    """The model named by ``OSCAR_SD_MODEL``, or the default one."""
+    return os.environ.get("OSCAR_SD_MODEL", "").strip() or DEFAULT_MODEL
+
+
+def default_device() -> str:
+    """``OSCAR_SD_DEVICE`` when set, else ``cuda`` when a GPU is visible, else ``cpu``."""
+    chosen = os.environ.get("OSCAR_SD_DEVICE", "").strip()
+    if chosen:
+        return chosen
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def looks_like_folder(model: str) -> bool:
+    """True when ``model`` is a path rather than a hub id ("org/name")."""
+    return model.startswith(("/", "./", "../", "~")) or Path(model).expanduser().is_dir()
+
+
+def profile_for(model: str) -> ModelProfile:
+    """The defaults for ``model``, judged by its name."""
+    label = os.environ.get("OSCAR_SD_MODEL_NAME", "").strip() or model
+    if model == TINY_MODEL:
+        return ModelProfile(label=label, kind="tiny", default_steps=2, default_guidance=0.0)
+    if "turbo" in model.lower():
+        return ModelProfile(
+            label=label, kind="turbo", default_steps=1, default_guidance=0.0, max_steps=4
+        )
+    return ModelProfile(label=label, kind="sd", default_steps=25, default_guidance=7.5)
+
+
+_cache: dict[tuple[str, str], LoadedModel] = {}
+# One lock for all loads: two threads asking for the same model load it once.
+_cache_lock = threading.Lock()
+
+
+def load_pipeline(model: str | None = None, device: str | None = None) -> LoadedModel:
+    """The pipeline for ``model`` on ``device``, loaded on first use and then kept.
+
+    Raises :class:`~oscar_sd.service.errors.ModelLoadError` with a sentence that
+    says what to change when the model cannot be loaded.
+    """
+    model = model or model_from_env()
+    device = device or default_device()
+    key = (model, device)
+    with _cache_lock:
+        if key not in _cache:
+            _cache[key] = _load(model, device)
+        return _cache[key]
+
+
+def forget_pipelines() -> None:
+    """Drop every cached pipeline (frees memory; the next use loads again)."""
+    with _cache_lock:
+        _cache.clear()
+
+
+def _load(model: str, device: str) -> LoadedModel:
+    profile = profile_for(model)
+    # Half precision where the GPU makes it fast; CPUs compute float16 slowly or not at all.
+    dtype = torch.float16 if device.startswith("cuda") else torch.float32
+    logger.info("Loading model %s on %s (%s)", profile.label, device, str(dtype).split(".")[-1])
+    started = time.perf_counter()
+    try:
+        if model == TINY_MODEL:
+            logger.warning(
+                "Model 'tiny' has random weights: it makes noise, not pictures. "
+                "Set OSCAR_SD_MODEL to a Stable Diffusion model for real images."
+            )
+            from .tiny import build_tiny_pipeline
+
+            pipeline = build_tiny_pipeline()
+            if dtype != torch.float32:
+                pipeline = pipeline.to(dtype=dtype)
+        else:
+            pipeline = _from_pretrained(model, dtype)
+        pipeline = pipeline.to(device)
+    except ModelLoadError:
+        raise
+    except Exception as exc:
+        logger.exception("Loading model %s failed", profile.label)
+        raise ModelLoadError(
+            f"The model {profile.label!r} could not be loaded on {device} ({_first_line(exc)}). "
+            "Set OSCAR_SD_MODEL to a reachable hub id, a folder holding a diffusers "
+            "pipeline, or 'tiny'."
+        ) from exc
+    pipeline.set_progress_bar_config(disable=True)
+    if device.startswith("cuda"):
+        from diffusers.models.attention_processor import AttnProcessor2_0
+
+        # PyTorch's fused scaled-dot-product attention (flash / memory-efficient kernels).
+        pipeline.unet.set_attn_processor(AttnProcessor2_0())
+    seconds = time.perf_counter() - started
+    logger.info("Model %s loaded in %.2f s", profile.label, seconds)
+    return LoadedModel(pipeline, profile, device, dtype, seconds)
+
+
+def _from_pretrained(model: str, dtype: torch.dtype) -> Any:
+    from diffusers import AutoPipelineForText2Image
+
+    if looks_like_folder(model):
+        folder = Path(model).expanduser()
+        if not (folder / "model_index.json").is_file():
+            raise ModelLoadError(
+                f"The model folder {folder} does not exist or holds no diffusers pipeline "
+                "(no model_index.json). Set OSCAR_SD_MODEL to a folder made with "
+                "save_pretrained or snapshot_download, a hub id, or 'tiny'."
+            )
+        source = str(folder)
+    else:
+        source = model
+    return AutoPipelineForText2Image.from_pretrained(source, torch_dtype=dtype)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    reason = text[0] if text else type(exc).__name__
+    return reason if len(reason) <= 300 else reason[:297] + "..."
