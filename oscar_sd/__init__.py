@@ -32,6 +32,7 @@ from ._errors import (
     ServiceNotFoundError,
 )
 from ._hub import Backoff
+from ._local import LocalSD
 from ._models import GenerationRequest, GenerationResult, Progress, ProgressCallback, Stage, Timings
 from ._oscar import OscarSD
 from ._settings import Settings
@@ -52,6 +53,7 @@ __all__ = [
     "InvalidResultError",
     "JobFailedError",
     "JobState",
+    "LocalSD",
     "OscarSD",
     "OscarSDError",
     "Progress",

@@ -1,0 +1,311 @@
+"""The embedded local backend: the service worker in-process, the model kept warm.
+
+Without a cluster, the app (and any Python program) generates on this computer
+with the very code the OSCAR job runs (:mod:`oscar_sd.service`).
+
+>>> import anyio
+>>> from oscar_sd import GenerationRequest, LocalSD
+>>> async def main():
+...     async with LocalSD(model="tiny") as sd:
+...         result = await sd.generate(GenerationRequest(prompt="a red fox", width=64, height=64))
+...         print(result.images)        # [.../1.png, ..., .../6.png]
+>>> anyio.run(main)                       # doctest: +SKIP
+
+One generation runs at a time (a GPU, or the CPU, is best used by one batch);
+the others wait in line and hear their place through ``on_progress``
+(``Stage.QUEUED`` with ``queue_position``: how many requests are ahead). While
+generating, each denoising step is reported (``Stage.GENERATING`` with ``step``
+and ``total_steps``). Cancelling the awaiting task stops a running generation
+at its next step, or takes a waiting request out of the line, and removes the
+request's folder.
+
+``model``: ``"tiny"``, a hub id, a folder, or ``"auto"``: ``stabilityai/sd-turbo``
+when it can be had (in the local Hugging Face cache, or the hub answers within
+a few seconds), else ``tiny``; the log says which and why. torch and diffusers
+are imported on first use, so importing :mod:`oscar_sd` stays light.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import anyio.from_thread
+import anyio.to_thread
+
+from ._errors import JobFailedError, OscarSDError
+from ._models import GenerationRequest, GenerationResult, Progress, ProgressCallback, Stage, Timings
+
+if TYPE_CHECKING:
+    from .service import GeneratedImage
+
+logger = logging.getLogger("oscar_sd.local")
+
+AUTO_MODEL = "auto"
+TURBO_MODEL = "stabilityai/sd-turbo"  # the service's default model
+TINY_MODEL = "tiny"
+#: How long "auto" waits for the Hugging Face hub before settling for "tiny".
+HUB_CHECK_SECONDS = 3.0
+
+
+class _Ticket:
+    """A request's place in the line; ``moved`` fires when the line changes."""
+
+    def __init__(self) -> None:
+        self.moved = anyio.Event()
+
+
+class LocalSD:
+    """Generate on this computer, one request at a time, the pipeline kept loaded.
+
+    Implements :class:`oscar_sd.Backend`.
+    """
+
+    def __init__(
+        self,
+        model: str = AUTO_MODEL,
+        results_dir: str | Path | None = None,
+        *,
+        device: str | None = None,
+    ) -> None:
+        self._requested_model = model
+        # None until "auto" is resolved on first use.
+        self._model: str | None = None if model == AUTO_MODEL else model
+        self._device = device
+        self._results_root = Path(results_dir) if results_dir else None
+        self._label: str | None = None
+        self._line: list[_Ticket] = []
+        self._load_lock = anyio.Lock()
+        self._running: set[anyio.CancelScope] = set()
+        self._all_finished = anyio.Event()
+        self._closed = False
+
+    @property
+    def model(self) -> str:
+        """The model that runs ("auto" until it is chosen on first use)."""
+        return self._model or self._requested_model
+
+    @property
+    def description(self) -> str:
+        """Where and with what the images are made, for the page."""
+        where = "this computer (in-process)"
+        if self._model is None:
+            return f"{where}, model chosen on first use ({TURBO_MODEL} if available, else tiny)"
+        if self._model == TINY_MODEL:
+            return f"{where}, model tiny (random weights: makes noise, not pictures)"
+        return f"{where}, model {self._label or self._model}"
+
+    async def __aenter__(self) -> LocalSD:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def load(self) -> None:
+        """Choose the model (for "auto") and load it in a worker thread, once.
+
+        Optional: :meth:`generate` loads on first use; call this to warm up early.
+        """
+        from .service import ModelLoadError, load_pipeline
+
+        async with self._load_lock:
+            if self._model is None:
+                self._model = await _choose_auto_model()
+            try:
+                loaded = await anyio.to_thread.run_sync(load_pipeline, self._model, self._device)
+            except ModelLoadError as exc:
+                if self._requested_model != AUTO_MODEL or self._model == TINY_MODEL:
+                    raise
+                logger.warning("Using the tiny model: %s", exc)
+                self._model = TINY_MODEL
+                loaded = await anyio.to_thread.run_sync(load_pipeline, self._model, self._device)
+            self._label = loaded.profile.label
+
+    async def generate(
+        self, request: GenerationRequest, on_progress: ProgressCallback | None = None
+    ) -> GenerationResult:
+        """Make the images of ``request``; see the module docstring for progress and cancelling.
+
+        Raises :class:`~oscar_sd.InvalidRequestError` for a request the model
+        cannot run and :class:`~oscar_sd.JobFailedError` when the model cannot be
+        loaded or generation fails (``error_type`` as in the service's error object).
+        """
+        if self._closed:
+            raise OscarSDError("This local backend is closed; create a new LocalSD.")
+        job_id = uuid.uuid4().hex
+        report = _Reporter(on_progress)
+        with anyio.CancelScope() as scope:
+            self._running.add(scope)
+            try:
+                return await self._generate(job_id, request, report)
+            finally:
+                self._running.discard(scope)
+                if not self._running:
+                    self._all_finished.set()
+        # Only aclose() cancels this scope.
+        raise OscarSDError("The local backend was closed before this request finished.")
+
+    async def aclose(self) -> None:
+        """Cancel the requests still running or waiting, and wait until they have stopped.
+
+        Result folders already returned stay until their ``cleanup()``.
+        """
+        self._closed = True
+        if not self._running:
+            return
+        self._all_finished = anyio.Event()
+        for scope in list(self._running):
+            scope.cancel()
+        await self._all_finished.wait()
+
+    async def _generate(
+        self, job_id: str, request: GenerationRequest, report: _Reporter
+    ) -> GenerationResult:
+        from .service import ModelLoadError, ServiceError
+
+        started = time.monotonic()
+        ticket = _Ticket()
+        self._line.append(ticket)
+        try:
+            await self._wait_for_turn(ticket, report)
+            if self._label is None:
+                report(Stage.GENERATING, "Loading the model (first request only)", step=0)
+            try:
+                await self.load()
+            except ModelLoadError as exc:
+                raise JobFailedError(str(exc), job_id, exc.kind) from exc
+            report(Stage.GENERATING, f"Generating with {self._label}", step=0)
+            directory = self._results_dir() / job_id
+            try:
+                images = await anyio.to_thread.run_sync(
+                    self._render, request, directory, report.from_thread
+                )
+            except BaseException:
+                shutil.rmtree(directory, ignore_errors=True)
+                raise
+        except ServiceError as exc:
+            raise JobFailedError(str(exc), job_id, exc.kind) from exc
+        finally:
+            self._leave(ticket)
+        elapsed = time.monotonic() - started
+        paths = [directory / f"{image.index}.png" for image in images]
+        report(Stage.DONE, f"{len(paths)} image(s) in {elapsed:.1f} s")
+        return GenerationResult(
+            images=paths,
+            request=images[0].request,
+            job_id=job_id,
+            directory=directory,
+            timings=Timings(wait=elapsed),
+            model=self._label,
+        )
+
+    async def _wait_for_turn(self, ticket: _Ticket, report: _Reporter) -> None:
+        reported: int | None = None
+        while True:
+            ahead = self._line.index(ticket)
+            if ahead != reported:
+                message = "Starting" if ahead == 0 else f"Waiting: {ahead} request(s) ahead"
+                report(Stage.QUEUED, message, queue_position=ahead)
+                reported = ahead
+            if ahead == 0:
+                return
+            ticket.moved = anyio.Event()
+            await ticket.moved.wait()
+
+    def _leave(self, ticket: _Ticket) -> None:
+        self._line.remove(ticket)
+        for waiting in self._line:
+            waiting.moved.set()
+
+    def _results_dir(self) -> Path:
+        if self._results_root is None:
+            self._results_root = Path(tempfile.mkdtemp(prefix="oscar-sd-results-"))
+        return self._results_root
+
+    def _render(
+        self, request: GenerationRequest, directory: Path, on_step: Any
+    ) -> list[GeneratedImage]:
+        """Runs in a worker thread: generate, then write ``1.png … N.png``."""
+        from .service import generate_images
+
+        images = generate_images(request, model=self._model, device=self._device, on_step=on_step)
+        directory.mkdir(parents=True)
+        for image in images:
+            (directory / f"{image.index}.png").write_bytes(image.png)
+        return images
+
+
+class _Reporter:
+    """Hands progress to the caller's callback, with the time since the request began."""
+
+    def __init__(self, on_progress: ProgressCallback | None) -> None:
+        self._on_progress = on_progress
+        self._started = time.monotonic()
+
+    def __call__(self, stage: Stage, message: str, **fields: Any) -> None:
+        if self._on_progress is None:
+            return
+        progress = Progress(stage, message, elapsed=time.monotonic() - self._started, **fields)
+        try:
+            self._on_progress(progress)
+        except Exception:
+            # A broken progress display must not break the generation.
+            logger.exception("on_progress raised; generation goes on")
+
+    def from_thread(self, step: int, total: int) -> None:
+        """The step callback, called in the pipeline's thread after each step."""
+        # Raises the cancellation in this thread when the awaiting task was
+        # cancelled: the pipeline stops here, before its next step.
+        anyio.from_thread.check_cancelled()
+        anyio.from_thread.run_sync(
+            lambda: self(
+                Stage.GENERATING, f"Step {step} of {total}", step=step, total_steps=total
+            )
+        )
+
+
+async def _choose_auto_model() -> str:
+    """sd-turbo when it is cached or the hub answers quickly, else tiny; logs why."""
+    from huggingface_hub import HfApi, try_to_load_from_cache
+
+    cached = try_to_load_from_cache(TURBO_MODEL, "model_index.json")
+    if isinstance(cached, str):
+        logger.info("Model auto: %s (found in the local Hugging Face cache)", TURBO_MODEL)
+        return TURBO_MODEL
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        logger.warning(
+            "Model auto: tiny (%s is not cached and HF_HUB_OFFLINE is set); "
+            "images will be noise, not pictures",
+            TURBO_MODEL,
+        )
+        return TINY_MODEL
+    reason = f"the Hugging Face hub did not answer within {HUB_CHECK_SECONDS:.0f} s"
+    # The thread is abandoned on timeout: a hung DNS lookup must not hold up the app.
+    with anyio.move_on_after(HUB_CHECK_SECONDS + 1):
+        try:
+            await anyio.to_thread.run_sync(
+                lambda: HfApi().model_info(TURBO_MODEL, timeout=HUB_CHECK_SECONDS),
+                abandon_on_cancel=True,
+            )
+        except Exception as exc:
+            reason = f"the Hugging Face hub is not reachable ({type(exc).__name__})"
+        else:
+            logger.info(
+                "Model auto: %s (the hub answered; it is downloaded on first use)", TURBO_MODEL
+            )
+            return TURBO_MODEL
+    logger.warning("Model auto: tiny (%s); images will be noise, not pictures", reason)
+    return TINY_MODEL
