@@ -62,16 +62,16 @@ def describe(progress: Progress) -> str:
     return f"{progress.message} · {progress.elapsed:.0f} s"
 
 
-def gallery_value(images: list[str]) -> list[tuple[str, str]]:
-    return [(path, f"Image {index} of {len(images)}") for index, path in enumerate(images, 1)]
+def gallery_value(images: list[str]) -> list[str]:
+    return list(images)
 
 
-def status_line(result: GenerationResult, backend: Backend) -> str:
+def status_line(result: GenerationResult) -> str:
     count = len(result.images)
     seconds = result.timings.total
     took = f" in {seconds:.1f} s" if seconds else ""
-    made_by = result.model or backend.description
-    return f"{count} image{'s' * (count != 1)}{took} · seed {result.request.seed} · {made_by}"
+    model = f" · {result.model}" if result.model else ""
+    return f"{count} image{'s' * (count != 1)}{took} · seed {result.request.seed}{model}"
 
 
 class Handlers:
@@ -95,7 +95,7 @@ class Handlers:
         history: History | None = None,
         request: gr.Request | None = None,
         progress: gr.Progress = gr.Progress(),  # noqa: B008 (Gradio's documented idiom)
-    ) -> tuple[list[tuple[str, str]], int | None, str, History]:
+    ) -> tuple[list[str], int | None, str, History]:
         """Make the images the form asks for; returns gallery, seed used, status, history.
 
         The defaults are the API's: ``client.predict("a red fox", api_name="/generate")``.
@@ -146,7 +146,7 @@ class Handlers:
         return (
             gallery_value(entry.images),
             result.request.seed,
-            status_line(result, backend),
+            status_line(result),
             [entry.to_state(), *history],
         )
 

@@ -13,13 +13,13 @@ import gradio as gr
 from .form import DEFAULT_SIZE, SIZE_PRESETS
 from .handlers import Handlers, history_gallery
 
-# The gallery keeps 3 columns on wide screens and 2 on a phone, and results
-# sit close under the form; the header stays one short line.
+# The gallery keeps 3 columns on wide screens and 2 on a phone, and grows to
+# show all its images instead of scrolling inside a fixed box.
 CSS = """
 #header { align-items: center; }
 #header h1 { margin: 0; font-size: 1.4rem; }
 #backend-line p { margin: 0; font-size: 0.85rem; opacity: 0.8; }
-#results .grid-wrap { min-height: 0; }
+#results .grid-wrap, #history .grid-wrap { max-height: none; height: auto; }
 @media (max-width: 640px) {
   #results .grid-container { grid-template-columns: repeat(2, minmax(0, 1fr)) !important; }
   #history .grid-container { grid-template-columns: repeat(3, minmax(0, 1fr)) !important; }
@@ -50,16 +50,23 @@ def build_page(
                 prompt = gr.Textbox(
                     label="Prompt",
                     placeholder="What should the images show? (Enter makes them)",
-                    lines=2,
+                    # One line grows to six; with lines > 1, Gradio submits on Shift+Enter only.
+                    lines=1,
                     max_lines=6,
                     autofocus=True,
                     elem_id="prompt",
                 )
                 with gr.Row():
                     generate = gr.Button(
-                        "From Text to Image", variant="primary", scale=3, elem_id="generate"
+                        "From Text to Image",
+                        variant="primary",
+                        scale=3,
+                        min_width=190,
+                        elem_id="generate",
                     )
-                    cancel = gr.Button("Cancel", variant="stop", scale=1, elem_id="cancel")
+                    cancel = gr.Button(
+                        "Cancel", variant="stop", scale=1, min_width=90, elem_id="cancel"
+                    )
                 with gr.Accordion("Advanced", open=False, elem_id="advanced"):
                     negative_prompt = gr.Textbox(
                         label="Negative prompt",
@@ -116,13 +123,14 @@ def build_page(
                 )
                 with gr.Row(equal_height=True):
                     seed_used = gr.Number(
-                        label="Seed used", precision=0, interactive=False, scale=1, min_width=120
+                        label="Seed used", precision=0, interactive=False, scale=0, min_width=160
                     )
                     status = gr.Markdown(elem_id="status")
 
         with gr.Accordion("History (this session)", open=True):
             past_runs = gr.Gallery(
                 columns=6,
+                fit_columns=False,  # one earlier run is a thumbnail, not a banner
                 height="auto",
                 allow_preview=False,
                 show_label=False,

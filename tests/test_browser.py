@@ -1,0 +1,139 @@
+"""The page in a real browser (Playwright + Debian's Chromium), against the cluster double.
+
+Log in, type a prompt, press the button, see six images: at the root and
+under an Ingress-style subpath. The first run saves docs/screenshot.png.
+"""
+
+from __future__ import annotations
+
+import io
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+
+from tests.double import ClusterDouble
+from tests.ui_fixtures import cluster_settings, running_app
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+SCREENSHOT = Path(__file__).resolve().parent.parent / "docs" / "screenshot.png"
+
+pytestmark = pytest.mark.skipif(
+    shutil.which(CHROMIUM) is None, reason="Debian's chromium is not installed (make browser)"
+)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+def log_in(page: Page, url: str, user: str, password: str) -> None:
+    page.goto(url)
+    page.get_by_label("username").fill(user)
+    page.get_by_label("password").fill(password)
+    page.get_by_role("button", name="Login").click()
+    expect(page.get_by_role("button", name="From Text to Image")).to_be_visible(timeout=20_000)
+
+
+def save_screenshot(page: Page) -> None:
+    """docs/screenshot.png for the README, kept small: 96 colours are plenty for a UI."""
+    with Image.open(io.BytesIO(page.screenshot(scale="css"))) as shot:
+        SCREENSHOT.parent.mkdir(exist_ok=True)
+        shot.convert("RGB").quantize(colors=96).save(SCREENSHOT, optimize=True)
+
+
+def make_six_images(page: Page, prompt: str) -> None:
+    page.get_by_label("Prompt").fill(prompt)
+    page.get_by_role("button", name="From Text to Image").click()
+    images = page.locator("#results img")
+    expect(images).to_have_count(6, timeout=30_000)
+    for index in range(6):
+        expect(images.nth(index)).to_have_js_property("complete", True)
+    expect(page.locator("#status")).to_contain_text("6 images")
+
+
+def test_log_in_type_a_prompt_see_six_images(browser: Browser, cluster: ClusterDouble) -> None:
+    with running_app(cluster_settings(cluster.oscar_endpoint)) as app:
+        page = browser.new_page(viewport={"width": 1000, "height": 620})
+        try:
+            assert app.url is not None
+            log_in(page, app.url, "alice", "alice-pw")
+            expect(page.locator("#backend-line")).to_contain_text("OSCAR service")
+            make_six_images(page, "a lighthouse at dusk, oil painting")
+            # The images are served as the PNG files the service made.
+            first = page.locator("#results img").first.get_attribute("src") or ""
+            assert first.endswith(".png"), first
+            save_screenshot(page)
+        finally:
+            page.close()
+
+
+def test_enter_submits_and_history_restores_parameters(
+    browser: Browser, cluster: ClusterDouble
+) -> None:
+    with running_app(cluster_settings(cluster.oscar_endpoint)) as app:
+        page = browser.new_page(viewport={"width": 1100, "height": 900})
+        try:
+            assert app.url is not None
+            log_in(page, app.url, "bob", "bob-pw")
+            prompt = page.get_by_label("Prompt")
+            prompt.fill("a blue whale")
+            prompt.press("Enter")
+            expect(page.locator("#results img")).to_have_count(6, timeout=30_000)
+            seed_used = page.get_by_label("Seed used").input_value()
+            assert seed_used.isdigit()
+
+            prompt.fill("something else")
+            page.locator("#history img").first.click()
+            expect(prompt).to_have_value("a blue whale")
+            page.get_by_text("Advanced").click()
+            expect(page.get_by_label("Seed", exact=True)).to_have_value(seed_used)
+            expect(page.get_by_label("Randomize seed")).not_to_be_checked()
+        finally:
+            page.close()
+
+
+def test_the_same_under_a_root_path(browser: Browser, cluster: ClusterDouble) -> None:
+    settings = cluster_settings(cluster.oscar_endpoint, root_path="/sd")
+    with running_app(settings) as app:
+        page = browser.new_page(viewport={"width": 1100, "height": 760})
+        try:
+            assert app.url is not None
+            log_in(page, app.url + "sd/", "alice", "alice-pw")
+            make_six_images(page, "a red fox in the snow")
+            first = page.locator("#results img").first.get_attribute("src") or ""
+            assert "/sd/gradio_api/file=" in first, first
+        finally:
+            page.close()
+
+
+def test_a_phone_sees_the_results_above_the_fold(
+    browser: Browser, cluster: ClusterDouble
+) -> None:
+    with running_app(cluster_settings(cluster.oscar_endpoint)) as app:
+        page = browser.new_page(viewport={"width": 390, "height": 844}, is_mobile=True)
+        try:
+            assert app.url is not None
+            log_in(page, app.url, "alice", "alice-pw")
+            make_six_images(page, "a small boat")
+            first = page.locator("#results img").first.bounding_box()
+            assert first is not None and first["y"] < 844, "the first image is on screen"
+        finally:
+            page.close()
