@@ -171,7 +171,7 @@ def _from_pretrained(model: str, dtype: torch.dtype) -> Any:
         source = str(folder)
     else:
         source = model
-    return AutoPipelineForText2Image.from_pretrained(source, torch_dtype=dtype)
+    return AutoPipelineForText2Image.from_pretrained(source, dtype=dtype)
 
 
 def _first_line(exc: BaseException) -> str:
