@@ -21,6 +21,7 @@ import pytest
 import requests
 
 from oscar_sd import cli
+from oscar_sd._deploy import load_fdl_service
 from oscar_sd.cli import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, main
 from tests.double import ClusterDouble
 
@@ -382,6 +383,26 @@ def test_status_lists_recent_jobs_newest_first_with_their_states(alice, capsys):
 
     assert main(["status", "--jobs", "1"]) == EXIT_OK
     assert "jobs     2, the latest 1 below" in capsys.readouterr().out
+
+
+def test_the_project_fdl_deploys_and_the_service_still_generates(alice, capsys):
+    """manifests/stable-diffusion.yaml itself: read as oscar-cli reads it, applied, then used."""
+    fdl = ROOT / "manifests" / "stable-diffusion.yaml"
+    definition = load_fdl_service(fdl)
+    assert definition["script"] == (ROOT / "manifests" / "script.sh").read_text()
+    assert isinstance(definition["cpu"], str)
+    assert definition["enable_gpu"] is True
+
+    # The cluster already has the service (the fixture's): deploy updates it.
+    assert main(["deploy", "--fdl", str(fdl)]) == EXIT_OK, capsys.readouterr().err
+    assert capsys.readouterr().out.startswith(f"updated service {definition['name']}")
+    service = read_service(alice, definition["name"])
+    assert service["image"] == definition["image"]
+    assert service["script"] == definition["script"]
+    assert [io["path"] for io in service["input"]] == [io["path"] for io in definition["input"]]
+
+    assert main(["generate", "a lighthouse", "--service", definition["name"]]) == EXIT_OK
+    assert len(capsys.readouterr().out.splitlines()) == 6
 
 
 # ---------------------------------------------------------------------------
