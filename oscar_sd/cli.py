@@ -376,19 +376,23 @@ def run_generate(args: argparse.Namespace, secrets: list[str]) -> int:
         height=height,
         num_images=args.num_images,
     )
-    cluster = resolve_cluster(args, settings, secrets, required=False)
     timeout = args.timeout if args.timeout is not None else settings.timeout
+    if not timeout > 0:
+        raise UsageError("--timeout must be a number of seconds above 0")
+    cluster = resolve_cluster(args, settings, secrets, required=False)
     where = f"service {cluster.service!r} at {cluster.endpoint}" if cluster else "this machine"
     print(f"oscar-sd: generating {request.num_images} images on {where}", file=sys.stderr)
 
     result = anyio.run(_generate, request, cluster, settings, timeout, ProgressPrinter())
+    directory = args.output or Path("outputs") / result.job_id
     try:
-        directory = args.output or Path("outputs") / result.job_id
         directory.mkdir(parents=True, exist_ok=True)
         for image in result.images:
             copy = directory / image.name
             shutil.copyfile(image, copy)
             print(copy)
+    except OSError as exc:
+        raise UsageError(f"cannot write the images to {directory}: {exc.strerror}") from None
     finally:
         result.cleanup()  # the backend's own temporary copy
     print(f"oscar-sd: seed {result.request.seed}, {len(result.images)} images in {directory}",

@@ -152,6 +152,18 @@ def test_generate_via_the_console_script(cluster, tmp_path):
     assert PASSWORD not in done.stdout + done.stderr
 
 
+def test_an_output_folder_that_cannot_be_written_exits_2(alice, capsys, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+
+    code = main(["generate", "a fox", "-n", "1", "-o", str(blocker / "images")])
+
+    out, err = capsys.readouterr()
+    assert code == EXIT_USAGE
+    assert out == ""
+    assert str(blocker / "images") in error_line(err)
+
+
 def test_without_an_endpoint_the_images_are_made_in_process(monkeypatch, capsys, tmp_path):
     monkeypatch.setenv("OSCAR_SD_MODEL", "tiny")  # random weights: quick, and no download
 
@@ -419,6 +431,7 @@ def test_the_project_fdl_deploys_and_the_service_still_generates(alice, capsys):
         (["generate", "fox", "-n", "six"], "invalid int value"),
         (["serve", "--port", "70000"], "between 1 and 65535"),
         (["deploy", "--wait", "0"], "--wait"),
+        (["generate", "fox", "--timeout", "-5"], "--timeout"),
         (["status", "--jobs", "-1"], "--jobs"),
     ],
 )
