@@ -379,6 +379,8 @@ def run_generate(args: argparse.Namespace, secrets: list[str]) -> int:
     timeout = args.timeout if args.timeout is not None else settings.timeout
     if not timeout > 0:
         raise UsageError("--timeout must be a number of seconds above 0")
+    # Make sure the images can be kept before a GPU spends time on them.
+    _make_folder(args.output or Path("outputs"))
     cluster = resolve_cluster(args, settings, secrets, required=False)
     where = f"service {cluster.service!r} at {cluster.endpoint}" if cluster else "this machine"
     print(f"oscar-sd: generating {request.num_images} images on {where}", file=sys.stderr)
@@ -386,7 +388,7 @@ def run_generate(args: argparse.Namespace, secrets: list[str]) -> int:
     result = anyio.run(_generate, request, cluster, settings, timeout, ProgressPrinter())
     directory = args.output or Path("outputs") / result.job_id
     try:
-        directory.mkdir(parents=True, exist_ok=True)
+        _make_folder(directory)
         for image in result.images:
             copy = directory / image.name
             shutil.copyfile(image, copy)
@@ -398,6 +400,13 @@ def run_generate(args: argparse.Namespace, secrets: list[str]) -> int:
     print(f"oscar-sd: seed {result.request.seed}, {len(result.images)} images in {directory}",
           file=sys.stderr)
     return EXIT_OK
+
+
+def _make_folder(directory: Path) -> None:
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"cannot write the images to {directory}: {exc.strerror}") from None
 
 
 async def _generate(

@@ -162,6 +162,7 @@ def test_an_output_folder_that_cannot_be_written_exits_2(alice, capsys, tmp_path
     assert code == EXIT_USAGE
     assert out == ""
     assert str(blocker / "images") in error_line(err)
+    assert alice.jobs("stable-diffusion") == {}  # refused before any GPU time was spent
 
 
 def test_without_an_endpoint_the_images_are_made_in_process(monkeypatch, capsys, tmp_path):
