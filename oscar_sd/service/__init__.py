@@ -23,7 +23,8 @@ b'\\x89PNG'
 Modules, one idea each: :mod:`.pipeline` (which model, loading once),
 :mod:`.tiny` (the download-free test model), :mod:`.generate` (request → PNGs),
 :mod:`.metadata` (what each PNG carries), :mod:`.job` (input file → zip or
-error object), :mod:`.errors` (error types and exit codes).
+error object), :mod:`.errors` (error types and exit codes), :mod:`.download`
+(weights into the image at build time).
 """
 
 from .errors import GenerationError, ModelLoadError, ServiceError

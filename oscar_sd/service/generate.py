@@ -136,7 +136,7 @@ def _run_pipeline(
     )
     started = time.perf_counter()
     try:
-        with torch.inference_mode():
+        with loaded.run_lock, torch.inference_mode():
             output = loaded.pipeline(
                 prompt=request.prompt,
                 negative_prompt=request.negative_prompt or None,

@@ -22,7 +22,7 @@ import logging
 import os
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +59,9 @@ class LoadedModel:
     device: str
     dtype: torch.dtype
     load_seconds: float
+    #: Held while the pipeline runs: its scheduler keeps per-call state, so two
+    #: threads (two LocalSD instances, a test double's jobs) must take turns.
+    run_lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
 
 def model_from_env() -> str:
