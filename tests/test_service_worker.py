@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import zipfile
 from pathlib import Path
 
@@ -127,6 +128,24 @@ def test_image_i_alone_is_remade_from_its_own_seed() -> None:
     alone = generate_images(small_request(seed=502, num_images=1), model="tiny", device="cpu")
     # A batch of 3 and a batch of 1 round differently in the last bit at most.
     assert np.abs(pixels(third.png) - pixels(alone[0].png)).max() <= 2
+
+
+def test_threads_sharing_the_cached_pipeline_each_get_their_own_images() -> None:
+    # The cluster double runs jobs in threads, and two LocalSDs share the cache.
+    requests = [small_request(seed=seed) for seed in (100, 200, 300)]
+    alone = [generate_images(request, model="tiny", device="cpu") for request in requests]
+    together: dict[int, list[bytes]] = {}
+
+    def run(i: int) -> None:
+        images = generate_images(requests[i], model="tiny", device="cpu")
+        together[i] = [image.png for image in images]
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(requests))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert together == {i: [image.png for image in alone[i]] for i in range(len(requests))}
 
 
 def test_random_seed_is_drawn_and_reported() -> None:

@@ -13,7 +13,8 @@ Exit codes of ``python -m oscar_sd.service``:
 3   the model could not be loaded: ``type`` is ``ModelLoadError``
 4   the model loaded but generating failed: ``type`` is ``GenerationError``
 5   the job's environment is incomplete (``INPUT_FILE_PATH`` or
-    ``TMP_OUTPUT_DIR`` unset): ``type`` is ``EnvironmentError``
+    ``TMP_OUTPUT_DIR`` unset): no error object (there is no job name or no
+    folder to write it to), the log says which variable is missing
 ==  =====================================================================
 """
 
@@ -48,13 +49,6 @@ class GenerationError(ServiceError):
 
     kind = "GenerationError"
     exit_code = EXIT_GENERATION
-
-
-class JobEnvironmentError(ServiceError):
-    """The variables OSCAR's supervisor sets for a job are missing."""
-
-    kind = "EnvironmentError"
-    exit_code = EXIT_ENVIRONMENT
 
 
 def error_kind(exc: BaseException) -> str:
