@@ -174,7 +174,7 @@ class LocalSD:
     async def _generate(
         self, job_id: str, request: GenerationRequest, report: _Reporter
     ) -> GenerationResult:
-        from .service import ModelLoadError, ServiceError
+        from .service import ServiceError
 
         started = time.monotonic()
         ticket = _Ticket()
@@ -183,10 +183,7 @@ class LocalSD:
             await self._wait_for_turn(ticket, report)
             if self._label is None:
                 report(Stage.GENERATING, "Loading the model (first request only)", step=0)
-            try:
-                await self.load()
-            except ModelLoadError as exc:
-                raise JobFailedError(str(exc), job_id, exc.kind) from exc
+            await self.load()
             report(Stage.GENERATING, f"Generating with {self._label}", step=0)
             directory = self._results_dir() / job_id
             try:
@@ -197,6 +194,8 @@ class LocalSD:
                 shutil.rmtree(directory, ignore_errors=True)
                 raise
         except ServiceError as exc:
+            # ModelLoadError, GenerationError: reported as the OSCAR backend reports a
+            # job's error object, so the front ends handle both alike.
             raise JobFailedError(str(exc), job_id, exc.kind) from exc
         finally:
             self._leave(ticket)

@@ -150,7 +150,7 @@ def _load(model: str, device: str) -> LoadedModel:
             "pipeline, or 'tiny'."
         ) from exc
     pipeline.set_progress_bar_config(disable=True)
-    if device.startswith("cuda"):
+    if device.startswith("cuda") and hasattr(pipeline, "unet"):
         from diffusers.models.attention_processor import AttnProcessor2_0
 
         # PyTorch's fused scaled-dot-product attention (flash / memory-efficient kernels).
