@@ -1,11 +1,15 @@
 # syntax=docker/dockerfile:1
 # The images of oscar-sd, one target each:
 #
+#   docker build --target app -t ghcr.io/oscar-sd/app:latest .
+#       the web page and CLI, talking to a cluster (manifests/deploy_gradio.yaml);
+#       no torch, no GPU stack.
 #   docker build --target service -t ghcr.io/oscar-sd/stable-diffusion:latest .
 #       the Stable Diffusion worker of each OSCAR job (manifests/stable-diffusion.yaml),
 #       model weights included; build-arg OSCAR_SD_MODEL picks the hub model.
 #
 # Stages: base (Python, a virtualenv, the non-root user; shared by every target)
+#   -> app (the project without its `local` extra)
 #   -> service-deps (torch with CUDA, diffusers, the project with its `local` extra)
 #   -> model (downloads the weights at build time) -> service (deps + weights).
 
@@ -22,6 +26,26 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 RUN python -m venv /opt/venv \
     && useradd --create-home --uid 1000 --user-group oscar
 WORKDIR /opt/oscar-sd
+
+# --- app: the web page in front of a cluster ---------------------------------------
+FROM base AS app
+COPY pyproject.toml README.md ./
+COPY oscar_sd ./oscar_sd
+# The base install has no torch: the page hands generation to the cluster. The
+# user id matches the Deployment's runAsUser; its home is the writable /tmp.
+# DL3013: the project's own pyproject.toml pins its dependencies.
+# hadolint ignore=DL3013
+RUN pip install --no-cache-dir . \
+    && useradd --uid 10001 --user-group --no-create-home --home-dir /tmp oscar-app
+ENV port=7000 \
+    HOME=/tmp \
+    GRADIO_TEMP_DIR=/tmp/gradio \
+    GRADIO_ANALYTICS_ENABLED=False
+EXPOSE 7000
+HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
+    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ.get('port', '7000') + '/healthz', timeout=4)"]
+USER 10001:10001
+CMD ["oscar-sd", "serve"]
 
 # --- service-deps: the generation stack -------------------------------------------
 FROM base AS service-deps

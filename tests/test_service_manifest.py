@@ -130,7 +130,7 @@ def test_dockerfile_passes_hadolint() -> None:
 def test_dockerfile_has_a_shared_base_and_a_service_target() -> None:
     lines = DOCKERFILE.read_text().splitlines()
     stages = [line.split()[-1] for line in lines if line.startswith("FROM ")]
-    assert stages == ["base", "service-deps", "model", "service"]
+    assert stages == ["base", "app", "service-deps", "model", "service"]
     assert "FROM base AS service-deps" in lines
     # Every lint exception says why, on the line above.
     for number, line in enumerate(lines):
