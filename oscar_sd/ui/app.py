@@ -127,7 +127,9 @@ class WebApp:
                 "routes": [Route("/healthz", health_route(self._health))],
                 "middleware": [
                     Middleware(FileGuard, sessions=self.sessions),
-                    Middleware(LogoutHook, sessions=self.sessions),
+                    Middleware(
+                        LogoutHook, sessions=self.sessions, root_path=settings.root_path
+                    ),
                 ],
                 "lifespan": self._lifespan,
             },

@@ -12,10 +12,10 @@ from __future__ import annotations
 import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from urllib.parse import unquote
 
+import anyio
 from starlette.requests import HTTPConnection, Request
-from starlette.responses import JSONResponse, PlainTextResponse
+from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .sessions import Sessions, is_tab_key
@@ -50,8 +50,9 @@ class FileGuard:
     """Serve a file under the results folder only to the user whose folder holds it.
 
     Anything else below the results folder (a folder no session owns, another
-    user's folder) answers 404, as if it did not exist. Without login (local
-    mode) there is no user to check: the random folder names protect the files.
+    user's folder, a file that is not an image) answers 404, as if it did not
+    exist. Without login (local mode) there is no user to check: the random
+    folder names protect the files.
     """
 
     def __init__(self, app: ASGIApp, sessions: Sessions) -> None:
@@ -60,36 +61,50 @@ class FileGuard:
         self.root = sessions.root
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and FILE_ROUTE in scope["path"]:
-            requested = unquote(scope["path"].split(FILE_ROUTE, 1)[1])
-            if not self._allowed(HTTPConnection(scope), requested):
-                await PlainTextResponse("Not found", status_code=404)(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
-
-    def _allowed(self, connection: HTTPConnection, requested: str) -> bool:
+        if scope["type"] != "http" or FILE_ROUTE not in scope["path"]:
+            await self.app(scope, receive, send)
+            return
+        # Already percent-decoded once by the server, exactly as Gradio's route sees it.
+        requested = scope["path"].split(FILE_ROUTE, 1)[1]
         if requested.startswith(("http://", "https://")):
-            return True  # Gradio's own (guarded) URL proxy; no file of ours
-        path = Path(os.path.realpath(requested))
+            await self.app(scope, receive, send)  # Gradio's own guarded URL proxy
+            return
+        # Resolved like Gradio does, so a symlinked temp folder cannot route around the
+        # check; resolving touches the disk, so off the event loop.
+        path = Path(await anyio.to_thread.run_sync(os.path.realpath, requested))
         if not path.is_relative_to(self.root):
-            return True  # not a result: Gradio's own checks apply
+            await self.app(scope, receive, send)  # not a result: Gradio's own checks apply
+            return
         owner = self.sessions.owner_of(path)
-        if owner is None:
-            return False
-        if is_tab_key(owner.key):
-            return True
-        return current_user(connection) == owner.key
+        allowed = owner is not None and (
+            is_tab_key(owner.key) or current_user(HTTPConnection(scope)) == owner.key
+        )
+        if not allowed or path.suffix.lower() != ".png":
+            response: Response = PlainTextResponse("Not found", status_code=404)
+        else:
+            # The owner asks for their own image: serve the file as it is (PNG with
+            # its metadata) without a second trip through Gradio's routes.
+            response = FileResponse(
+                path,
+                media_type="image/png",
+                filename=path.name,
+                content_disposition_type="inline",
+                headers={"Cache-Control": "private, max-age=3600"},
+            )
+        await response(scope, receive, send)
 
 
 class LogoutHook:
     """On ``/logout``, close the user's session (backend and files); then Gradio logs out."""
 
-    def __init__(self, app: ASGIApp, sessions: Sessions) -> None:
+    def __init__(self, app: ASGIApp, sessions: Sessions, root_path: str = "") -> None:
         self.app = app
         self.sessions = sessions
+        # Served at /logout, or at <root_path>/logout when the proxy keeps the prefix.
+        self.paths = {"/logout", root_path.rstrip("/") + "/logout"}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"].rstrip("/").endswith("/logout"):
+        if scope["type"] == "http" and scope["path"].rstrip("/") in self.paths:
             user = current_user(HTTPConnection(scope))
             if user is not None:
                 await self.sessions.close(user, "logout")
