@@ -110,7 +110,7 @@ def test_enter_submits_and_history_restores_parameters(
             page.close()
 
 
-def test_the_same_under_a_root_path(browser: Browser, cluster: ClusterDouble) -> None:
+def test_the_same_under_a_root_path_and_log_out(browser: Browser, cluster: ClusterDouble) -> None:
     settings = cluster_settings(cluster.oscar_endpoint, root_path="/sd")
     with running_app(settings) as app:
         page = browser.new_page(viewport={"width": 1100, "height": 760})
@@ -120,6 +120,11 @@ def test_the_same_under_a_root_path(browser: Browser, cluster: ClusterDouble) ->
             make_six_images(page, "a red fox in the snow")
             first = page.locator("#results img").first.get_attribute("src") or ""
             assert "/sd/gradio_api/file=" in first, first
+
+            page.get_by_text("Log out", exact=True).click()
+            expect(page.get_by_label("username")).to_be_visible(timeout=20_000)
+            assert page.url.startswith(app.url + "sd"), page.url
+            assert app.sessions.get("alice") is None, "logging out closed the session"
         finally:
             page.close()
 

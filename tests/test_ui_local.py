@@ -13,7 +13,7 @@ import pytest
 from gradio_client.exceptions import AuthenticationError
 
 from oscar_sd import Settings
-from tests.ui_fixtures import client, png_metadata, running_app
+from tests.ui_fixtures import client, png_metadata, running_app, wait_until
 
 pytest.importorskip("diffusers", reason="the local backend needs the [local] extra")
 
@@ -57,3 +57,29 @@ def test_oscar_sd_users_turns_login_on(tmp_path: Path) -> None:
         # Carol's images were moved into her own folder.
         assert all(Path(str(p)).name.endswith(".png") for p in carol.directory.rglob("*.png"))
         assert len(list(carol.directory.rglob("*.png"))) == 6
+
+
+def test_progress_shows_steps_and_place_in_line_and_cancel_lets_the_next_go(tmp_path: Path) -> None:
+    def descriptions(job: Any) -> list[str]:
+        return [unit.desc or "" for unit in job.status().progress_data or []]
+
+    with running_app(local_settings()) as app:
+        first_tab, second_tab = client(app, tmp_path / "a"), client(app, tmp_path / "b")
+        # Long enough to still be generating when the second request arrives.
+        first = first_tab.submit("a slow fox", size="256x256", steps=150, api_name="/generate")
+        wait_until(
+            lambda: any(desc.startswith("Step ") for desc in descriptions(first)),
+            timeout=120,
+            what="the first request's step progress",
+        )
+        step = next(unit for unit in first.status().progress_data if unit.desc.startswith("Step"))
+        assert step.length == 150 and step.index is not None
+        second = second_tab.submit("a patient fox", api_name="/generate", **SMALL)
+        wait_until(
+            lambda: any("1 request(s) ahead" in desc for desc in descriptions(second)),
+            timeout=60,
+            what="the second request's place in line",
+        )
+        # Cancel stops the first at its next step; the second goes next.
+        first.cancel()
+        assert len(second.result(timeout=120)[0]) == 6

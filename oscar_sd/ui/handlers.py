@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import html
 import logging
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
+import anyio
 import gradio as gr
 
 from .._backend import Backend
@@ -27,6 +28,7 @@ from .form import DEFAULT_SIZE, FIELD_LABELS, HistoryEntry, build_request
 from .sessions import SessionExpired, Sessions, UserSession, tab_key
 
 log = logging.getLogger("oscar_sd.ui")
+T = TypeVar("T")
 
 SESSION_EXPIRED = (
     "Your session has expired. Log out (top right) and log in again to go on making images."
@@ -128,7 +130,7 @@ class Handlers:
         progress(None, desc="Sending your request")
         try:
             async with self._sessions.using(session) as backend:
-                result = await backend.generate(generation, on_progress)
+                result = await cancellable(backend.generate(generation, on_progress))
         except AuthenticationError:
             log.info("the backend refused the session's credentials; closing the session")
             await self._sessions.close(session.key, "credentials refused")
@@ -173,6 +175,29 @@ class Handlers:
         return self._sessions.get(key) or await self._sessions.open(
             key, self._shared_backend(), owns_backend=False
         )
+
+
+async def cancellable(work: Awaitable[T]) -> T:
+    """Await ``work`` in a task group, so that Cancel reaches it wherever it waits.
+
+    Gradio's Cancel is a plain asyncio cancellation of the handler's task; an
+    anyio task group turns it into a cancellation of its scope, which work in
+    a worker thread hears too (the local model stops at its next step).
+    """
+    outcome: list[T] = []
+    failure: list[Exception] = []
+
+    async def run() -> None:
+        try:
+            outcome.append(await work)
+        except Exception as exc:  # re-raised below as itself, not in an ExceptionGroup
+            failure.append(exc)
+
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(run)
+    if failure:
+        raise failure[0]
+    return outcome[0]
 
 
 def history_gallery(history: History) -> list[tuple[str, str]]:
