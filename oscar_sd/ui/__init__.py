@@ -20,6 +20,9 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import threading
+from types import FrameType
 
 from .._settings import Settings
 from .app import IDLE_TIMEOUT, WebApp, cluster_backends
@@ -53,4 +56,13 @@ def serve(settings: Settings | None = None) -> None:
     if settings.results_dir:
         # The results live in Gradio's temp folder (see oscar_sd.ui.http).
         os.environ.setdefault("GRADIO_TEMP_DIR", settings.results_dir)
-    build_app(settings).launch()
+    app = build_app(settings)
+    # Kubernetes stops a pod with SIGTERM: end like Ctrl-C, so that sessions are
+    # closed and their files deleted. (Only the main thread may set handlers.)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _interrupt)
+    app.launch()
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt

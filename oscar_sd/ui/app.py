@@ -113,7 +113,7 @@ class WebApp:
             auth=self.login.check if self.login else None,
             auth_message=self._login_message(),
             root_path=settings.root_path or None,
-            prevent_thread_lock=prevent_thread_lock,
+            prevent_thread_lock=True,  # blocked below, once the address is logged
             show_error=False,  # unexpected errors stay in the log; gr.Error messages show
             quiet=True,
             footer_links=["api", "gradio", "settings"],
@@ -135,6 +135,8 @@ class WebApp:
             },
         )
         log.info("oscar-sd web app on %s (%s)", self.url, self._backend_summary())
+        if not prevent_thread_lock:
+            self.blocks.block_thread()  # until Ctrl-C (or SIGTERM, see serve())
         return self.url
 
     def close(self) -> None:
