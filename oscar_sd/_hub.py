@@ -26,6 +26,7 @@ import logging
 import random
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
@@ -114,7 +115,8 @@ class HubStats:
     events: int = 0
     caught_up: int = 0
     resolved: int = 0
-    errors: list[str] = field(default_factory=list)
+    #: The latest problems (bounded: an outage retries for as long as it lasts).
+    errors: deque[str] = field(default_factory=lambda: deque(maxlen=100))
 
 
 class NotificationHub:
@@ -222,11 +224,14 @@ class NotificationHub:
             try:
                 response = self._source.open_listen(self.address.bucket, self.address.prefix)
             except Exception as exc:
-                self._note_error("could not open the notification stream", exc)
+                # One warning per outage, not one per retry.
+                self._note_error("could not open the notification stream", exc, loud=attempt == 0)
                 self._stop.wait(self.backoff.delay(attempt))
                 attempt += 1
                 continue
             self.stats.connects += 1
+            if attempt:
+                logger.info("%s: notification stream open again", self._label)
             self._on_connected(response)
             if self._stop.is_set():  # closed while connecting
                 self._interrupt()
@@ -353,12 +358,16 @@ class NotificationHub:
             except Exception:
                 pass
 
-    def _note_error(self, what: str, exc: BaseException | None) -> None:
+    def _note_error(self, what: str, exc: BaseException | None, loud: bool = True) -> None:
         # Only the exception's type goes to the log: messages from HTTP
         # libraries can carry URLs and headers, and this must never leak keys.
         detail = f"{what} ({type(exc).__name__})" if exc else what
         self.stats.errors.append(detail)
-        logger.warning("%s/%s: %s", self.address.bucket, self.address.prefix, detail)
+        logger.log(logging.WARNING if loud else logging.DEBUG, "%s: %s", self._label, detail)
+
+    @property
+    def _label(self) -> str:
+        return f"{self.address.bucket}/{self.address.prefix}"
 
 
 def _run_all(calls: list[tuple[Waiter, Callable[[], object]]]) -> None:

@@ -6,6 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from oscar_sd._hub import close_all_hubs
 from tests.double import ClusterDouble, services
 
 pytest_plugins = ["anyio"]
@@ -17,6 +18,13 @@ SERVICE = "stable-diffusion"
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+@pytest.fixture(autouse=True)
+def _close_notification_hubs() -> Iterator[None]:
+    """Hubs are process-wide; each test's hubs go with its cluster double."""
+    yield
+    close_all_hubs()
 
 
 @pytest.fixture

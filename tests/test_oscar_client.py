@@ -369,7 +369,8 @@ async def test_a_stalled_stream_is_noticed_and_replaced(cluster: ClusterDouble):
         cluster.stall_streams()
         cluster.release_jobs()
 
-    async with connect(cluster, stall_timeout=1.0) as sd:
+    # Pings come every second (MinIO takes whole seconds): 2 s of silence is a stall.
+    async with connect(cluster, stall_timeout=2.0) as sd:
         results = await run_all([sd], requests, stall_then_release)
         assert any("dropped" in error for error in sd._hub.stats.errors)
     assert_each_got_its_own(results, requests)
