@@ -35,7 +35,7 @@ SESSION_EXPIRED = (
 )
 UNEXPECTED = "Something went wrong on the server (it is logged). Try again in a moment."
 
-#: The empty history, as the ``gr.State`` holds it.
+#: A tab's earlier runs, newest first, as its ``gr.State`` holds them.
 History = list[dict[str, Any]]
 
 
@@ -62,10 +62,6 @@ def _shown(message: str) -> gr.Error:
 def describe(progress: Progress) -> str:
     """One line for the progress overlay: what happens now, and for how long."""
     return f"{progress.message} · {progress.elapsed:.0f} s"
-
-
-def gallery_value(images: list[str]) -> list[str]:
-    return list(images)
 
 
 def status_line(result: GenerationResult) -> str:
@@ -130,7 +126,7 @@ class Handlers:
         progress(None, desc="Sending your request")
         try:
             async with self._sessions.using(session) as backend:
-                result = await cancellable(backend.generate(generation, on_progress))
+                result = await cancellable(backend.generate, generation, on_progress)
         except AuthenticationError:
             log.info("the backend refused the session's credentials; closing the session")
             await self._sessions.close(session.key, "credentials refused")
@@ -142,11 +138,15 @@ class Handlers:
             log.exception("generation failed unexpectedly")
             raise _shown(UNEXPECTED) from None
 
+        if self._sessions.get(session.key) is not session:
+            # Logged out (or the tab closed) while this ran: nobody may see these images.
+            await anyio.to_thread.run_sync(result.cleanup)
+            raise _shown(SESSION_EXPIRED)
         result = await self._sessions.keep(session, request.session_hash or "", result)
         log.info("generated %d images in %.1f s", len(result.images), result.timings.total)
         entry = HistoryEntry.of(result)
         return (
-            gallery_value(entry.images),
+            list(entry.images),
             result.request.seed,
             status_line(result),
             [entry.to_state(), *history],
@@ -156,7 +156,7 @@ class Handlers:
         """Put a history entry's parameters back in the form, and its images in the gallery."""
         entry = HistoryEntry.from_state(history[selected.index])
         status = f"From history · seed {entry.seed} · {entry.model or 'parameters restored'}"
-        return (*entry.form_values(), gallery_value(entry.images), entry.seed, status)
+        return (*entry.form_values(), list(entry.images), entry.seed, status)
 
     async def forget_tab(self, request: gr.Request) -> None:
         """A tab closed: its images go (and without login, its whole session)."""
@@ -177,8 +177,8 @@ class Handlers:
         )
 
 
-async def cancellable(work: Awaitable[T]) -> T:
-    """Await ``work`` in a task group, so that Cancel reaches it wherever it waits.
+async def cancellable(function: Callable[..., Awaitable[T]], *args: Any) -> T:
+    """Await ``function(*args)`` in a task group, so that Cancel reaches it wherever it waits.
 
     Gradio's Cancel is a plain asyncio cancellation of the handler's task; an
     anyio task group turns it into a cancellation of its scope, which work in
@@ -189,7 +189,7 @@ async def cancellable(work: Awaitable[T]) -> T:
 
     async def run() -> None:
         try:
-            outcome.append(await work)
+            outcome.append(await function(*args))
         except Exception as exc:  # re-raised below as itself, not in an ExceptionGroup
             failure.append(exc)
 

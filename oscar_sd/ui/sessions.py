@@ -124,10 +124,13 @@ class Sessions:
             await anyio.to_thread.run_sync(
                 lambda: folder.mkdir(parents=True, mode=0o700, exist_ok=True)
             )
-            session = UserSession(key, folder, backend, owns_backend, reconnect, backend_error)
-            self._sessions[key] = session
-            self._directories[folder] = session
-            return session
+            # Another login of the same user may have opened the session meanwhile.
+            session = self._sessions.get(key)
+            if session is None:
+                session = UserSession(key, folder, backend, owns_backend, reconnect, backend_error)
+                self._sessions[key] = session
+                self._directories[folder] = session
+                return session
         old = session.backend
         session.backend, session.reconnect = backend, reconnect
         session.backend_error, session.owns_backend = backend_error, owns_backend
