@@ -35,7 +35,10 @@ def build_page(
     concurrency: int,
 ) -> gr.Blocks:
     """Lay out the page and wire its events to ``handlers``."""
-    with gr.Blocks(title="oscar-sd: text to image", fill_width=True) as page:
+    # No telemetry: a cluster's front end has no business calling home.
+    with gr.Blocks(
+        title="oscar-sd: text to image", fill_width=True, analytics_enabled=False
+    ) as page:
         with gr.Row(elem_id="header", equal_height=True):
             with gr.Column(scale=4, min_width=200):
                 gr.Markdown("# oscar-sd")
