@@ -1,12 +1,14 @@
 """The page in a real browser (Playwright + Debian's Chromium), against the cluster double.
 
 Log in, type a prompt, press the button, see six images: at the root and
-under an Ingress-style subpath. The first run saves docs/screenshot.png.
+under an Ingress-style subpath. The first test saves docs/screenshot.png
+(when it is missing, or with OSCAR_SD_UPDATE_SCREENSHOT=1).
 """
 
 from __future__ import annotations
 
 import io
+import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -53,8 +55,15 @@ def log_in(page: Page, url: str, user: str, password: str) -> None:
 
 
 def save_screenshot(page: Page) -> None:
-    """docs/screenshot.png for the README, kept small: 96 colours are plenty for a UI."""
+    """docs/screenshot.png for the README, kept small: 96 colours are plenty for a UI.
+
+    Written when missing or when OSCAR_SD_UPDATE_SCREENSHOT=1, so that a test
+    run does not change a tracked file every time (the port and seed differ).
+    """
     with Image.open(io.BytesIO(page.screenshot(scale="css"))) as shot:
+        assert shot.size == (1000, 620)
+        if SCREENSHOT.exists() and os.environ.get("OSCAR_SD_UPDATE_SCREENSHOT") != "1":
+            return
         SCREENSHOT.parent.mkdir(exist_ok=True)
         shot.convert("RGB").quantize(colors=96).save(SCREENSHOT, optimize=True)
 
