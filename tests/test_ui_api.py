@@ -353,3 +353,11 @@ def test_many_logins_share_nothing_but_the_hub(web: WebApp, tmp_path: Path) -> N
     assert alice.directory != bob.directory
     assert getattr(alice.backend, "user", None) == "alice"
     assert getattr(bob.backend, "user", None) == "bob"
+
+
+def test_a_parameter_out_of_range_is_named(web: WebApp, tmp_path: Path) -> None:
+    api = client(web, tmp_path, auth=("alice", "alice-pw"))
+    with pytest.raises(AppError, match="Number of images must be between 1 and 8"):
+        generate(api, PROMPT, num_images=9)
+    with pytest.raises(AppError, match="Size must be width x height"):
+        generate(api, PROMPT, size="huge")

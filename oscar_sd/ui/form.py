@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from .._errors import InvalidRequestError
 from .._models import GenerationRequest, GenerationResult
 
 #: (label, value) of the size dropdown; the value is "WIDTHxHEIGHT".
@@ -28,16 +29,17 @@ FIELD_LABELS = {
     "width": "Width",
     "height": "Height",
     "num_images": "Number of images",
+    "size": "Size",
 }
 
 
 def parse_size(size: str) -> tuple[int, int]:
-    """``"768x512"`` → ``(768, 512)``; anything else falls back to 512 × 512."""
+    """``"768x512"`` (or ``"768 × 512"``) → ``(768, 512)``; empty means the default."""
     width, _, height = (size or DEFAULT_SIZE).lower().replace("×", "x").partition("x")
     try:
         return int(width), int(height)
     except ValueError:
-        return parse_size(DEFAULT_SIZE)
+        raise InvalidRequestError("size", "must be width x height, e.g. 768x512") from None
 
 
 def _optional_int(value: float | None) -> int | None:
@@ -52,7 +54,7 @@ def build_request(
     steps: float | None,
     guidance_scale: float | None,
     size: str,
-    num_images: float,
+    num_images: float | None,
 ) -> GenerationRequest:
     """The request the form describes; raises :class:`~oscar_sd.InvalidRequestError`."""
     width, height = parse_size(size)
@@ -65,7 +67,7 @@ def build_request(
         guidance_scale=guidance_scale,
         width=width,
         height=height,
-        num_images=round(num_images) if num_images else 6,
+        num_images=6 if num_images is None else round(num_images),
     )
 
 

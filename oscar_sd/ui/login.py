@@ -22,7 +22,6 @@ from pathlib import Path
 from .._backend import Backend
 from .._errors import (
     AuthenticationError,
-    ClusterUnreachableError,
     OscarSDError,
     ServiceMisconfiguredError,
     ServiceNotFoundError,
@@ -55,13 +54,13 @@ class ClusterLogin:
         try:
             backend = await reconnect()
         except AuthenticationError:
-            log.info("login refused by the cluster")
+            log.info("login of %s refused by the cluster", user)
             return False
         except (ServiceNotFoundError, ServiceMisconfiguredError) as exc:
             # The credentials were good (they are checked first); the service is
             # not usable yet. Let the user in: the page says what is wrong, and
             # the next click tries again.
-            log.warning("login accepted, but the service is not usable: %s", exc)
+            log.warning("login of %s accepted, but the service is not usable: %s", user, exc)
             await self._sessions.open(
                 user,
                 None,
@@ -71,17 +70,16 @@ class ClusterLogin:
                 directory=folder,
             )
             return True
-        except ClusterUnreachableError as exc:
-            # Credentials that cannot be checked are refused.
-            log.warning("login refused: %s", exc)
-            return False
         except OscarSDError as exc:
-            log.warning("login refused: %s", exc)
+            # The cluster is unreachable (or worse): credentials that cannot be
+            # checked are refused. The form can only say "incorrect credentials",
+            # so the reason goes to the log.
+            log.warning("login of %s refused: %s", user, exc)
             return False
         await self._sessions.open(
             user, backend, owns_backend=True, reconnect=reconnect, directory=folder
         )
-        log.info("login: session opened; %d open", len(self._sessions))
+        log.info("login of %s: session open; %d open", user, len(self._sessions))
         return True
 
 
@@ -100,7 +98,7 @@ class LocalLogin:
         # Compared in constant time; an unknown user costs the same as a wrong password.
         given, wanted = password.encode(), (expected or "\0").encode()
         if not hmac.compare_digest(given, wanted) or expected is None:
-            log.info("local login refused")
+            log.info("local login of %s refused", user)
             return False
         await self._sessions.open(user, self._backend(), owns_backend=False)
         return True
