@@ -357,7 +357,7 @@ def test_many_logins_share_nothing_but_the_hub(web: WebApp, tmp_path: Path) -> N
 
 def test_a_parameter_out_of_range_is_named(web: WebApp, tmp_path: Path) -> None:
     api = client(web, tmp_path, auth=("alice", "alice-pw"))
-    with pytest.raises(AppError, match="Number of images must be between 1 and 8"):
-        generate(api, PROMPT, num_images=9)
+    with pytest.raises(AppError, match="Seed must be between 0 and 4294967295"):
+        generate(api, PROMPT, seed=2**33, randomize_seed=False)
     with pytest.raises(AppError, match="Size must be width x height"):
         generate(api, PROMPT, size="huge")
