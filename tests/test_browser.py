@@ -18,7 +18,7 @@ from PIL import Image
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from tests.double import ClusterDouble
-from tests.ui_fixtures import cluster_settings, running_app
+from tests.ui_fixtures import cluster_settings, running_app, wait_until
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -151,3 +151,20 @@ def test_a_phone_sees_the_results_above_the_fold(
             assert first is not None and first["y"] < 844, "the first image is on screen"
         finally:
             page.close()
+
+
+def test_closing_the_tab_deletes_its_images(browser: Browser, cluster: ClusterDouble) -> None:
+    with running_app(cluster_settings(cluster.oscar_endpoint)) as app:
+        page = browser.new_page()
+        assert app.url is not None
+        log_in(page, app.url, "bob", "bob-pw")
+        make_six_images(page, "a ship in a bottle")
+        session = app.sessions.get("bob")
+        assert session is not None
+        images = list(session.directory.rglob("*.png"))
+        assert len(images) == 6
+
+        page.close()  # Gradio hears the tab go and runs the page's unload event
+
+        wait_until(lambda: not any(image.exists() for image in images), what="images deleted")
+        assert app.sessions.get("bob") is session, "the login itself stays open"
