@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
+import os
 import ssl
 import statistics
 import sys
@@ -24,6 +25,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from multiprocessing.synchronize import Event
@@ -80,7 +82,23 @@ def start(target: Callable[..., None], *args: object) -> tuple[Any, BaseProcess,
     return ready.recv(), process, stop
 
 
-def measure(users: int, rounds: int, downloads: Path) -> list[float]:
+@dataclass
+class Run:
+    """One measured run: every request's seconds, and the CPU each process spent on them."""
+
+    timings: list[float]
+    cpu: dict[str, float]  # seconds, per process, while the timed rounds ran
+
+
+def cpu_seconds(pid: int | None = None) -> float:
+    """CPU time (user + system) of a process: this one, or a child by its pid (Linux /proc)."""
+    if pid is None:
+        return time.process_time()
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measure(users: int, rounds: int, downloads: Path) -> Run:
     """Seconds from click to six images in hand, for every request of every user."""
     endpoint, cluster, stop_cluster = start(serve_cluster, users)
     url, app, stop_app = start(serve_app, endpoint, users)
@@ -118,12 +136,15 @@ def measure(users: int, rounds: int, downloads: Path) -> list[float]:
                 with lock:
                     timings.append(took)
 
+        processes = {"app": app.pid, "cluster double": cluster.pid, "clients": None}
+        cpu_before = {name: cpu_seconds(pid) for name, pid in processes.items()}
         threads = [threading.Thread(target=one_user, args=(i,)) for i in range(users)]
         for thread in threads:
             thread.start()
         for thread in threads:
             thread.join()
-        return timings
+        cpu = {name: cpu_seconds(pid) - cpu_before[name] for name, pid in processes.items()}
+        return Run(timings, cpu)
     finally:
         for stop, process in ((stop_app, app), (stop_cluster, cluster)):
             stop.set()
@@ -136,21 +157,27 @@ def main() -> None:
     parser.add_argument("--users", type=int, nargs="+", default=[1, 50])
     args = parser.parse_args()
 
-    rows = []
+    runs: list[tuple[int, Run]] = []
     with tempfile.TemporaryDirectory(prefix="oscar-sd-bench-") as downloads:
         for users in args.users:
-            timings = measure(users, args.rounds, Path(downloads) / f"{users}")
-            rows.append((users, len(timings), timings))
+            runs.append((users, measure(users, args.rounds, Path(downloads) / f"{users}")))
 
     print()
     print("click-to-six-images through gradio_client (cluster double, service answers at once)")
     print(f"{'users':>5}  {'requests':>8}  {'p50 (s)':>8}  {'p95 (s)':>8}  {'max (s)':>8}")
-    for users, count, timings in rows:
+    for users, run in runs:
+        timings = run.timings
         print(
-            f"{users:>5}  {count:>8}  {statistics.median(timings):>8.3f}  "
+            f"{users:>5}  {len(timings):>8}  {statistics.median(timings):>8.3f}  "
             f"{percentile(timings, 0.95):>8.3f}  {max(timings):>8.3f}"
         )
-
+    print()
+    print(f"CPU per click (ms), on {os.cpu_count()} cores")
+    names = list(runs[0][1].cpu)
+    print(f"{'users':>5}  " + "  ".join(f"{name:>14}" for name in names))
+    for users, run in runs:
+        per_click = [1000 * run.cpu[name] / len(run.timings) for name in names]
+        print(f"{users:>5}  " + "  ".join(f"{ms:>14.1f}" for ms in per_click))
 
 if __name__ == "__main__":
     main()
