@@ -69,9 +69,7 @@ class FileGuard:
         if requested.startswith(("http://", "https://")):
             await self.app(scope, receive, send)  # Gradio's own guarded URL proxy
             return
-        # Resolved like Gradio does, so a symlinked temp folder cannot route around the
-        # check; resolving touches the disk, so off the event loop.
-        path = Path(await anyio.to_thread.run_sync(os.path.realpath, requested))
+        path = await self._resolve(requested)
         if not path.is_relative_to(self.root):
             await self.app(scope, receive, send)  # not a result: Gradio's own checks apply
             return
@@ -92,6 +90,25 @@ class FileGuard:
                 headers={"Cache-Control": "private, max-age=3600"},
             )
         await response(scope, receive, send)
+
+
+    async def _resolve(self, requested: str) -> Path:
+        """The file a request names, resolved like Gradio resolves it.
+
+        A path spelled inside the results folder is resolved on paper: nothing
+        in there is a symlink (the app makes only folders and the unpacker only
+        plain files). Any other path is resolved on disk, off the event loop, so
+        that a symlinked temp folder cannot route around the check.
+        """
+        spelled = _normalised(requested)
+        if spelled.is_absolute() and spelled.is_relative_to(self.root):
+            return spelled
+        return Path(await anyio.to_thread.run_sync(os.path.realpath, requested))
+
+
+def _normalised(path: str) -> Path:
+    """``path`` with ``.``, ``..`` and doubled slashes folded away: string work, no disk."""
+    return Path(os.path.normpath(path))
 
 
 class LogoutHook:
