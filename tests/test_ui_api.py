@@ -146,7 +146,7 @@ def test_two_users_at_once_each_get_their_own_images(
         assert all(png_metadata(path)[1]["prompt"] == prompt for path in paths)
 
 
-def test_one_user_cannot_fetch_another_users_files(web: WebApp) -> None:
+def test_one_user_cannot_fetch_another_users_files(web: WebApp, tmp_path: Path) -> None:
     alice_urls = file_urls(web, "alice", "alice-pw", "alice's secret garden")
     file_urls(web, "bob", "bob-pw", "bob's boat")  # bob has a session and files of his own
 
@@ -163,6 +163,14 @@ def test_one_user_cannot_fetch_another_users_files(web: WebApp) -> None:
         folder = alice_urls[0].split("file=", 1)[1].rsplit("/", 2)[0]
         assert bob.get(f"/gradio_api/file={folder}").status_code in (403, 404)
         assert bob.get(f"/gradio_api/file={quote(folder)}/..%2F..%2Fx").status_code in (403, 404)
+        # Nor through another spelling of the same folder (a symlink, like macOS's /tmp).
+        alias = tmp_path / "alias"
+        alias.symlink_to(web.sessions.root)
+        path = alice_urls[0].split("file=", 1)[1]
+        via_alias = path.replace(str(web.sessions.root), str(alias))
+        assert via_alias != path
+        assert bob.get(f"/gradio_api/file={via_alias}").status_code in (403, 404)
+        assert alice.get(f"/gradio_api/file={via_alias}").status_code == 200
     with httpx.Client(base_url=web.url or "") as anonymous:
         assert anonymous.get(alice_urls[0]).status_code in (401, 403, 404)
 
