@@ -73,8 +73,11 @@ def make_six_images(page: Page, prompt: str) -> None:
     page.get_by_role("button", name="From Text to Image").click()
     images = page.locator("#results img")
     expect(images).to_have_count(6, timeout=30_000)
-    for index in range(6):
-        expect(images.nth(index)).to_have_js_property("complete", True)
+    # Loaded, not broken: a 404 would leave an image "complete" with no width.
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('#results img')]"
+        ".every(image => image.complete && image.naturalWidth > 0)"
+    )
     expect(page.locator("#status")).to_contain_text("6 images")
 
 
