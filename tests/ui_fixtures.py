@@ -6,7 +6,6 @@ free port of 127.0.0.1; the tests talk to it over HTTP like any client.
 
 from __future__ import annotations
 
-import io
 import json
 import socket
 import time
@@ -74,11 +73,6 @@ def png_metadata(path: str | Path) -> tuple[str, dict[str, Any]]:
         assert image.format == "PNG", f"{path} is {image.format}, not PNG"
         text = dict(image.text)  # type: ignore[attr-defined]
     return text["parameters"], json.loads(text["oscar-sd"])
-
-
-def png_bytes_format(data: bytes) -> str | None:
-    with Image.open(io.BytesIO(data)) as image:
-        return image.format
 
 
 def wait_until(condition: Callable[[], bool], timeout: float = 20.0, what: str = "") -> None:
