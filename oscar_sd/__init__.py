@@ -11,7 +11,6 @@
 
 from ._backend import Backend
 from ._deploy import (
-    ClusterRequestError,
     DeployedService,
     DeployError,
     FDLError,
@@ -22,6 +21,7 @@ from ._deploy import (
 )
 from ._errors import (
     AuthenticationError,
+    ClusterRequestError,
     ClusterUnreachableError,
     GenerationTimeout,
     InvalidRequestError,

@@ -24,26 +24,18 @@ messages a person can act on and without any credential in them.
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import anyio
 import anyio.to_thread
-import requests
 import yaml
-from oscar_python.client import Client
 
+from ._cluster import OscarCluster
 from ._errors import (
-    AuthenticationError,
-    ClusterUnreachableError,
     OscarSDError,
-    ServiceNotFoundError,
 )
-
-T = TypeVar("T")
 
 #: Seconds ``deploy_service`` waits for the cluster to list the service.
 DEFAULT_DEPLOY_WAIT = 300.0
@@ -51,14 +43,6 @@ DEFAULT_DEPLOY_WAIT = 300.0
 
 class FDLError(OscarSDError, ValueError):
     """The FDL file cannot be read or does not hold exactly one usable service."""
-
-
-class ClusterRequestError(OscarSDError):
-    """The cluster answered a request with an error status (other than 401/403)."""
-
-    def __init__(self, message: str, status: int) -> None:
-        self.status = status
-        super().__init__(message)
 
 
 class DeployError(OscarSDError):
@@ -172,121 +156,6 @@ def _fdl_entries(document: Any) -> list[dict[str, Any]]:
 
 
 # ---------------------------------------------------------------------------
-# Talking to the cluster
-
-
-class _Cluster:
-    """An oscar-python client whose calls run in a thread and raise oscar_sd errors."""
-
-    def __init__(
-        self,
-        endpoint: str,
-        *,
-        user: str | None,
-        password: str | None,
-        token: str | None,
-        verify_ssl: bool,
-    ) -> None:
-        self.endpoint = endpoint.rstrip("/")
-        options: dict[str, Any] = {
-            "cluster_id": "oscar-sd",
-            "endpoint": self.endpoint,
-            "ssl": verify_ssl,
-        }
-        if token:
-            options["oidc_token"] = token
-        elif user and password is not None:
-            options["user"] = user
-            options["password"] = password
-        else:
-            raise AuthenticationError(
-                "No credentials: give a user and password, or a bearer token."
-            )
-        self._client = Client(options)
-
-    async def call(
-        self, method: Callable[..., T], *args: Any, what: str, missing_ok: bool = False
-    ) -> T | None:
-        """Run ``method(*args)`` of the client in a thread; ``what`` names it in errors.
-
-        With ``missing_ok`` an HTTP 404 answer gives None instead of an error.
-        """
-        try:
-            return await anyio.to_thread.run_sync(
-                functools.partial(method, *args), abandon_on_cancel=True
-            )
-        except requests.exceptions.SSLError:
-            raise ClusterUnreachableError(
-                f"The TLS certificate of {self.endpoint} could not be verified while trying to "
-                f"{what}. Fix the certificate, or turn verification off (--insecure, "
-                "OSCAR_SD_VERIFY_SSL=false) on a cluster you trust."
-            ) from None
-        except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
-            reason = "timed out" if isinstance(exc, requests.exceptions.Timeout) else "no answer"
-            raise ClusterUnreachableError(
-                f"Cannot reach the OSCAR cluster at {self.endpoint} to {what} ({reason}). "
-                "Check the endpoint URL and the network."
-            ) from None
-        except requests.exceptions.HTTPError as exc:
-            if missing_ok and exc.response is not None and exc.response.status_code == 404:
-                return None
-            raise self._http_error(exc, what) from None
-        except requests.exceptions.RequestException as exc:
-            raise ClusterUnreachableError(
-                f"The request to the OSCAR cluster at {self.endpoint} to {what} failed "
-                f"({type(exc).__name__}). Check the endpoint URL."
-            ) from None
-
-    def _http_error(self, exc: requests.exceptions.HTTPError, what: str) -> OscarSDError:
-        status = exc.response.status_code if exc.response is not None else 0
-        if status == 401:
-            return AuthenticationError(
-                f"The cluster at {self.endpoint} refused the credentials (HTTP 401). "
-                "Check the user name and password, or the token."
-            )
-        if status == 403:
-            return AuthenticationError(
-                f"The cluster at {self.endpoint} does not allow this account to {what} "
-                "(HTTP 403)."
-            )
-        # OSCAR explains a refusal in the body as plain text; a short piece of it helps.
-        detail = ""
-        if exc.response is not None and exc.response.text:
-            detail = ": " + " ".join(exc.response.text.split())[:300]
-        return ClusterRequestError(
-            f"The cluster at {self.endpoint} could not {what} (HTTP {status}){detail}", status
-        )
-
-    async def service(self, name: str) -> dict[str, Any] | None:
-        """The service's definition, or None when the cluster has no such service."""
-        response = await self.call(
-            self._client.get_service, name, what=f"read service {name!r}", missing_ok=True
-        )
-        return None if response is None else response.json()
-
-    async def services(self) -> list[dict[str, Any]]:
-        response = await self.call(self._client.list_services, what="list the services")
-        return (response.json() if response is not None else None) or []
-
-    async def create(self, definition: dict[str, Any]) -> None:
-        await self.call(
-            self._client.create_service, definition, what=f"create service {definition['name']!r}"
-        )
-
-    async def update(self, definition: dict[str, Any]) -> None:
-        name = definition["name"]
-        await self.call(
-            self._client.update_service, name, definition, what=f"update service {name!r}"
-        )
-
-    async def jobs(self, name: str) -> dict[str, Any]:
-        response = await self.call(
-            self._client.list_jobs, name, what=f"list the jobs of {name!r}", missing_ok=True
-        )
-        return (response.json() if response is not None else None) or {}
-
-
-# ---------------------------------------------------------------------------
 # The public functions
 
 
@@ -311,7 +180,9 @@ async def deploy_service(
     """
     definition = load_fdl_service(fdl_path, service)
     name = definition["name"]
-    cluster = _Cluster(endpoint, user=user, password=password, token=token, verify_ssl=verify_ssl)
+    cluster = OscarCluster(
+        endpoint, user=user, password=password, token=token, verify_ssl=verify_ssl
+    )
 
     created = await cluster.service(name) is None
     if created:
@@ -329,7 +200,7 @@ async def deploy_service(
 
 
 async def _wait_until_listed(
-    cluster: _Cluster, definition: dict[str, Any], wait_seconds: float
+    cluster: OscarCluster, definition: dict[str, Any], wait_seconds: float
 ) -> None:
     """Return once the service list shows ``definition`` (its name with its image).
 
@@ -369,11 +240,10 @@ async def service_status(
     :class:`AuthenticationError`, :class:`ClusterUnreachableError` or
     :class:`ClusterRequestError`.
     """
-    cluster = _Cluster(endpoint, user=user, password=password, token=token, verify_ssl=verify_ssl)
-    definition = await cluster.service(service)
-    if definition is None:
-        available = [str(svc.get("name")) for svc in await cluster.services()]
-        raise ServiceNotFoundError(service, available)
+    cluster = OscarCluster(
+        endpoint, user=user, password=password, token=token, verify_ssl=verify_ssl
+    )
+    definition = await cluster.require_service(service)
 
     jobs = _job_states(await cluster.jobs(service))
     return ServiceStatus(

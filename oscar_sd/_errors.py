@@ -28,6 +28,14 @@ class ClusterUnreachableError(OscarSDError):
     """The OSCAR endpoint or its MinIO could not be reached."""
 
 
+class ClusterRequestError(OscarSDError):
+    """The cluster answered a request with an error status (other than 401/403)."""
+
+    def __init__(self, message: str, status: int) -> None:
+        self.status = status
+        super().__init__(message)
+
+
 class ServiceNotFoundError(OscarSDError):
     """The named OSCAR service does not exist on the cluster."""
 

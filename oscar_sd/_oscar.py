@@ -23,13 +23,11 @@ import uuid
 from collections.abc import Callable, Generator
 from pathlib import Path
 from typing import Any, Literal, TypeVar
-from urllib.parse import urlsplit, urlunsplit
 
 import anyio
 import anyio.to_thread
-import requests
-from oscar_python.client import Client
 
+from ._cluster import OscarCluster
 from ._errors import (
     AuthenticationError,
     ClusterUnreachableError,
@@ -37,7 +35,6 @@ from ._errors import (
     JobFailedError,
     OscarSDError,
     ServiceMisconfiguredError,
-    ServiceNotFoundError,
 )
 from ._hub import Backoff, NotificationHub, StreamAddress, get_hub
 from ._models import (
@@ -66,7 +63,7 @@ class OscarSD:
     def __init__(
         self,
         *,
-        cluster: Client,
+        cluster: OscarCluster,
         storage: MinioStorage,
         hub: NotificationHub,
         service: str,
@@ -165,27 +162,16 @@ class OscarSD:
         stall_timeout: float,
         backoff: Backoff | None,
     ) -> OscarSD:
-        endpoint = _public_endpoint(endpoint)
-        options: dict[str, Any] = {
-            "cluster_id": "oscar-sd",
-            "endpoint": endpoint,
-            "ssl": verify_ssl,
-        }
-        if token:
-            options["oidc_token"] = token
-        elif user and password:
-            options.update(user=user, password=password)
-        else:
-            raise AuthenticationError(
-                "Give a user name and password, or a token, to log in to the cluster."
-            )
-        cluster = Client(options)
-
-        async def call(what: str, function: Callable[[], T]) -> T:
-            return await _call_cluster(endpoint, what, function, connect_timeout)
-
-        config = (await call("read the cluster configuration", cluster.get_cluster_config)).json()
-        definition = await _find_service(cluster, service, call)
+        cluster = OscarCluster(
+            endpoint,
+            user=user,
+            password=password,
+            token=token,
+            verify_ssl=verify_ssl,
+            limit=connect_timeout,
+        )
+        config = await cluster.config()
+        definition = await cluster.require_service(service)
         input_path, output_path = _service_paths(definition)
 
         provider = config.get("minio_provider") or {}
@@ -236,7 +222,7 @@ class OscarSD:
             service=service,
             input_path=input_path,
             output_path=output_path,
-            endpoint=endpoint,
+            endpoint=cluster.endpoint,
             user=user,
             timeout=request_timeout,
             input_format=input_format,
@@ -376,17 +362,7 @@ class OscarSD:
 
     async def list_jobs(self) -> dict[str, dict[str, Any]]:
         """The service's jobs and their states, as OSCAR reports them."""
-        response = await _call_cluster(
-            self.endpoint,
-            "list the service's jobs",
-            lambda: self._cluster.list_jobs(self.service),
-            15.0,
-        )
-        return response.json().get("jobs") or {}
-
-
-class _NotFound(OscarSDError):
-    """The cluster answered 404: callers that expect it turn it into a precise error."""
+        return (await self._cluster.jobs(self.service)).get("jobs") or {}
 
 
 class _Connecting:
@@ -406,48 +382,6 @@ class _Connecting:
     async def __aexit__(self, *exc_info: object) -> None:
         if self._client is not None:
             await self._client.aclose()
-
-
-async def _call_cluster(endpoint: str, what: str, function: Callable[[], T], limit: float) -> T:
-    """Call oscar-python in a worker thread and turn its failures into our errors."""
-    try:
-        with anyio.fail_after(limit):
-            return await anyio.to_thread.run_sync(function, abandon_on_cancel=True)
-    except TimeoutError:
-        raise ClusterUnreachableError(
-            f"The OSCAR cluster at {endpoint} did not answer within {limit:g} s "
-            f"(trying to {what}). Check the URL and that the cluster is up."
-        ) from None
-    except requests.HTTPError as exc:
-        status = exc.response.status_code if exc.response is not None else 0
-        if status in (401, 403):
-            raise AuthenticationError(
-                f"The OSCAR cluster at {endpoint} refused the credentials (HTTP {status}). "
-                "Check the user name and password, or log in again."
-            ) from None
-        if status == 404:
-            raise _NotFound(f"The OSCAR cluster at {endpoint} has nothing to {what}.") from None
-        raise ClusterUnreachableError(
-            f"The OSCAR cluster at {endpoint} answered HTTP {status} when asked to {what}."
-        ) from None
-    except (requests.ConnectionError, requests.Timeout) as exc:
-        raise ClusterUnreachableError(
-            f"Cannot reach the OSCAR cluster at {endpoint} ({type(exc).__name__}). "
-            "Check the URL and that the cluster is up."
-        ) from None
-    except requests.RequestException as exc:
-        raise ClusterUnreachableError(
-            f"The request to the OSCAR cluster at {endpoint} failed ({type(exc).__name__})."
-        ) from None
-
-
-async def _find_service(cluster: Client, name: str, call: Any) -> dict[str, Any]:
-    try:
-        return (await call(f"read service {name!r}", lambda: cluster.get_service(name))).json()
-    except _NotFound:
-        pass
-    services = (await call("list the services", cluster.list_services)).json() or []
-    raise ServiceNotFoundError(name, [s.get("name", "?") for s in services])
 
 
 def _service_paths(definition: dict[str, Any]) -> tuple[StoragePath, StoragePath]:
@@ -489,14 +423,3 @@ def _unpack(key: str, data: bytes, directory: Path) -> list[Path]:
 
 def _remove_tree(directory: Path) -> None:
     shutil.rmtree(directory, ignore_errors=True)
-
-
-def _public_endpoint(endpoint: str) -> str:
-    """The endpoint without any ``user:password@`` part, which must never be logged."""
-    parts = urlsplit(endpoint.strip().rstrip("/"))
-    if not parts.scheme or not parts.hostname:
-        raise ClusterUnreachableError(
-            "The cluster URL is not valid: it should look like https://oscar.example.org"
-        )
-    netloc = parts.hostname + (f":{parts.port}" if parts.port else "")
-    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))

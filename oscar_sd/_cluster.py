@@ -1,0 +1,178 @@
+"""OSCAR's REST API, through oscar-python, in worker threads and with our errors.
+
+Both the OSCAR backend (connect, jobs) and deploying (services) talk to the
+cluster through :class:`OscarCluster`, so every failure reads the same way:
+a sentence a person can act on, and never a credential.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+import anyio
+import anyio.to_thread
+import requests
+from oscar_python.client import Client
+
+from ._errors import (
+    AuthenticationError,
+    ClusterRequestError,
+    ClusterUnreachableError,
+    OscarSDError,
+    ServiceNotFoundError,
+)
+
+T = TypeVar("T")
+
+
+class OscarCluster:
+    """An oscar-python client whose calls run in a thread and raise oscar_sd errors.
+
+    ``limit`` bounds every call, so an endpoint that accepts connections but
+    never answers fails in seconds rather than after oscar-python's minute.
+    """
+
+    def __init__(
+        self,
+        endpoint: str,
+        *,
+        user: str | None = None,
+        password: str | None = None,
+        token: str | None = None,
+        verify_ssl: bool = True,
+        limit: float = 60.0,
+    ) -> None:
+        self.endpoint = public_endpoint(endpoint)
+        self.limit = limit
+        options: dict[str, Any] = {
+            "cluster_id": "oscar-sd",
+            "endpoint": self.endpoint,
+            "ssl": verify_ssl,
+        }
+        if token:
+            options["oidc_token"] = token
+        elif user and password is not None:
+            options["user"] = user
+            options["password"] = password
+        else:
+            raise AuthenticationError(
+                "No credentials: give a user name and password, or a bearer token."
+            )
+        self.client = Client(options)
+
+    async def call(
+        self, method: Callable[..., T], *args: Any, what: str, missing_ok: bool = False
+    ) -> T | None:
+        """Run ``method(*args)`` of the client in a thread; ``what`` names it in errors.
+
+        With ``missing_ok`` an HTTP 404 answer gives None instead of an error.
+        """
+        try:
+            with anyio.fail_after(self.limit):
+                return await anyio.to_thread.run_sync(
+                    functools.partial(method, *args), abandon_on_cancel=True
+                )
+        except TimeoutError:
+            raise ClusterUnreachableError(
+                f"The OSCAR cluster at {self.endpoint} did not answer within {self.limit:g} s "
+                f"(trying to {what}). Check the URL and that the cluster is up."
+            ) from None
+        except requests.exceptions.SSLError:
+            raise ClusterUnreachableError(
+                f"The TLS certificate of {self.endpoint} could not be verified while trying to "
+                f"{what}. Fix the certificate, or turn verification off (--insecure, "
+                "OSCAR_SD_VERIFY_SSL=false) on a cluster you trust."
+            ) from None
+        except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
+            reason = "timed out" if isinstance(exc, requests.exceptions.Timeout) else "no answer"
+            raise ClusterUnreachableError(
+                f"Cannot reach the OSCAR cluster at {self.endpoint} to {what} ({reason}). "
+                "Check the URL and that the cluster is up."
+            ) from None
+        except requests.exceptions.HTTPError as exc:
+            if missing_ok and exc.response is not None and exc.response.status_code == 404:
+                return None
+            raise self._http_error(exc, what) from None
+        except requests.exceptions.RequestException as exc:
+            raise ClusterUnreachableError(
+                f"The request to the OSCAR cluster at {self.endpoint} to {what} failed "
+                f"({type(exc).__name__}). Check the URL."
+            ) from None
+
+    def _http_error(self, exc: requests.exceptions.HTTPError, what: str) -> OscarSDError:
+        status = exc.response.status_code if exc.response is not None else 0
+        if status == 401:
+            return AuthenticationError(
+                f"The OSCAR cluster at {self.endpoint} refused the credentials (HTTP 401). "
+                "Check the user name and password, or the token, or log in again."
+            )
+        if status == 403:
+            return AuthenticationError(
+                f"The OSCAR cluster at {self.endpoint} does not allow this account to {what} "
+                "(HTTP 403)."
+            )
+        # OSCAR explains a refusal in the body as plain text; a short piece of it helps.
+        detail = ""
+        if exc.response is not None and exc.response.text:
+            detail = ": " + " ".join(exc.response.text.split())[:300]
+        return ClusterRequestError(
+            f"The cluster at {self.endpoint} could not {what} (HTTP {status}){detail}", status
+        )
+
+    async def config(self) -> dict[str, Any]:
+        """``GET /system/config``: with the MinIO keys, which stay on this side of the app."""
+        response = await self.call(
+            self.client.get_cluster_config, what="read the cluster configuration"
+        )
+        return (response.json() if response is not None else None) or {}
+
+    async def service(self, name: str) -> dict[str, Any] | None:
+        """The service's definition, or None when the cluster has no such service."""
+        response = await self.call(
+            self.client.get_service, name, what=f"read service {name!r}", missing_ok=True
+        )
+        return None if response is None else response.json()
+
+    async def require_service(self, name: str) -> dict[str, Any]:
+        """The service's definition; :class:`ServiceNotFoundError` names the ones that exist."""
+        definition = await self.service(name)
+        if definition is None:
+            available = [str(svc.get("name")) for svc in await self.services()]
+            raise ServiceNotFoundError(name, available)
+        return definition
+
+    async def services(self) -> list[dict[str, Any]]:
+        response = await self.call(self.client.list_services, what="list the services")
+        return (response.json() if response is not None else None) or []
+
+    async def create(self, definition: dict[str, Any]) -> None:
+        await self.call(
+            self.client.create_service, definition, what=f"create service {definition['name']!r}"
+        )
+
+    async def update(self, definition: dict[str, Any]) -> None:
+        name = definition["name"]
+        await self.call(
+            self.client.update_service, name, definition, what=f"update service {name!r}"
+        )
+
+    async def jobs(self, name: str) -> dict[str, Any]:
+        """``GET /system/logs/{name}``: the service's jobs and their states."""
+        response = await self.call(
+            self.client.list_jobs, name, what=f"list the jobs of {name!r}", missing_ok=True
+        )
+        return (response.json() if response is not None else None) or {}
+
+
+def public_endpoint(endpoint: str) -> str:
+    """The endpoint without any ``user:password@`` part, which must never be shown."""
+    parts = urlsplit(endpoint.strip().rstrip("/"))
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ClusterUnreachableError(
+            "The cluster URL is not valid: it should look like https://oscar.example.org"
+        )
+    netloc = parts.hostname + (f":{parts.port}" if parts.port else "")
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
