@@ -349,16 +349,20 @@ class OscarSD:
     async def _tidy(self, input_key: str, landed: str | None) -> None:
         """Delete the input when no result came (so no job starts late for
         nobody), and both objects once used unless asked to keep them."""
-        doomed = []
+        doomed: dict[str, list[str]] = {}
         if landed is None or not self.keep_objects:
-            doomed.append((self.input_path.bucket, input_key))
+            doomed.setdefault(self.input_path.bucket, []).append(input_key)
         if landed is not None and not self.keep_objects:
-            doomed.append((self.output_path.bucket, landed))
-        for bucket, key in doomed:
+            doomed.setdefault(self.output_path.bucket, []).append(landed)
+        for bucket, keys in doomed.items():
             try:
-                await anyio.to_thread.run_sync(self._storage.remove, bucket, key)
+                failed = await anyio.to_thread.run_sync(self._storage.remove, bucket, keys)
             except Exception as exc:  # tidying is best effort; the result stands
-                logger.warning("could not delete %s/%s (%s)", bucket, key, type(exc).__name__)
+                failed, reason = keys, type(exc).__name__
+            else:
+                reason = "refused"
+            if failed:
+                logger.warning("could not delete %s from %s (%s)", failed, bucket, reason)
 
     async def list_jobs(self) -> dict[str, dict[str, Any]]:
         """The service's jobs and their states, as OSCAR reports them."""

@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 import certifi
 import urllib3
 from minio import Minio
+from minio.deleteobjects import DeleteObject
 from minio.error import S3Error
 
 from ._errors import ClusterUnreachableError, InvalidResultError
@@ -105,14 +106,14 @@ class MinioStorage:
         self._client.put_object(bucket, key, io.BytesIO(data), len(data), content_type=content_type)
 
     def get(self, bucket: str, key: str, limit: int = MAX_RESULT_BYTES) -> bytes:
-        size = self._client.stat_object(bucket, key).size or 0
-        if size > limit:
-            raise InvalidResultError(
-                f"The result object is {size} bytes; at most {limit} are accepted."
-            )
         response = self._client.get_object(bucket, key)
         try:
-            data = response.read(limit + 1)
+            declared = int(response.headers.get("Content-Length") or 0)
+            if declared > limit:
+                raise InvalidResultError(
+                    f"The result object is {declared} bytes; at most {limit} are accepted."
+                )
+            data = response.read(limit + 1)  # never more than the limit, whatever was declared
         finally:
             response.close()
             response.release_conn()
@@ -120,8 +121,10 @@ class MinioStorage:
             raise InvalidResultError(f"The result object is larger than {limit} bytes.")
         return data
 
-    def remove(self, bucket: str, key: str) -> None:
-        self._client.remove_object(bucket, key)
+    def remove(self, bucket: str, keys: list[str]) -> list[str]:
+        """Delete ``keys`` in one request (S3's multi-object delete); returns those that failed."""
+        errors = self._client.remove_objects(bucket, [DeleteObject(key) for key in keys])
+        return [error.name or "?" for error in errors]
 
     def list_keys(self, bucket: str, prefix: str) -> Iterable[str]:
         for item in self._client.list_objects(bucket, prefix=prefix, recursive=True):

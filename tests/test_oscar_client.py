@@ -89,6 +89,15 @@ async def wait_for_thread_event(event: threading.Event, limit: float = 10.0) -> 
             pass
 
 
+async def warm_up(sd: OscarSD) -> None:
+    """Complete one request, so the stream's first catch-up listing is behind us.
+
+    Until then a result can also be found by that listing, which would hide
+    whether a fault test's result came through the path the test means.
+    """
+    await sd.generate(GenerationRequest(prompt="warm-up", num_images=1))
+
+
 def objects_left(cluster: ClusterDouble) -> list[str]:
     return cluster.list_keys("stable-diffusion")
 
@@ -363,7 +372,6 @@ async def test_a_minio_restart_with_50_jobs_in_flight(cluster: ClusterDouble):
 async def test_a_stalled_stream_is_noticed_and_replaced(cluster: ClusterDouble):
     cluster.keepalive_interval = 0.1
     requests = [GenerationRequest(prompt="stalled", seed=5, num_images=1)]
-    cluster.hold_jobs()
 
     def stall_then_release() -> None:
         cluster.stall_streams()
@@ -371,19 +379,22 @@ async def test_a_stalled_stream_is_noticed_and_replaced(cluster: ClusterDouble):
 
     # Pings come every second (MinIO takes whole seconds): 2 s of silence is a stall.
     async with connect(cluster, stall_timeout=2.0) as sd:
+        await warm_up(sd)
+        cluster.hold_jobs()
         results = await run_all([sd], requests, stall_then_release)
-        assert any("dropped" in error for error in sd._hub.stats.errors)
+        assert any("dropped" in error for error in sd._hub.stats.errors), sd._hub.stats
     assert_each_got_its_own(results, requests)
 
 
 async def test_a_lost_event_is_recovered_by_the_catch_up_after_a_reconnect(
     cluster: ClusterDouble,
 ):
-    landed = threading.Event()
-    cluster.on_object_created = lambda bucket, key, when: key.endswith(".zip") and landed.set()
-    cluster.lose_next_event()
     request = GenerationRequest(prompt="lost", seed=3, num_images=1)
     async with connect(cluster, timeout=60) as sd:
+        await warm_up(sd)
+        landed = threading.Event()
+        cluster.on_object_created = lambda bucket, key, when: key.endswith(".zip") and landed.set()
+        cluster.lose_next_event()
         async with anyio.create_task_group() as tasks:
             results: list[Any] = []
 
