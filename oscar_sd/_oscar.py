@@ -21,6 +21,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Generator
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -126,109 +127,77 @@ class OscarSD:
         """
         if input_format not in ("json", "text"):
             raise ValueError("input_format must be 'json' or 'text'")
-        return _Connecting(
-            cls._open(
+
+        async def open_client() -> OscarSD:
+            cluster = OscarCluster(
                 endpoint,
                 user=user,
                 password=password,
                 token=token,
-                service=service,
                 verify_ssl=verify_ssl,
-                request_timeout=timeout,
-                connect_timeout=connect_timeout,
-                input_format=input_format,
-                results_dir=Path(results_dir) if results_dir else None,
-                keep_objects=keep_objects,
-                stall_timeout=stall_timeout,
-                backoff=backoff,
+                limit=connect_timeout,
             )
-        )
+            config = await cluster.config()
+            definition = await cluster.require_service(service)
+            input_path, output_path = _service_paths(definition)
 
-    @classmethod
-    async def _open(
-        cls,
-        endpoint: str,
-        *,
-        user: str | None,
-        password: str | None,
-        token: str | None,
-        service: str,
-        verify_ssl: bool,
-        request_timeout: float,
-        connect_timeout: float,
-        input_format: Literal["json", "text"],
-        results_dir: Path | None,
-        keep_objects: bool,
-        stall_timeout: float,
-        backoff: Backoff | None,
-    ) -> OscarSD:
-        cluster = OscarCluster(
-            endpoint,
-            user=user,
-            password=password,
-            token=token,
-            verify_ssl=verify_ssl,
-            limit=connect_timeout,
-        )
-        config = await cluster.config()
-        definition = await cluster.require_service(service)
-        input_path, output_path = _service_paths(definition)
-
-        provider = config.get("minio_provider") or {}
-        if not provider.get("endpoint") or not provider.get("access_key"):
-            raise ServiceMisconfiguredError(
-                "The cluster did not report its MinIO storage (/system/config has no "
-                "minio_provider). Ask the cluster administrator to check the OSCAR setup."
-            )
-        storage = MinioStorage(
-            provider["endpoint"],
-            provider["access_key"],
-            provider.get("secret_key", ""),
-            region=provider.get("region") or None,
-            verify=bool(provider.get("verify", True)) and verify_ssl,
-            stall_timeout=stall_timeout,
-        )
-        try:
-            with anyio.fail_after(connect_timeout):
-                exists = await anyio.to_thread.run_sync(
-                    storage.check_bucket, output_path.bucket, abandon_on_cancel=True
+            provider = config.get("minio_provider") or {}
+            if not provider.get("endpoint") or not provider.get("access_key"):
+                raise ServiceMisconfiguredError(
+                    "The cluster did not report its MinIO storage (/system/config has no "
+                    "minio_provider). Ask the cluster administrator to check the OSCAR setup."
                 )
-        except TimeoutError:
-            raise ClusterUnreachableError(
-                f"The cluster's storage (MinIO) at {storage.endpoint} did not answer within "
-                f"{connect_timeout:g} s. Check that the cluster is up."
-            ) from None
-        except OscarSDError:
-            raise
-        except Exception as exc:
-            raise storage_error(exc, storage.endpoint) from None
-        if not exists:
-            raise ServiceMisconfiguredError(
-                f"The output bucket {output_path.bucket!r} of service {service!r} does not "
-                "exist. Redeploy the service (`oscar-sd deploy`)."
+            storage = MinioStorage(
+                provider["endpoint"],
+                provider["access_key"],
+                provider.get("secret_key", ""),
+                region=provider.get("region") or None,
+                verify=bool(provider.get("verify", True)) and verify_ssl,
+                stall_timeout=stall_timeout,
+            )
+            try:
+                with anyio.fail_after(connect_timeout):
+                    exists = await anyio.to_thread.run_sync(
+                        storage.check_bucket, output_path.bucket, abandon_on_cancel=True
+                    )
+            except TimeoutError:
+                raise ClusterUnreachableError(
+                    f"The cluster's storage (MinIO) at {storage.endpoint} did not answer within "
+                    f"{connect_timeout:g} s. Check that the cluster is up."
+                ) from None
+            except OscarSDError:
+                raise
+            except Exception as exc:
+                raise storage_error(exc, storage.endpoint) from None
+            if not exists:
+                raise ServiceMisconfiguredError(
+                    f"The output bucket {output_path.bucket!r} of service {service!r} does not "
+                    "exist. Redeploy the service (`oscar-sd deploy`)."
+                )
+
+            address = StreamAddress(storage.endpoint, output_path.bucket, output_path.prefix)
+            options_for_hub: dict[str, Any] = {"stall_timeout": stall_timeout}
+            if backoff is not None:
+                options_for_hub["backoff"] = backoff
+            hub = get_hub(address, storage, **options_for_hub)
+            results = Path(results_dir or Path(tempfile.gettempdir()) / "oscar-sd-results")
+            await anyio.to_thread.run_sync(partial(results.mkdir, parents=True, exist_ok=True))
+            return cls(
+                cluster=cluster,
+                storage=storage,
+                hub=hub,
+                service=service,
+                input_path=input_path,
+                output_path=output_path,
+                endpoint=cluster.endpoint,
+                user=user,
+                timeout=timeout,
+                input_format=input_format,
+                results_dir=results,
+                keep_objects=keep_objects,
             )
 
-        address = StreamAddress(storage.endpoint, output_path.bucket, output_path.prefix)
-        options_for_hub: dict[str, Any] = {"stall_timeout": stall_timeout}
-        if backoff is not None:
-            options_for_hub["backoff"] = backoff
-        hub = get_hub(address, storage, **options_for_hub)
-        results = results_dir or Path(tempfile.gettempdir()) / "oscar-sd-results"
-        results.mkdir(parents=True, exist_ok=True)
-        return cls(
-            cluster=cluster,
-            storage=storage,
-            hub=hub,
-            service=service,
-            input_path=input_path,
-            output_path=output_path,
-            endpoint=cluster.endpoint,
-            user=user,
-            timeout=request_timeout,
-            input_format=input_format,
-            results_dir=results,
-            keep_objects=keep_objects,
-        )
+        return _Connecting(open_client())
 
     async def __aenter__(self) -> OscarSD:
         return self
@@ -299,7 +268,6 @@ class OscarSD:
             if landed.endswith(".error.json"):
                 raise _job_failure(data, job_id)
             directory = self.results_dir / job_id
-            directory.mkdir(mode=0o700)
             images = await anyio.to_thread.run_sync(_unpack, landed, data, directory)
             finished = time.monotonic()
             report(Stage.DONE, f"{len(images)} images ready")
@@ -416,6 +384,8 @@ def _job_failure(data: bytes, job_id: str) -> JobFailedError:
 
 
 def _unpack(key: str, data: bytes, directory: Path) -> list[Path]:
+    """Write the images of a result object into a new private ``directory``."""
+    directory.mkdir(mode=0o700)
     if key.endswith(".zip"):
         return unpack_images(data, directory)
     # The upstream example service writes one bare PNG.
