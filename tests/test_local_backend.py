@@ -25,6 +25,7 @@ from oscar_sd import (
 )
 from oscar_sd import _local as local_module
 from oscar_sd.service import generate_images, load_pipeline
+from tests.helpers import pixels, small_request
 
 
 @pytest.fixture
@@ -41,17 +42,6 @@ def tiny_model() -> None:
 @pytest.fixture
 def results(tmp_path: Path) -> Path:
     return tmp_path / "results"
-
-
-def small_request(**fields: object) -> GenerationRequest:
-    values: dict[str, object] = {"prompt": "a red fox", "width": 64, "height": 64, "num_images": 3}
-    values.update(fields)
-    return GenerationRequest(**values)
-
-
-def pixels(png: bytes) -> np.ndarray:
-    with Image.open(io.BytesIO(png)) as image:
-        return np.asarray(image.convert("RGB")).astype(np.int16)
 
 
 class Recorder:

@@ -32,6 +32,7 @@ from oscar_sd.service import (
 from oscar_sd.service import generate as generate_module
 from oscar_sd.service import job as job_module
 from oscar_sd.service.pipeline import LoadedModel, profile_for
+from tests.helpers import pixels, small_request
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -40,17 +41,6 @@ REPO = Path(__file__).resolve().parents[1]
 def tiny_model() -> LoadedModel:
     """Build the tiny pipeline once for the whole session (the service caches it)."""
     return load_pipeline("tiny", "cpu")
-
-
-def small_request(**fields: object) -> GenerationRequest:
-    values: dict[str, object] = {"prompt": "a red fox", "width": 64, "height": 64, "num_images": 3}
-    values.update(fields)
-    return GenerationRequest(**values)
-
-
-def pixels(png: bytes) -> np.ndarray:
-    with Image.open(io.BytesIO(png)) as image:
-        return np.asarray(image.convert("RGB")).astype(np.int16)
 
 
 def write_input(folder: Path, name: str, content: str) -> Path:
