@@ -42,7 +42,14 @@ import anyio.from_thread
 import anyio.to_thread
 
 from ._errors import JobFailedError, OscarSDError
-from ._models import GenerationRequest, GenerationResult, Progress, ProgressCallback, Stage, Timings
+from ._models import (
+    GenerationRequest,
+    GenerationResult,
+    ProgressCallback,
+    ProgressReporter,
+    Stage,
+    Timings,
+)
 
 if TYPE_CHECKING:
     from .service import GeneratedImage
@@ -247,22 +254,8 @@ class LocalSD:
         return images
 
 
-class _Reporter:
-    """Hands progress to the caller's callback, with the time since the request began."""
-
-    def __init__(self, on_progress: ProgressCallback | None) -> None:
-        self._on_progress = on_progress
-        self._started = time.monotonic()
-
-    def __call__(self, stage: Stage, message: str, **fields: Any) -> None:
-        if self._on_progress is None:
-            return
-        progress = Progress(stage, message, elapsed=time.monotonic() - self._started, **fields)
-        try:
-            self._on_progress(progress)
-        except Exception:
-            # A broken progress display must not break the generation.
-            logger.exception("on_progress raised; generation goes on")
+class _Reporter(ProgressReporter):
+    """The shared reporter, plus the step callback of the pipeline's thread."""
 
     def from_thread(self, step: int, total: int) -> None:
         """The step callback, called in the pipeline's thread after each step."""
@@ -270,9 +263,7 @@ class _Reporter:
         # cancelled: the pipeline stops here, before its next step.
         anyio.from_thread.check_cancelled()
         anyio.from_thread.run_sync(
-            lambda: self(
-                Stage.GENERATING, f"Step {step} of {total}", step=step, total_steps=total
-            )
+            lambda: self(Stage.GENERATING, f"Step {step} of {total}", step=step, total_steps=total)
         )
 
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import enum
+import logging
 import secrets
 import shutil
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,6 +15,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from ._errors import InvalidRequestError
+
+logger = logging.getLogger("oscar_sd")
 
 MAX_SEED = 2**32 - 1
 
@@ -145,6 +149,30 @@ class Progress:
 
 
 ProgressCallback = Callable[[Progress], None]
+
+
+class ProgressReporter:
+    """Hands progress to a caller's callback, with the time since the request began.
+
+    Both backends report through it, so a broken progress display never
+    breaks a generation on either of them.
+    """
+
+    def __init__(self, on_progress: ProgressCallback | None) -> None:
+        self._on_progress = on_progress
+        self._started = time.monotonic()
+
+    @property
+    def elapsed(self) -> float:
+        return time.monotonic() - self._started
+
+    def __call__(self, stage: Stage, message: str, **fields: Any) -> None:
+        if self._on_progress is None:
+            return
+        try:
+            self._on_progress(Progress(stage, message, elapsed=self.elapsed, **fields))
+        except Exception:
+            logger.exception("on_progress raised; generation goes on")
 
 
 @dataclass(frozen=True)

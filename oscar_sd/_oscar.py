@@ -41,8 +41,8 @@ from ._hub import Backoff, NotificationHub, StreamAddress, get_hub
 from ._models import (
     GenerationRequest,
     GenerationResult,
-    Progress,
     ProgressCallback,
+    ProgressReporter,
     Stage,
     Timings,
 )
@@ -229,12 +229,8 @@ class OscarSD:
             request = GenerationRequest(prompt=request)
         request = request.with_seed()
         job_id = uuid.uuid4().hex
-        started = time.monotonic()
-        deadline = started + self.timeout
-
-        def report(stage: Stage, message: str) -> None:
-            if on_progress is not None:
-                on_progress(Progress(stage, message, elapsed=time.monotonic() - started))
+        deadline = time.monotonic() + self.timeout
+        report = ProgressReporter(on_progress)
 
         input_key, body, content_type = self._input_object(job_id, request)
         result_keys = {self.output_path.key(job_id + suffix) for suffix in RESULT_SUFFIXES}
@@ -284,7 +280,9 @@ class OscarSD:
             )
         except BaseException:
             if directory is not None:
-                await anyio.to_thread.run_sync(_remove_tree, directory)
+                await anyio.to_thread.run_sync(
+                    partial(shutil.rmtree, directory, ignore_errors=True)
+                )
             raise
         finally:
             self._hub.discard(waiter)
@@ -393,7 +391,3 @@ def _unpack(key: str, data: bytes, directory: Path) -> list[Path]:
     image = directory / "1.png"
     image.write_bytes(data)
     return [image]
-
-
-def _remove_tree(directory: Path) -> None:
-    shutil.rmtree(directory, ignore_errors=True)

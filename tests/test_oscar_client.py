@@ -450,3 +450,12 @@ async def test_200_requests_from_20_users_each_get_their_own_images():
         assert cluster.listen_connects_total == 1  # one shared stream served them all
         for client in clients:
             await client.aclose()
+
+
+async def test_a_broken_progress_callback_does_not_break_the_request(cluster: ClusterDouble):
+    def broken(progress: Progress) -> None:
+        raise RuntimeError("the progress bar fell over")
+
+    async with connect(cluster) as sd:
+        result = await sd.generate(GenerationRequest(prompt="still fine", seed=8), broken)
+    assert fingerprints(result.images) == expected(result.request)
