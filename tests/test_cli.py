@@ -376,26 +376,34 @@ def test_deploy_that_is_not_listed_in_time_exits_3(alice, capsys, tmp_path):
 
 def test_status_lists_recent_jobs_newest_first_with_their_states(alice, capsys):
     assert main(["generate", "first", "-n", "1"]) == EXIT_OK
+    # A failure the service reports fails the request; its job still Succeeded.
     alice.fail_next_job("broken")
     assert main(["generate", "second", "-n", "1"]) == EXIT_FAILURE
+    # A killed pod is what makes a Failed job.
+    alice.kill_next_job()
+    alice.put_object("stable-diffusion", "in/third.txt", b"third")
+    for job in alice.jobs("stable-diffusion").values():
+        assert job.done.wait(20)
     capsys.readouterr()
 
     assert main(["status", "--json"]) == EXIT_OK
 
     status = json.loads(capsys.readouterr().out)
     assert status["name"] == "stable-diffusion"
-    assert status["total_jobs"] == 2
+    assert status["total_jobs"] == 3
     jobs = alice.jobs("stable-diffusion")
     assert {job["name"]: job["status"] for job in status["jobs"]} == {
         name: job.status for name, job in jobs.items()
     }
-    assert sorted(job["status"] for job in status["jobs"]) == ["Failed", "Succeeded"]
+    assert sorted(job["status"] for job in status["jobs"]) == [
+        "Failed", "Succeeded", "Succeeded"
+    ]
     created = [job["creation_time"] for job in status["jobs"]]
     assert created == sorted(created, reverse=True)
     assert "token" not in json.dumps(status)
 
     assert main(["status", "--jobs", "1"]) == EXIT_OK
-    assert "jobs     2, the latest 1 below" in capsys.readouterr().out
+    assert "jobs     3, the latest 1 below" in capsys.readouterr().out
 
 
 def test_the_project_fdl_deploys_and_the_service_still_generates(alice, capsys):

@@ -22,6 +22,6 @@ Files, one idea each:
 from . import services
 from .cluster import ClusterDouble
 from .events import escape_key
-from .jobs import Job, ScriptFailed, ScriptHandler
+from .jobs import Job, ScriptHandler
 
-__all__ = ["ClusterDouble", "Job", "ScriptFailed", "ScriptHandler", "escape_key", "services"]
+__all__ = ["ClusterDouble", "Job", "ScriptHandler", "escape_key", "services"]

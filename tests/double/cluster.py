@@ -181,8 +181,13 @@ class ClusterDouble:
         self.storage.hub.lose_next_event()
 
     def fail_next_job(self, message: str = "the job failed") -> None:
-        """The next job skips its handler, writes ``<job>.error.json`` and ends Failed."""
+        """The service reports a failure: the next job skips its handler, writes
+        ``<job>.error.json`` and ends Succeeded (faas-supervisor ignores exit codes)."""
         self.runner.fail_next(message)
+
+    def kill_next_job(self) -> None:
+        """The next job's pod is killed (out of memory, evicted): Failed, nothing written."""
+        self.runner.kill_next()
 
     def hold_jobs(self) -> None:
         """Jobs stay Pending until :meth:`release_jobs`."""

@@ -7,6 +7,14 @@ then uploads every file there to ``<output bucket>/<output folder>/<relative
 path>`` through the storage's own write path, so the outputs fire events
 exactly like a client PUT.  Delays go through one timer thread, the work
 through a thread pool, so a thousand jobs in flight cost no thousand threads.
+
+What the script does never changes the job's state: faas-supervisor
+(grycap/faas-supervisor ``faassupervisor/faas/binary/supervisor.py``,
+``BinarySupervisor.execute_function``) starts the script with ``Popen``, reads
+its output into the log and never looks at its exit code, then uploads
+whatever is in ``$TMP_OUTPUT_DIR``.  So a script that fails, or a handler that
+raises, still ends Succeeded with its outputs uploaded; only a killed pod
+(``kill_next``: out of memory, evicted) ends Failed, with nothing uploaded.
 """
 
 from __future__ import annotations
@@ -52,18 +60,12 @@ def _rfc3339(moment: datetime | None) -> str | None:
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ") if moment else None
 
 
-class ScriptFailed(RuntimeError):
-    def __init__(self, returncode: int, output: str) -> None:
-        super().__init__(f"script exited with status {returncode}")
-        self.returncode = returncode
-        self.output = output
-
-
 class ScriptHandler:
     """Run a shell script under OSCAR's job contract; its output is the job log.
 
     The script sees ``INPUT_FILE_PATH``, ``TMP_INPUT_DIR`` and ``TMP_OUTPUT_DIR``
-    (plus ``env``), as inside a real OSCAR job.
+    (plus ``env``), as inside a real OSCAR job.  Its exit code is not checked,
+    as faas-supervisor does not check it (module docstring).
     """
 
     def __init__(self, script: str | os.PathLike[str], env: Mapping[str, str] | None = None,
@@ -82,10 +84,7 @@ class ScriptHandler:
         done = subprocess.run(
             ["/bin/sh", str(self.script)], env=env, cwd=output_dir.parent,
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=self.timeout, check=False)
-        output = done.stdout.decode("utf-8", "replace")
-        if done.returncode != 0:
-            raise ScriptFailed(done.returncode, output)
-        return output
+        return done.stdout.decode("utf-8", "replace")
 
 
 @dataclass
@@ -178,6 +177,7 @@ class JobRunner:
         self._held = False
         self._held_jobs: list[Job] = []
         self._failures: deque[str] = deque()
+        self._kills = 0
         self._stopping = False
         self._timer_thread = threading.Thread(target=self._timer_loop, name="double-job-timer",
                                               daemon=True)
@@ -200,6 +200,10 @@ class JobRunner:
     def fail_next(self, message: str) -> None:
         with self._lock:
             self._failures.append(message)
+
+    def kill_next(self) -> None:
+        with self._lock:
+            self._kills += 1
 
     # -- jobs of a service (for /system/logs) -----------------------------------------
 
@@ -274,12 +278,19 @@ class JobRunner:
                 self._held_jobs.append(job)  # stays Pending until release()
                 return
             failure = self._failures.popleft() if self._failures else None
+            killed = self._kills > 0
+            if killed:
+                self._kills -= 1
             job.status, job.start_time = RUNNING, _now()
         service = self.services.get(job.service)
         workdir = Path(tempfile.mkdtemp(prefix="oscar-double-job-", dir=JOB_TMP_DIR))
         log: list[str] = []
-        ok = False
+        # The pod ran to its end: whatever the script did, the job Succeeded.
+        ok = service is not None and not killed
         try:
+            if killed:
+                log.append("the pod was killed (OOMKilled)\n")
+                return
             input_dir, output_dir = workdir / "input", workdir / "output"
             input_dir.mkdir()
             output_dir.mkdir()
@@ -293,13 +304,13 @@ class JobRunner:
                 log.append(f"service {job.service} no longer exists\n")
             elif failure is not None:
                 write_error(output_dir, job_id(input_file), failure, "JobFailed")
-                log.append(f"job failed on purpose: {failure}\n")
+                log.append(f"the service reported a failure: {failure}\n")
             else:
-                ok = self._call_handler(service.handler, input_file, output_dir, log)
+                self._call_handler(service.handler, input_file, output_dir, log)
             if service is not None:
                 self._upload_outputs(service, output_dir, log)
         except Exception:
-            ok = False
+            ok = False  # the supervisor itself broke (input or upload): the pod fails
             log.append(traceback.format_exc())
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
@@ -311,19 +322,15 @@ class JobRunner:
 
     @staticmethod
     def _call_handler(handler: Handler, input_file: Path, output_dir: Path,
-                      log: list[str]) -> bool:
+                      log: list[str]) -> None:
+        """Run the handler; what it raises goes to the log, as a script's output would."""
         try:
             output = handler(input_file, output_dir)
-        except ScriptFailed as exc:
-            log.append(exc.output)
-            log.append(f"{exc}\n")
-            return False
         except Exception:
             log.append(traceback.format_exc())
-            return False
+            return
         if isinstance(output, str):
             log.append(output)
-        return True
 
     def _upload_outputs(self, service: DeployedService, output_dir: Path,
                         log: list[str]) -> None:
