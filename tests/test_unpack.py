@@ -76,6 +76,18 @@ def test_a_bomb_that_lies_about_its_size_is_still_stopped(tmp_path: Path) -> Non
     assert sum(p.stat().st_size for p in tmp_path.rglob("*") if p.is_file()) == 0
 
 
+def test_the_byte_budget_counts_all_entries_together(tmp_path: Path) -> None:
+    # Five images of a quarter of the budget each: every one fits alone, not all together.
+    padding = b"\0" * (MAX_TOTAL_BYTES // 4)
+    entries = {f"{i}.png": png((i * 40, 0, 0)) + padding for i in range(1, 6)}
+    assert all(len(data) < MAX_TOTAL_BYTES for data in entries.values())
+    assert sum(map(len, entries.values())) > MAX_TOTAL_BYTES
+    assert len(entries) < MAX_ENTRIES
+    with pytest.raises(InvalidResultError, match="more than 64 MB"):
+        unpack_images(archive(entries, zipfile.ZIP_DEFLATED), tmp_path)
+    assert list(tmp_path.iterdir()) == []  # the entries read before the limit are removed
+
+
 def test_too_many_entries(tmp_path: Path) -> None:
     entries = {f"{i}.png": png() for i in range(MAX_ENTRIES + 1)}
     with pytest.raises(InvalidResultError, match="entries"):
