@@ -50,6 +50,44 @@ def test_fdl_entry_is_a_valid_oscar_service(fdl_entry: dict[str, Any]) -> None:
     assert definition["script"] == SCRIPT.read_text()
 
 
+class OscarCliError(Exception):
+    """What oscar-cli apply would print and stop on."""
+
+
+def oscar_cli_apply_targets(fdl_path: Path, config: dict[str, Any]) -> dict[str, str]:
+    """Service name -> cluster it goes to, resolved as ``oscar-cli apply FDL`` resolves it.
+
+    Follows grycap/oscar-cli: ``service.ReadFDL`` (pkg/service/service.go: each entry of
+    ``functions.oscar`` maps a cluster id to a service; the script is read from
+    ``filepath.Dir(fdl) + "/" + script``) and ``Config.GetCluster`` (pkg/config/config.go:
+    ``default-cluster`` means the config's ``default``, any other id must be a key of
+    ``oscar``, else "the cluster %q doesn't exist").
+    """
+    document = yaml.safe_load(fdl_path.read_text().replace("\r\n", "\n"))
+    targets: dict[str, str] = {}
+    for element in document["functions"]["oscar"]:
+        for cluster_id, service in element.items():
+            script = Path(str(fdl_path.parent) + "/" + service["script"])
+            if not script.is_file():
+                raise OscarCliError(f"cannot load the script {str(script)!r}")
+            target = config.get("default", "") if cluster_id == "default-cluster" else cluster_id
+            if target not in config["oscar"]:
+                raise OscarCliError(f'the cluster "{target}" doesn\'t exist')
+            targets[service["name"]] = target
+    return targets
+
+
+def test_oscar_cli_apply_finds_the_cluster_of_the_fdl() -> None:
+    # A config as `oscar-cli cluster add my-oscar <endpoint> ...` leaves it: one cluster,
+    # the default, under a name the FDL cannot know.
+    config = {"oscar": {"my-oscar": {"endpoint": "https://oscar.example.org"}},
+              "default": "my-oscar"}
+    assert oscar_cli_apply_targets(FDL, config) == {"stable-diffusion": "my-oscar"}
+    # The helper does refuse an id oscar-cli would refuse.
+    with pytest.raises(OscarCliError, match="doesn't exist"):
+        oscar_cli_apply_targets(FDL, {"oscar": {}, "default": ""})
+
+
 def test_fdl_asks_for_a_gpu_and_separate_in_and_out_folders(fdl_entry: dict[str, Any]) -> None:
     assert fdl_entry["enable_gpu"] is True
     assert fdl_entry["name"] == "stable-diffusion"
