@@ -406,6 +406,21 @@ def test_status_lists_recent_jobs_newest_first_with_their_states(alice, capsys):
     assert "jobs     3, the latest 1 below" in capsys.readouterr().out
 
 
+def test_status_reads_every_page_of_the_job_list(alice, capsys):
+    # OSCAR answers 70 jobs a page; 150 jobs take three pages.
+    alice.hold_jobs()
+    for i in range(150):
+        alice.put_object("stable-diffusion", f"in/many{i}.txt", b"a prompt")
+
+    assert main(["status", "--json", "--jobs", "1000"]) == EXIT_OK
+
+    status = json.loads(capsys.readouterr().out)
+    assert status["total_jobs"] == 150
+    assert sorted(job["name"] for job in status["jobs"]) == sorted(alice.jobs("stable-diffusion"))
+    assert main(["status", "--jobs", "5"]) == EXIT_OK
+    assert "jobs     150, the latest 5 below" in capsys.readouterr().out
+
+
 def test_the_project_fdl_deploys_and_the_service_still_generates(alice, capsys):
     """manifests/stable-diffusion.yaml itself: read as oscar-cli reads it, applied, then used."""
     fdl = ROOT / "manifests" / "stable-diffusion.yaml"

@@ -735,6 +735,27 @@ def test_services_with_oscar_python(cluster: ClusterDouble, listen: Any) -> None
         client.remove_service("rest-made")
 
 
+def test_the_job_list_comes_70_a_page_as_oscar_pages_it(cluster: ClusterDouble) -> None:
+    client = oscar_client(cluster)
+    cluster.hold_jobs()  # Pending jobs are listed like any other
+    for i in range(150):
+        cluster.put_object(BUCKET, f"in/page{i}.txt", b"p")
+    pages, page = [], ""
+    while True:
+        answer = client.list_jobs(BUCKET, page).json()
+        validate(answer, "JobsResponse")
+        pages.append(sorted(answer["jobs"]))
+        assert "remaining_jobs" not in answer  # Kubernetes omits it under a label selector
+        page = answer.get("next_page", "")
+        if not page:
+            break
+    assert [len(names) for names in pages] == [70, 70, 10]
+    listed = [name for names in pages for name in names]
+    assert listed == sorted(cluster.jobs(BUCKET))  # each once, in name order
+    assert requests.get(f"{cluster.oscar_endpoint}/system/logs/{BUCKET}?page=%25%25",
+                        auth=("alice", "alice-pw"), timeout=5).status_code == 500
+
+
 def test_jobs_and_logs_with_oscar_python(cluster: ClusterDouble, listen: Any) -> None:
     client = oscar_client(cluster)
     stream = listen("prefix=out/&events=s3:ObjectCreated:*")

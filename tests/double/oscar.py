@@ -8,6 +8,7 @@ cluster, so every listen stream drops at that moment.
 from __future__ import annotations
 
 import base64
+import bisect
 import copy
 import json
 import secrets
@@ -171,7 +172,13 @@ def create_app(double: ClusterDouble) -> Flask:
         if service not in double.runner.services:
             return _text(f"error: service {service} not found", 404)
         jobs = double.runner.jobs(service)
-        return _json({"jobs": {name: job.info() for name, job in jobs.items()}})
+        names, next_page = _job_page(sorted(jobs), request.args.get("page", ""))
+        if names is None:
+            return _text("continue key is not valid", 500)
+        answer: dict[str, Any] = {"jobs": {name: jobs[name].info() for name in names}}
+        if next_page:
+            answer["next_page"] = next_page
+        return _json(answer)
 
     @app.delete("/system/logs/<service>")
     def delete_jobs(service: str) -> Response:
@@ -208,3 +215,31 @@ def create_app(double: ClusterDouble) -> Flask:
         return Response(status=201)
 
     return app
+
+
+# OSCAR lists a service's jobs a page at a time (grycap/oscar pkg/handlers/logs.go,
+# MakeJobsInfoHandler): a Kubernetes list with ``Limit: JOB_LISTING_LIMIT`` (70 by
+# default, pkg/types/config.go) and ``Continue: ?page=``, answered as JobsResponse
+# {jobs, next_page: ListMeta.Continue, remaining_jobs: ListMeta.RemainingItemCount}.
+# Kubernetes lists in key (name) order, and leaves RemainingItemCount unset for a list
+# with a label selector, which OSCAR always uses: so remaining_jobs never comes.
+JOB_LISTING_LIMIT = 70
+
+
+def _job_page(names: list[str], page: str) -> tuple[list[str] | None, str]:
+    """One page of sorted job ``names`` after the continue token ``page``, and the next token.
+
+    None for a token this server did not make (Kubernetes refuses it).
+    """
+    start = 0
+    if page:
+        try:
+            after = base64.b64decode(page + "=" * (-len(page) % 4), altchars=b"-_",
+                                     validate=True).decode()
+        except ValueError:
+            return None, ""
+        start = bisect.bisect_right(names, after)
+    chunk = names[start:start + JOB_LISTING_LIMIT]
+    more = start + JOB_LISTING_LIMIT < len(names)
+    token = base64.urlsafe_b64encode(chunk[-1].encode()).decode().rstrip("=") if more else ""
+    return chunk, token
