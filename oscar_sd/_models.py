@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import anyio
+import anyio.to_thread
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from ._errors import InvalidRequestError
@@ -193,7 +195,11 @@ class GenerationResult:
     """The images of one request, in a directory of their own.
 
     ``request`` carries the seed actually used, so any result can be reproduced.
-    The files stay until :meth:`cleanup` is called (or the directory is removed).
+    The files stay until :meth:`cleanup` is called, or until the ``with`` (or
+    ``async with``) block that holds the result ends:
+
+    >>> async with await sd.generate("a lighthouse") as result:  # doctest: +SKIP
+    ...     shutil.copy(result.images[0], "lighthouse.png")
     """
 
     images: list[Path]
@@ -204,5 +210,20 @@ class GenerationResult:
     model: str | None = None
 
     def cleanup(self) -> None:
-        """Delete the result's directory and its images."""
+        """Delete the result's directory and its images (again is harmless)."""
         shutil.rmtree(self.directory, ignore_errors=True)
+
+    def __enter__(self) -> GenerationResult:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.cleanup()
+
+    async def __aenter__(self) -> GenerationResult:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        # Deleting files is blocking work: off the event loop.  Shielded, so that a
+        # cancelled block still frees its files.
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(self.cleanup)

@@ -1,10 +1,13 @@
-"""Requests are validated with errors that name the field."""
+"""Requests are validated with errors that name the field; results free their files."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import anyio
 import pytest
 
-from oscar_sd import GenerationRequest, InvalidRequestError
+from oscar_sd import GenerationRequest, GenerationResult, InvalidRequestError
 
 
 def test_defaults_and_stripping() -> None:
@@ -62,3 +65,47 @@ def test_payload_is_the_contract() -> None:
         "height",
         "num_images",
     }
+
+
+# -- freeing a result's files -----------------------------------------------------
+
+
+def a_result(tmp_path: Path) -> GenerationResult:
+    directory = tmp_path / "job-1"
+    directory.mkdir()
+    images = [directory / f"{index}.png" for index in (1, 2)]
+    for image in images:
+        image.write_bytes(b"\x89PNG")
+    return GenerationResult(images=images, request=GenerationRequest(prompt="a fox", seed=1),
+                            job_id="job-1", directory=directory)
+
+
+def test_cleanup_deletes_the_files_and_may_run_twice(tmp_path: Path) -> None:
+    result = a_result(tmp_path)
+    result.cleanup()
+    assert not result.directory.exists()
+    result.cleanup()
+
+
+def test_a_with_block_frees_the_files_even_on_error(tmp_path: Path) -> None:
+    result = a_result(tmp_path)
+    with pytest.raises(RuntimeError), result as held:
+        assert held is result and all(image.exists() for image in held.images)
+        raise RuntimeError("the caller failed")
+    assert not result.directory.exists()
+
+
+@pytest.mark.anyio
+async def test_an_async_with_block_frees_the_files_even_when_cancelled(tmp_path: Path) -> None:
+    result = a_result(tmp_path)
+    async with result as held:
+        assert held.images[0].read_bytes() == b"\x89PNG"
+    assert not result.directory.exists()
+
+    (tmp_path / "again").mkdir()
+    cancelled = a_result(tmp_path / "again")
+    with anyio.fail_after(5), anyio.CancelScope() as scope:
+        async with cancelled:
+            scope.cancel()
+            await anyio.sleep_forever()
+    assert scope.cancelled_caught and not cancelled.directory.exists()
