@@ -24,6 +24,8 @@ messages a person can act on and without any credential in them.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -170,38 +172,50 @@ async def deploy_service(
     service: str | None = None,
     verify_ssl: bool = True,
     wait_seconds: float = DEFAULT_DEPLOY_WAIT,
+    on_progress: Callable[[str], None] | None = None,
 ) -> DeployedService:
     """Create or update the service of ``fdl_path`` on the cluster, then wait until it is listed.
 
     ``service`` picks the FDL entry by name when the file holds several.
+    ``on_progress`` hears, in words, each step and what the wait is waiting for.
     Raises :class:`FDLError` for a bad file, :class:`AuthenticationError`,
     :class:`ClusterUnreachableError`, :class:`ClusterRequestError` when the
     cluster refuses the definition, or :class:`DeployError` when it does not
     list it within ``wait_seconds``.
     """
+    say = on_progress or (lambda message: None)
     definition = load_fdl_service(fdl_path, service)
     name = definition["name"]
     cluster = OscarCluster(
         endpoint, user=user, password=password, token=token, verify_ssl=verify_ssl
     )
 
+    say(f"asking {cluster.endpoint} whether service {name!r} exists")
     created = await cluster.service(name) is None
     if created:
+        say(f"creating service {name!r} (the cluster restarts its storage for that)")
         try:
             await cluster.create(definition)
         except ValueError:
             # oscar-python found it already there: someone created it in between.
             created = False
+            say(f"service {name!r} appeared meanwhile: updating it")
             await cluster.update(definition)
     else:
+        say(f"updating service {name!r}")
         await cluster.update(definition)
 
-    await _wait_until_listed(cluster, definition, wait_seconds)
+    await _wait_until_listed(cluster, definition, wait_seconds, say)
     return DeployedService(name=name, created=created)
 
 
+#: Seconds between "still waiting" reports while the cluster does not list the service.
+WAIT_REPORT_EVERY = 5.0
+
+
 async def _wait_until_listed(
-    cluster: OscarCluster, definition: dict[str, Any], wait_seconds: float
+    cluster: OscarCluster, definition: dict[str, Any], wait_seconds: float,
+    say: Callable[[str], None],
 ) -> None:
     """Return once the service list shows ``definition`` (its name with its image).
 
@@ -209,13 +223,22 @@ async def _wait_until_listed(
     growing pause between reads, until the deadline.
     """
     name, image = definition["name"], definition["image"]
+    say(f"waiting for the cluster to list service {name!r} with image {image} "
+        f"(up to {wait_seconds:g} s)")
+    started = time.monotonic()
+    next_report = started + WAIT_REPORT_EVERY
     pause = 0.05
     try:
         with anyio.fail_after(wait_seconds):
             while True:
                 listed = await cluster.services()
                 if any(svc.get("name") == name and svc.get("image") == image for svc in listed):
+                    say(f"service {name!r} is listed ({time.monotonic() - started:.1f} s)")
                     return
+                if time.monotonic() >= next_report:
+                    next_report += WAIT_REPORT_EVERY
+                    say(f"still waiting for the cluster to list service {name!r} with image "
+                        f"{image} ({time.monotonic() - started:.0f} s of {wait_seconds:g})")
                 await anyio.sleep(pause)
                 pause = min(pause * 2, 2.0)
     except TimeoutError:

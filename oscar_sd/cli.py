@@ -11,12 +11,16 @@ or asked for at the terminal (never echoed), or a bearer token from
 ``--token`` / ``OSCAR_SD_TOKEN``.
 
 Exit codes: 0 done, 2 usage or credentials, 3 cluster or job failure,
-130 interrupted.
+130 interrupted (Ctrl-C).
+
+A normal run prints the command's own lines only; ``-v`` adds the log of the
+library and of the libraries under it (diffusers, transformers, torch, ...).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import getpass
 import json
@@ -25,7 +29,8 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -55,6 +60,15 @@ EXIT_OK = 0
 EXIT_USAGE = 2  # also argparse's own code for a bad command line
 EXIT_FAILURE = 3
 EXIT_INTERRUPTED = 130
+
+EXIT_CODES_HELP = (
+    "exit codes: 0 done, 2 usage or credentials, 3 cluster or job failure, "
+    "130 interrupted (Ctrl-C)"
+)
+
+#: Libraries whose log a normal run keeps to errors (``-v`` shows it all).
+NOISY_LIBRARIES = ("diffusers", "transformers", "huggingface_hub", "torch", "PIL", "urllib3",
+                   "minio", "httpx", "filelock")
 
 DEFAULT_FDL = Path("manifests") / "stable-diffusion.yaml"
 
@@ -87,11 +101,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # argparse has printed usage (code 2) or help (code 0)
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
 
-    if args.run is not run_serve:  # the web app sets up its own logging
-        _log_warnings_to_stderr()
     secrets: list[str] = []  # whatever must never reach the terminal, filled as read
     try:
-        return args.run(args, secrets)
+        if args.run is run_serve:  # the web app sets up its own logging
+            return args.run(args, secrets)
+        with _terminal_output(verbose=args.verbose):
+            return args.run(args, secrets)
     except KeyboardInterrupt:
         print("oscar-sd: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -103,10 +118,44 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAILURE
 
 
-def _log_warnings_to_stderr() -> None:
-    """The library's warnings (a dropped notification stream, say) as ``oscar-sd: ...`` lines."""
+@contextlib.contextmanager
+def _terminal_output(*, verbose: bool) -> Iterator[None]:
+    """What reaches the terminal while a command runs.
+
+    oscar-sd's own warnings come as ``oscar-sd: ...`` lines. The libraries
+    under it (torch, diffusers, transformers, urllib3, ...) and Python's
+    warnings stay quiet unless ``verbose``, which shows everything from INFO up.
+    transformers and diffusers read their level from the environment once, at
+    import, hence the variables; everything is put back when the command ends.
+    """
     if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.WARNING, format="oscar-sd: %(name)s: %(message)s")
+        logging.basicConfig(format="oscar-sd: %(name)s: %(message)s")
+    root = logging.getLogger()
+    loggers = [root, *(logging.getLogger(name) for name in NOISY_LIBRARIES)]
+    levels = [logger.level for logger in loggers]
+    variables = {"TRANSFORMERS_VERBOSITY": "error", "DIFFUSERS_VERBOSITY": "error",
+                 "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1"}
+    saved = {name: os.environ.get(name) for name in variables}
+    with warnings.catch_warnings():
+        if verbose:
+            root.setLevel(logging.INFO)
+        else:
+            root.setLevel(logging.WARNING)
+            for logger in loggers[1:]:
+                logger.setLevel(logging.ERROR)
+            for name, value in variables.items():
+                os.environ.setdefault(name, value)
+            warnings.simplefilter("ignore")
+        try:
+            yield
+        finally:
+            for logger, level in zip(loggers, levels, strict=True):
+                logger.setLevel(level)
+            for name, value in saved.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
 
 
 def _describe(exc: Exception) -> str:
@@ -139,9 +188,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="oscar-sd",
         description="Text-to-image with Stable Diffusion on an OSCAR cluster.",
-        epilog="Exit codes: 0 done, 2 usage or credentials, 3 cluster or job failure.",
+        epilog=EXIT_CODES_HELP,
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    output = argparse.ArgumentParser(add_help=False)
+    output.add_argument(
+        "-v", "--verbose", action="store_true",
+        help="also show the log and warnings of the libraries (diffusers, torch, ...)",
+    )
 
     cluster = argparse.ArgumentParser(add_help=False)
     cluster.add_argument(
@@ -167,7 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     serve = commands.add_parser(
-        "serve", parents=[cluster], help="serve the web page",
+        "serve", parents=[cluster, output], help="serve the web page", epilog=EXIT_CODES_HELP,
         description="Serve the web page: on the cluster when an endpoint is set, "
         "else with the embedded local backend.",
     )
@@ -176,7 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(run=run_serve)
 
     generate = commands.add_parser(
-        "generate", parents=[cluster, account], help="generate images from a prompt",
+        "generate", parents=[cluster, account, output], help="generate images from a prompt",
+        epilog=EXIT_CODES_HELP,
         description="Generate images from a prompt. Progress goes to stderr, the paths of "
         "the images to stdout, one per line. Without an endpoint the images are made "
         "in-process.",
@@ -194,7 +250,12 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--negative", default="", metavar="TEXT", help="what to avoid")
     generate.add_argument(
         "-o", "--output", type=Path, metavar="DIR",
-        help="where to copy the images (default: ./outputs/<job id>/)",
+        help="where to copy the images (default: ./outputs/<job id>/, new for each run); "
+        "a folder that already holds files is refused unless --force",
+    )
+    generate.add_argument(
+        "--force", action="store_true",
+        help="write into a -o folder that already holds files, replacing same-named ones",
     )
     generate.add_argument(
         "--timeout", type=float, metavar="SECONDS",
@@ -203,7 +264,8 @@ def build_parser() -> argparse.ArgumentParser:
     generate.set_defaults(run=run_generate)
 
     deploy = commands.add_parser(
-        "deploy", parents=[cluster, account], help="create or update the service on the cluster",
+        "deploy", parents=[cluster, account, output],
+        help="create or update the service on the cluster", epilog=EXIT_CODES_HELP,
         description="Create the service of an FDL file on the cluster, or update it when it "
         "exists, then wait until the cluster lists it.",
     )
@@ -218,7 +280,8 @@ def build_parser() -> argparse.ArgumentParser:
     deploy.set_defaults(run=run_deploy)
 
     status = commands.add_parser(
-        "status", parents=[cluster, account], help="show the service and its recent jobs",
+        "status", parents=[cluster, account, output], help="show the service and its recent jobs",
+        epilog=EXIT_CODES_HELP,
     )
     status.add_argument("--jobs", type=int, default=10, metavar="N", help="jobs shown (default 10)")
     status.add_argument("--json", action="store_true", help="print JSON instead of text")
@@ -381,6 +444,8 @@ def run_generate(args: argparse.Namespace, secrets: list[str]) -> int:
         raise UsageError("--timeout must be a number of seconds above 0")
     # Make sure the images can be kept before a GPU spends time on them.
     _make_folder(args.output or Path("outputs"))
+    if args.output is not None and not args.force:
+        _refuse_a_used_folder(args.output)
     cluster = resolve_cluster(args, settings, secrets, required=False)
     where = f"service {cluster.service!r} at {cluster.endpoint}" if cluster else "this machine"
     print(f"oscar-sd: generating {request.num_images} images on {where}", file=sys.stderr)
@@ -391,8 +456,14 @@ def run_generate(args: argparse.Namespace, secrets: list[str]) -> int:
         _make_folder(directory)
         for image in result.images:
             copy = directory / image.name
-            shutil.copyfile(image, copy)
+            # "x": never replace a file, even one that appeared since the check above.
+            with image.open("rb") as source, copy.open("wb" if args.force else "xb") as target:
+                shutil.copyfileobj(source, target)
             print(copy)
+    except FileExistsError as exc:
+        raise UsageError(
+            f"{exc.filename} already exists and was kept: pass --force to replace it"
+        ) from None
     except OSError as exc:
         raise UsageError(f"cannot write the images to {directory}: {exc.strerror}") from None
     finally:
@@ -400,6 +471,19 @@ def run_generate(args: argparse.Namespace, secrets: list[str]) -> int:
     print(f"oscar-sd: seed {result.request.seed}, {len(result.images)} images in {directory}",
           file=sys.stderr)
     return EXIT_OK
+
+
+def _refuse_a_used_folder(directory: Path) -> None:
+    """An earlier run's files are never overwritten silently."""
+    try:
+        used = any(directory.iterdir())
+    except OSError as exc:
+        raise UsageError(f"cannot write the images to {directory}: {exc.strerror}") from None
+    if used:
+        raise UsageError(
+            f"{directory} already holds files (an earlier run's?): choose another folder "
+            "with -o, or pass --force to write into it, replacing files of the same name"
+        )
 
 
 def _make_folder(directory: Path) -> None:
@@ -467,12 +551,18 @@ def run_deploy(args: argparse.Namespace, secrets: list[str]) -> int:
             service=args.service,
             verify_ssl=cluster.verify_ssl,
             wait_seconds=args.wait,
+            on_progress=_say,
         )
     )
     action = "created" if deployed.created else "updated"
     print(f"{action} service {deployed.name} on {cluster.endpoint} "
           f"({time.monotonic() - started:.1f} s)")
     return EXIT_OK
+
+
+def _say(message: str) -> None:
+    """A progress line on stderr, so that stdout keeps only the result."""
+    print(f"oscar-sd: {message}", file=sys.stderr, flush=True)
 
 
 # ---------------------------------------------------------------------------

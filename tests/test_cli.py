@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -130,6 +131,58 @@ def test_generate_into_a_chosen_folder_with_options(alice, capsys, tmp_path):
     assert code == EXIT_OK, err
     assert out.splitlines() == [str(target / "1.png"), str(target / "2.png")]
     assert sorted(p.name for p in target.iterdir()) == ["1.png", "2.png"]
+
+
+def test_o_never_overwrites_an_earlier_runs_files(alice, capsys, tmp_path):
+    target = tmp_path / "pictures"
+    assert main(["generate", "a red fox", "-n", "2", "-o", str(target)]) == EXIT_OK
+    first = {path.name: path.read_bytes() for path in target.iterdir()}
+    capsys.readouterr()
+
+    code = main(["generate", "a blue whale", "-n", "2", "-o", str(target)])
+
+    assert code == EXIT_USAGE
+    line = error_line(capsys.readouterr().err)
+    assert str(target) in line and "--force" in line
+    assert {path.name: path.read_bytes() for path in target.iterdir()} == first
+    assert len(alice.jobs("stable-diffusion")) == 1  # refused before any GPU time was spent
+
+    assert main(["generate", "a blue whale", "-n", "2", "-o", str(target), "--force"]) == EXIT_OK
+    replaced = {path.name: path.read_bytes() for path in target.iterdir()}
+    assert replaced.keys() == first.keys() and replaced != first
+
+
+def run_cli(*argv: str, cwd: Path, extra_env: dict[str, str]) -> subprocess.CompletedProcess:
+    """The command line of this checkout in a process of its own, as a person runs it."""
+    environment = {
+        **{k: v for k, v in os.environ.items()
+           if not k.upper().startswith("OSCAR_SD_") and k != "oscar_endpoint"},
+        "PYTHONPATH": str(ROOT),
+        **extra_env,
+    }
+    return subprocess.run(
+        [sys.executable, "-c", "import sys; from oscar_sd.cli import main; sys.exit(main())",
+         *argv],
+        capture_output=True, text=True, env=environment, cwd=cwd, stdin=subprocess.DEVNULL,
+        timeout=240,
+    )
+
+
+def test_library_warnings_stay_out_of_a_normal_run(tmp_path):
+    argv = ("generate", "a fox", "-n", "1", "--size", "64x64", "--steps", "2")
+    ours = re.compile(r"^(oscar-sd: |\[\s*\d+\.\d+s\] )")
+
+    quiet = run_cli(*argv, "-o", "quiet", cwd=tmp_path, extra_env={"OSCAR_SD_MODEL": "tiny"})
+
+    assert quiet.returncode == EXIT_OK, quiet.stderr
+    foreign = [line for line in quiet.stderr.splitlines() if not ours.match(line)]
+    assert foreign == [], "lines a normal run should not print"
+    assert "Loading model" not in quiet.stderr
+
+    loud = run_cli(*argv, "-o", "loud", "-v", cwd=tmp_path, extra_env={"OSCAR_SD_MODEL": "tiny"})
+
+    assert loud.returncode == EXIT_OK, loud.stderr
+    assert "Loading model tiny" in loud.stderr  # -v shows the library's own log
 
 
 def test_generate_via_the_console_script(cluster, tmp_path):
@@ -362,6 +415,24 @@ def test_a_deployed_service_generates_and_shows_in_status(alice, capsys, tmp_pat
     assert job_name in out and "Succeeded" in out
 
 
+def test_deploy_says_what_it_is_waiting_for(alice, capsys, tmp_path):
+    fdl = write_fdl(tmp_path / "fdl", name="sd-said", image="example/sd:1")
+
+    assert main(["deploy", "--fdl", str(fdl), "--wait", "30"]) == EXIT_OK
+
+    out, err = capsys.readouterr()
+    steps = [line.removeprefix("oscar-sd: ") for line in err.splitlines()]
+    assert steps[1:] == [
+        f"asking {alice.oscar_endpoint} whether service 'sd-said' exists",
+        "creating service 'sd-said' (the cluster restarts its storage for that)",
+        "waiting for the cluster to list service 'sd-said' with image example/sd:1 "
+        "(up to 30 s)",
+        steps[-1],
+    ]
+    assert re.fullmatch(r"service 'sd-said' is listed \(\d+\.\d s\)", steps[-1])
+    assert out.startswith("created service sd-said")  # the result alone on stdout
+
+
 def test_deploy_that_is_not_listed_in_time_exits_3(alice, capsys, tmp_path):
     fdl = write_fdl(tmp_path / "fdl", name="sd-slow", image="example/sd:1")
 
@@ -369,7 +440,9 @@ def test_deploy_that_is_not_listed_in_time_exits_3(alice, capsys, tmp_path):
     code = main(["deploy", "--fdl", str(fdl), "--wait", "0.000001"])
 
     assert code == EXIT_FAILURE
-    line = error_line(capsys.readouterr().err)
+    err = capsys.readouterr().err
+    assert "waiting for the cluster to list service 'sd-slow' with image example/sd:1" in err
+    line = error_line(err)
     assert "did not list it" in line and "oscar-sd status" in line
     assert "sd-slow" in alice.runner.services  # created: only the wait gave up
 
@@ -502,6 +575,15 @@ def test_a_bad_fdl_exits_2_before_calling_the_cluster(alice, capsys, tmp_path, c
 def test_help_exits_0(capsys):
     assert main(["--help"]) == EXIT_OK
     assert "generate" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("command", [[], ["serve"], ["generate"], ["deploy"], ["status"]])
+def test_help_lists_every_exit_code(capsys, command):
+    assert main([*command, "--help"]) == EXIT_OK
+    text = " ".join(capsys.readouterr().out.split())
+    for code in ("0 done", "2 usage or credentials", "3 cluster or job failure",
+                 "130 interrupted (Ctrl-C)"):
+        assert code in text
 
 
 # ---------------------------------------------------------------------------
