@@ -1,10 +1,11 @@
 """What the app adds to Gradio's HTTP server: a health probe, a file guard, a logout hook.
 
 Gradio serves any file in its temp folder to any logged-in user who has the
-URL (``/gradio_api/file=<path>``). The results live in that folder (so Gradio
-serves them as they are, PNG with their metadata, without copies), in one
-random-named folder per user; :class:`FileGuard` makes sure the folder's files
-go to its owner only.
+URL (``/gradio_api/file=<path>``, or its older spelling ``/gradio_api/file/<path>``).
+The results live in that folder (so Gradio serves them as they are, PNG with
+their metadata, without copies), in one random-named folder per user;
+:class:`FileGuard` makes sure the folder's files go to its owner only, by
+whichever route they are asked for.
 """
 
 from __future__ import annotations
@@ -20,7 +21,26 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .sessions import Sessions, is_tab_key
 
-FILE_ROUTE = "/gradio_api/file="
+# Gradio 6's routes that serve a file named in the URL (gradio/routes.py): ``file=``
+# and ``file/`` (``file_deprecated``, which calls the same handler), for GET and HEAD.
+# The others cannot reach the results folder: /static, /assets and /custom_component
+# join the path under Gradio's own package folders (safe_join), /proxy= fetches only
+# *.hf.space URLs of gr.load(), /stream/... serves the in-memory segments of streaming
+# components, /run-history/... reads Hugging Face buckets, /favicon.ico and /pwa_icon
+# serve the favicon; /upload only writes.
+FILE_ROUTES = ("/gradio_api/file=", "/gradio_api/file/")
+
+
+def requested_file(path: str) -> str | None:
+    """The file a request path names through one of :data:`FILE_ROUTES`, else None.
+
+    The earliest route in the path wins, as the path itself may spell the other.
+    """
+    found = [(path.find(route), route) for route in FILE_ROUTES if route in path]
+    if not found:
+        return None
+    at, route = min(found)
+    return path[at + len(route):]
 
 
 def current_user(connection: HTTPConnection) -> str | None:
@@ -61,11 +81,11 @@ class FileGuard:
         self.root = sessions.root
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or FILE_ROUTE not in scope["path"]:
+        # Already percent-decoded once by the server, exactly as Gradio's route sees it.
+        requested = requested_file(scope["path"]) if scope["type"] == "http" else None
+        if requested is None:
             await self.app(scope, receive, send)
             return
-        # Already percent-decoded once by the server, exactly as Gradio's route sees it.
-        requested = scope["path"].split(FILE_ROUTE, 1)[1]
         if requested.startswith(("http://", "https://")):
             await self.app(scope, receive, send)  # Gradio's own guarded URL proxy
             return
