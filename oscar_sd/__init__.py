@@ -30,12 +30,14 @@ from ._errors import (
     OscarSDError,
     ServiceMisconfiguredError,
     ServiceNotFoundError,
+    SignInExpired,
 )
 from ._hub import Backoff
 from ._local import LocalSD
 from ._models import GenerationRequest, GenerationResult, Progress, ProgressCallback, Stage, Timings
 from ._oscar import OscarSD
 from ._settings import Settings
+from ._tokens import OidcToken
 
 __all__ = [
     "AuthenticationError",
@@ -55,6 +57,7 @@ __all__ = [
     "JobState",
     "LocalSD",
     "OscarSD",
+    "OidcToken",
     "OscarSDError",
     "Progress",
     "ProgressCallback",
@@ -62,6 +65,7 @@ __all__ = [
     "ServiceNotFoundError",
     "ServiceStatus",
     "Settings",
+    "SignInExpired",
     "Stage",
     "Timings",
     "deploy_service",
