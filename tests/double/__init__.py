@@ -28,4 +28,7 @@ from .events import escape_key
 from .jobs import Job, ScriptFailed, ScriptHandler
 from .oidc import OidcProviderDouble
 
-__all__ = ["ClusterDouble", "Job", "OidcProviderDouble", "ScriptFailed", "ScriptHandler", "escape_key", "services"]
+__all__ = [
+    "ClusterDouble", "Job", "OidcProviderDouble", "ScriptFailed", "ScriptHandler", "escape_key",
+    "services",
+]
