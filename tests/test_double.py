@@ -123,7 +123,7 @@ def minio_client(double: ClusterDouble, access_key: str | None = None) -> Minio:
                  access_key or double.minio_access_key, double.minio_secret_key, secure=False)
 
 
-def oscar_client(double: ClusterDouble, user: str = "alice", password: str = "alice-pw") -> Client:
+def oscar_client(double: ClusterDouble, user: str = "oscar", password: str = "oscar-pw") -> Client:
     return Client({"cluster_id": "double", "endpoint": double.oscar_endpoint, "user": user,
                    "password": password, "ssl": False})
 
@@ -171,7 +171,7 @@ def only_job(double: ClusterDouble, service: str = BUCKET) -> Any:
 
 def test_starts_fast_and_stops_cleanly() -> None:
     started = time.perf_counter()
-    with ClusterDouble(users={"u": "p"}) as double:
+    with ClusterDouble(admin=("u", "p")) as double:
         assert time.perf_counter() - started < 1.0
         assert requests.get(f"{double.oscar_endpoint}/health", timeout=5).status_code == 200
     with pytest.raises(requests.ConnectionError):
@@ -632,21 +632,31 @@ def test_auth(cluster: ClusterDouble) -> None:
     assert wrong.value.response.status_code == 401
 
 
-def test_bearer_tokens() -> None:
-    with ClusterDouble(users={"alice": "pw"}, tokens={"tok-carol": "carol"}) as double:
-        url = f"{double.oscar_endpoint}/system/config"
-        ok = requests.get(url, headers={"Authorization": "Bearer tok-carol"}, timeout=5)
-        assert ok.status_code == 200
-        bad = requests.get(url, headers={"Authorization": "Bearer tok-mallory"}, timeout=5)
-        assert bad.status_code == 401
-        # a token user gets MinIO keys of their own, and they work
-        provider = ok.json()["minio_provider"]
-        assert provider["access_key"] != double.minio_access_key
-        assert (provider["access_key"], provider["secret_key"]) == double.user_minio_keys["carol"]
-        carol = Minio(urllib.parse.urlsplit(provider["endpoint"]).netloc, provider["access_key"],
-                      provider["secret_key"], secure=False)
+def test_only_the_one_admin_account_passes_basic_auth(cluster: ClusterDouble) -> None:
+    url = f"{cluster.oscar_endpoint}/system/info"
+    assert requests.get(url, auth=cluster.admin, timeout=5).status_code == 200
+    # OSCAR's gin.BasicAuth has one entry: any other name is refused, even with its password.
+    assert requests.get(url, auth=("alice", cluster.admin[1]), timeout=5).status_code == 401
+
+
+def test_bearer_tokens(oidc_cluster: ClusterDouble) -> None:
+    double = oidc_cluster
+    carol_token = double.sign_in("carol")["access_token"]
+    url = f"{double.oscar_endpoint}/system/config"
+    ok = requests.get(url, headers={"Authorization": f"Bearer {carol_token}"}, timeout=5)
+    assert ok.status_code == 200
+    bad = requests.get(url, headers={"Authorization": "Bearer tok-mallory"}, timeout=5)
+    assert bad.status_code == 401
+    # a token user gets MinIO keys of their own, and they work
+    provider = ok.json()["minio_provider"]
+    assert provider["access_key"] != double.minio_access_key
+    assert (provider["access_key"], provider["secret_key"]) == double.user_minio_keys["carol"]
+    carol = Minio(urllib.parse.urlsplit(provider["endpoint"]).netloc, provider["access_key"],
+                  provider["secret_key"], secure=False)
+    # ... on the buckets of the services open to her, and no others
+    assert carol.bucket_exists("stable-diffusion")
+    with pytest.raises(S3Error):
         carol.make_bucket("carols-bucket")
-        assert double.list_keys("carols-bucket") == []
 
 
 def test_info_and_config_match_the_spec(cluster: ClusterDouble) -> None:

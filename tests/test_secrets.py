@@ -32,7 +32,7 @@ def secrets_of(cluster: ClusterDouble) -> dict[str, str]:
     return {
         "MinIO access key": cluster.minio_access_key,
         "MinIO secret key": cluster.minio_secret_key,
-        **{f"password of {user}": password for user, password in cluster.users.items()},
+        "password of the admin account": cluster.admin[1],
     }
 
 

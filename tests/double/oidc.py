@@ -15,13 +15,17 @@ from __future__ import annotations
 
 import logging
 import threading
+import warnings
 from contextlib import ExitStack
 from datetime import timedelta
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
-from oidc_provider_mock import run_server_in_thread
+
+with warnings.catch_warnings():  # it still imports authlib.jose, deprecated in authlib 1.7
+    warnings.simplefilter("ignore")
+    from oidc_provider_mock import run_server_in_thread
 
 #: The redirect URI used for programmatic sign-ins (nothing listens there).
 PROGRAMMATIC_REDIRECT = "http://127.0.0.1:9/callback"

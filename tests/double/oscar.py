@@ -57,7 +57,8 @@ def complete_service(definition: dict[str, Any], cluster_id: str) -> dict[str, A
     service["token"] = service.get("token") or secrets.token_hex(32)
     if str(service.get("isolation_level", "")).upper() == "USER":
         service["bucket_list"] = sorted(
-            private_buckets(service, user) for user in service.get("allowed_users") or [])
+            bucket for user in service.get("allowed_users") or []
+            for bucket in private_buckets(service, user))
     return service
 
 
