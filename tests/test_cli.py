@@ -300,7 +300,7 @@ def test_at_a_terminal_the_password_is_asked_for_and_never_shown(alice, monkeypa
 
     assert main(["status"]) == EXIT_OK
     out, err = capsys.readouterr()
-    assert prompts == [f"Password of alice at {alice.oscar_endpoint}: "]
+    assert prompts == [f"Password of oscar at {alice.oscar_endpoint}: "]
     assert PASSWORD not in out + err
 
 

@@ -625,7 +625,7 @@ def test_auth(cluster: ClusterDouble) -> None:
     assert requests.get(f"{base}/system/info", timeout=5).status_code == 401
     assert requests.get(f"{base}/system/info", auth=("alice", "nope"),
                         timeout=5).status_code == 401
-    assert requests.get(f"{base}/system/info", auth=("bob", "bob-pw"),
+    assert requests.get(f"{base}/system/info", auth=("oscar", "oscar-pw"),
                         timeout=5).status_code == 200
     with pytest.raises(requests.HTTPError) as wrong:
         oscar_client(cluster, password="wrong").get_cluster_info()
@@ -700,7 +700,7 @@ def test_services_with_oscar_python(cluster: ClusterDouble, listen: Any) -> None
     with pytest.raises(ValueError):
         client.create_service(definition)
     duplicate = requests.post(f"{cluster.oscar_endpoint}/system/services", json=definition,
-                              auth=("alice", "alice-pw"), timeout=5)
+                              auth=("oscar", "oscar-pw"), timeout=5)
     assert duplicate.status_code == 409
 
     # a REST-made service runs the default handler (the fake generator)
@@ -715,7 +715,7 @@ def test_services_with_oscar_python(cluster: ClusterDouble, listen: Any) -> None
         client.update_service("nope", {**definition, "name": "nope"})
     put_missing = requests.put(f"{cluster.oscar_endpoint}/system/services",
                                json={**definition, "name": "nope"},
-                               auth=("alice", "alice-pw"), timeout=5)
+                               auth=("oscar", "oscar-pw"), timeout=5)
     assert put_missing.status_code == 404
 
     assert client.remove_service("rest-made").status_code == 204
@@ -751,7 +751,7 @@ def test_jobs_and_logs_with_oscar_python(cluster: ClusterDouble, listen: Any) ->
 
 def test_post_job_runs_the_service(cluster: ClusterDouble, listen: Any) -> None:
     stream = listen("prefix=out/&events=s3:ObjectCreated:*")
-    answer = requests.post(f"{cluster.oscar_endpoint}/job/{BUCKET}", auth=("alice", "alice-pw"),
+    answer = requests.post(f"{cluster.oscar_endpoint}/job/{BUCKET}", auth=("oscar", "oscar-pw"),
                            data=json.dumps({"prompt": "direct", "num_images": 1}), timeout=5)
     assert answer.status_code == 201 and answer.content == b""
     assert key_of(stream.event()).endswith(".zip")
@@ -759,6 +759,6 @@ def test_post_job_runs_the_service(cluster: ClusterDouble, listen: Any) -> None:
     with_token = requests.post(f"{cluster.oscar_endpoint}/job/{BUCKET}", data=b"a prompt",
                                headers={"Authorization": f"Bearer {token}"}, timeout=5)
     assert with_token.status_code == 201
-    missing = requests.post(f"{cluster.oscar_endpoint}/job/nope", auth=("alice", "alice-pw"),
+    missing = requests.post(f"{cluster.oscar_endpoint}/job/nope", auth=("oscar", "oscar-pw"),
                             data=b"x", timeout=5)
     assert missing.status_code == 404
