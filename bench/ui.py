@@ -5,7 +5,8 @@ at once (the fake generator, no job delay). The double, the app and the
 clients each run in a process of their own, as on three machines. Measured is the app:
 Gradio's queue, the OSCAR client, MinIO upload, the notification, the
 download and unpacking, and the six PNGs fetched by the client. Each user is
-a cluster account of its own with its own logged-in client; all users click
+a login of its own (all with the cluster's one basic-auth account, as OSCAR
+has one, so each login its own session) with its own client; all users click
 at the same time, round after round.
 
     .venv/bin/python bench/ui.py [--rounds 10] [--users 1 50]
@@ -47,13 +48,17 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
 
 
-def accounts_for(users: int) -> dict[str, str]:
-    return {f"user{index:02d}": f"pw-{index:02d}" for index in range(users)}
+ADMIN = ("oscar", "oscar-pw")
+
+
+def accounts_for(users: int) -> dict[str, tuple[str, str]]:
+    """One login per user, each with the cluster's only basic-auth account."""
+    return {f"user{index:02d}": ADMIN for index in range(users)}
 
 
 def serve_cluster(users: int, ready: Connection, stop: Event) -> None:
     """In a process of its own, as a real cluster is: the double, until ``stop``."""
-    with ClusterDouble(users=accounts_for(users)) as double:
+    with ClusterDouble(admin=ADMIN) as double:
         double.add_service(
             SERVICE,
             input_path=f"{SERVICE}/in",
@@ -111,12 +116,12 @@ def measure(users: int, rounds: int, downloads: Path) -> Run:
         apis = [
             Client(
                 url,
-                auth=(name, password),
+                auth=account,
                 verbose=False,
                 download_files=str(downloads / name),
                 ssl_verify=tls,  # type: ignore[arg-type]
             )
-            for name, password in accounts.items()
+            for name, account in accounts.items()
         ]
         for api in apis:  # warm up: first connection, hub stream open
             api.predict("warm-up", api_name="/generate")

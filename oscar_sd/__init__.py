@@ -30,12 +30,14 @@ from ._errors import (
     OscarSDError,
     ServiceMisconfiguredError,
     ServiceNotFoundError,
+    SignInExpired,
 )
 from ._hub import Backoff
 from ._local import LocalSD
 from ._models import GenerationRequest, GenerationResult, Progress, ProgressCallback, Stage, Timings
 from ._oscar import OscarSD
 from ._settings import Settings
+from ._tokens import OidcToken
 
 __all__ = [
     "AuthenticationError",
@@ -54,6 +56,7 @@ __all__ = [
     "JobFailedError",
     "JobState",
     "LocalSD",
+    "OidcToken",
     "OscarSD",
     "OscarSDError",
     "Progress",
@@ -62,6 +65,7 @@ __all__ = [
     "ServiceNotFoundError",
     "ServiceStatus",
     "Settings",
+    "SignInExpired",
     "Stage",
     "Timings",
     "deploy_service",

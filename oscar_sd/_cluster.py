@@ -24,6 +24,7 @@ from ._errors import (
     OscarSDError,
     ServiceNotFoundError,
 )
+from ._tokens import OidcToken
 
 T = TypeVar("T")
 
@@ -41,19 +42,24 @@ class OscarCluster:
         *,
         user: str | None = None,
         password: str | None = None,
-        token: str | None = None,
+        token: str | OidcToken | None = None,
         verify_ssl: bool = True,
         limit: float = 60.0,
     ) -> None:
         self.endpoint = public_endpoint(endpoint)
         self.limit = limit
+        # A bearer token that renews itself; oscar-python gets its current value per call.
+        self.token = OidcToken(token) if isinstance(token, str) else token
+        self._password_forgotten = False
         options: dict[str, Any] = {
             "cluster_id": "oscar-sd",
             "endpoint": self.endpoint,
             "ssl": verify_ssl,
         }
-        if token:
-            options["oidc_token"] = token
+        if self.token is not None:
+            # Only the access token: oscar-python would renew a refresh token with
+            # EGI's defaults, not with this token's endpoint and client.
+            options["oidc_token"] = ""  # set before each call
         elif user and password is not None:
             options["user"] = user
             options["password"] = password
@@ -63,6 +69,12 @@ class OscarCluster:
             )
         self.client = Client(options)
 
+    def forget_password(self) -> None:
+        """Drop the basic-auth password: later calls ask the person to log in again."""
+        if hasattr(self.client, "password"):
+            self.client.password = None
+            self._password_forgotten = True
+
     async def call(
         self, method: Callable[..., T], *args: Any, what: str, missing_ok: bool = False
     ) -> T | None:
@@ -70,6 +82,12 @@ class OscarCluster:
 
         With ``missing_ok`` an HTTP 404 answer gives None instead of an error.
         """
+        if self._password_forgotten:
+            raise AuthenticationError(
+                "The password is not kept after login. Log in again to do this."
+            )
+        if self.token is not None:
+            self.client.oidc_token = await self.token.fresh()
         try:
             with anyio.fail_after(self.limit):
                 return await anyio.to_thread.run_sync(

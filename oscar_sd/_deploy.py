@@ -39,6 +39,7 @@ from ._cluster import OscarCluster
 from ._errors import (
     OscarSDError,
 )
+from ._tokens import OidcToken
 
 #: Seconds ``deploy_service`` waits for the cluster to list the service.
 DEFAULT_DEPLOY_WAIT = 300.0
@@ -168,7 +169,7 @@ async def deploy_service(
     fdl_path: str | Path,
     user: str | None = None,
     password: str | None = None,
-    token: str | None = None,
+    token: str | OidcToken | None = None,
     service: str | None = None,
     verify_ssl: bool = True,
     wait_seconds: float = DEFAULT_DEPLOY_WAIT,
@@ -253,7 +254,7 @@ async def service_status(
     *,
     user: str | None = None,
     password: str | None = None,
-    token: str | None = None,
+    token: str | OidcToken | None = None,
     service: str = "stable-diffusion",
     verify_ssl: bool = True,
     recent: int = 10,

@@ -24,6 +24,13 @@ class AuthenticationError(OscarSDError):
     """The cluster refused the credentials (HTTP 401) or the session expired."""
 
 
+class SignInExpired(AuthenticationError):
+    """The OIDC provider refused to renew the sign-in: the person must sign in again."""
+
+    def __init__(self, message: str = "Your sign-in has expired, sign in again.") -> None:
+        super().__init__(message)
+
+
 class ClusterUnreachableError(OscarSDError):
     """The OSCAR endpoint or its MinIO could not be reached."""
 

@@ -46,7 +46,9 @@ from ._models import (
     Stage,
     Timings,
 )
+from ._service_paths import service_paths
 from ._storage import MinioStorage, StoragePath, storage_error
+from ._tokens import OidcToken
 from ._unpack import check_image, unpack_images
 
 logger = logging.getLogger("oscar_sd.oscar")
@@ -72,6 +74,7 @@ class OscarSD:
         output_path: StoragePath,
         endpoint: str,
         user: str | None,
+        token: OidcToken | None,
         timeout: float,
         input_format: Literal["json", "text"],
         results_dir: Path,
@@ -79,6 +82,8 @@ class OscarSD:
     ) -> None:
         self.service = service
         self.user = user
+        #: The bearer token, renewing itself; None with basic auth.
+        self.token = token
         self.endpoint = endpoint
         self.input_path = input_path
         self.output_path = output_path
@@ -99,7 +104,12 @@ class OscarSD:
         *,
         user: str | None = None,
         password: str | None = None,
-        token: str | None = None,
+        token: str | OidcToken | None = None,
+        refresh_token: str | None = None,
+        token_endpoint: str | None = None,
+        client_id: str | None = None,
+        client_secret: str | None = None,
+        keep_password: bool = True,
         service: str = "stable-diffusion",
         verify_ssl: bool = True,
         timeout: float = 900.0,
@@ -115,8 +125,16 @@ class OscarSD:
         Use it as ``async with OscarSD.connect(...) as sd`` or
         ``sd = await OscarSD.connect(...)`` (then ``await sd.aclose()``).
 
-        Credentials are HTTP basic (``user`` + ``password``) or an OIDC bearer
-        ``token``. ``timeout`` bounds each :meth:`generate` call;
+        Credentials are HTTP basic (``user`` + ``password``: the cluster's one
+        admin account) or an OIDC bearer ``token``. With ``refresh_token``,
+        ``token_endpoint`` and ``client_id`` (and ``client_secret`` for a
+        confidential client) the token is renewed at least 60 s before it
+        expires (or pass a ready :class:`OidcToken`); a refused renewal raises
+        :class:`SignInExpired`. With a token the user's own MinIO keys are used,
+        and a service with ``isolation_level: USER`` is reached through the
+        user's private bucket. ``keep_password=False`` drops the password once
+        connected (the web app: what needs the cluster's API afterwards asks to
+        log in again). ``timeout`` bounds each :meth:`generate` call;
         ``connect_timeout`` bounds each call to the cluster's API, so an
         unreachable endpoint fails fast. ``input_format="text"`` uploads a bare
         ``<job>.txt`` prompt, for services that read only text. Input and
@@ -127,19 +145,28 @@ class OscarSD:
         """
         if input_format not in ("json", "text"):
             raise ValueError("input_format must be 'json' or 'text'")
+        bearer = token
+        if isinstance(token, str) and refresh_token:
+            bearer = OidcToken(
+                token,
+                refresh_token=refresh_token,
+                token_endpoint=token_endpoint,
+                client_id=client_id,
+                client_secret=client_secret,
+                verify_ssl=verify_ssl,
+            )
 
         async def open_client() -> OscarSD:
             cluster = OscarCluster(
                 endpoint,
                 user=user,
                 password=password,
-                token=token,
+                token=bearer,
                 verify_ssl=verify_ssl,
                 limit=connect_timeout,
             )
             config = await cluster.config()
             definition = await cluster.require_service(service)
-            input_path, output_path = _service_paths(definition)
 
             provider = config.get("minio_provider") or {}
             if not provider.get("endpoint") or not provider.get("access_key"):
@@ -147,6 +174,11 @@ class OscarSD:
                     "The cluster did not report its MinIO storage (/system/config has no "
                     "minio_provider). Ask the cluster administrator to check the OSCAR setup."
                 )
+            # An OIDC user's MinIO access key is their uid (docs/multitenancy.md).
+            uid = provider["access_key"] if cluster.token is not None else None
+            input_path, output_path = service_paths(definition, uid)
+            if not keep_password:
+                cluster.forget_password()
             storage = MinioStorage(
                 provider["endpoint"],
                 provider["access_key"],
@@ -191,6 +223,7 @@ class OscarSD:
                 output_path=output_path,
                 endpoint=cluster.endpoint,
                 user=user,
+                token=cluster.token,
                 timeout=timeout,
                 input_format=input_format,
                 results_dir=results,
@@ -352,23 +385,6 @@ class _Connecting:
     async def __aexit__(self, *exc_info: object) -> None:
         if self._client is not None:
             await self._client.aclose()
-
-
-def _service_paths(definition: dict[str, Any]) -> tuple[StoragePath, StoragePath]:
-    """The service's first MinIO input and output paths."""
-
-    def first_minio(kind: str) -> StoragePath:
-        for entry in definition.get(kind) or []:
-            provider = str(entry.get("storage_provider", "minio"))
-            if provider.split(".")[0] == "minio" and entry.get("path"):
-                return StoragePath.parse(entry["path"])
-        raise ServiceMisconfiguredError(
-            f"Service {definition.get('name')!r} has no MinIO {kind} path, so the app cannot "
-            f"hand it prompts or collect its images. Add an {kind} with storage_provider "
-            "minio.default to its definition."
-        )
-
-    return first_minio("input"), first_minio("output")
 
 
 def _job_failure(data: bytes, job_id: str) -> JobFailedError:

@@ -33,6 +33,17 @@ class Settings(BaseSettings):
     verify_ssl: bool = True
     #: Local backend model: "auto", "tiny", a hub id or a folder.
     model: str = "auto"
+    #: OIDC sign-in ("Sign in with EGI Check-in"): the issuer, and this app's client.
+    oidc_issuer: str = "https://aai.egi.eu/auth/realms/egi"
+    #: Empty: no OIDC sign-in on the page (the user name and password form only).
+    oidc_client_id: str = ""
+    oidc_client_secret: SecretStr = SecretStr("")
+    #: offline_access for a refresh token; eduperson_entitlement for OSCAR's group check.
+    oidc_scopes: str = "openid profile email offline_access eduperson_entitlement"
+    #: The token endpoint for renewing OSCAR_SD_REFRESH_TOKEN (CLI); default: the issuer's.
+    token_endpoint: str = ""
+    #: Offer the user name and password form (OSCAR's basic-auth account).
+    password_login: bool = True
     #: Local mode only: "user:password,user2:password2" turns the login on.
     users: SecretStr = SecretStr("")
     #: Where per-request result folders are created (default: the system temp dir).
@@ -42,6 +53,17 @@ class Settings(BaseSettings):
     def local(self) -> bool:
         """True when no cluster is configured and the app generates in-process."""
         return not self.oscar_endpoint
+
+    @property
+    def oidc_enabled(self) -> bool:
+        """True when the page offers OIDC sign-in (a client id is configured)."""
+        return bool(self.oidc_client_id)
+
+    def default_token_endpoint(self) -> str:
+        """``token_endpoint``, or the issuer's as Keycloak (EGI Check-in) spells it."""
+        return self.token_endpoint or (
+            self.oidc_issuer.rstrip("/") + "/protocol/openid-connect/token"
+        )
 
     def local_accounts(self) -> dict[str, str]:
         """The accounts of ``OSCAR_SD_USERS`` as {user: password}."""

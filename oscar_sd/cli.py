@@ -8,7 +8,8 @@
 The cluster is ``--endpoint`` or the ``oscar_endpoint`` variable. The account
 is ``--user`` / ``OSCAR_SD_USER`` with the password from ``OSCAR_SD_PASSWORD``
 or asked for at the terminal (never echoed), or a bearer token from
-``--token`` / ``OSCAR_SD_TOKEN``.
+``--token`` / ``OSCAR_SD_TOKEN``, renewed with ``OSCAR_SD_REFRESH_TOKEN`` (at
+``OSCAR_SD_TOKEN_ENDPOINT`` for client ``OSCAR_SD_OIDC_CLIENT_ID``) when set.
 
 Exit codes: 0 done, 2 usage or credentials, 3 cluster or job failure,
 130 interrupted (Ctrl-C).
@@ -55,6 +56,7 @@ from ._errors import (
 )
 from ._models import GenerationRequest, GenerationResult, Progress
 from ._settings import Settings
+from ._tokens import OidcToken
 
 EXIT_OK = 0
 EXIT_USAGE = 2  # also argparse's own code for a bad command line
@@ -324,7 +326,7 @@ class Cluster:
     user: str | None = None
     # Kept out of repr() so that no debug print or traceback shows them.
     password: str | None = field(default=None, repr=False)
-    token: str | None = field(default=None, repr=False)
+    token: str | OidcToken | None = field(default=None, repr=False)
 
     def credentials(self) -> dict[str, Any]:
         return {"user": self.user, "password": self.password, "token": self.token}
@@ -361,6 +363,30 @@ def resolve_cluster(
         "verify_ssl": settings.verify_ssl and not args.insecure,
     }
     token = args.token or os.environ.get("OSCAR_SD_TOKEN")
+    refresh_token = os.environ.get("OSCAR_SD_REFRESH_TOKEN")
+    if refresh_token:
+        secrets.append(refresh_token)
+        if token:
+            secrets.append(token)
+        if not settings.oidc_client_id:
+            raise UsageError(
+                "OSCAR_SD_REFRESH_TOKEN needs the client it was issued to: set "
+                "OSCAR_SD_OIDC_CLIENT_ID (and OSCAR_SD_OIDC_CLIENT_SECRET if it has one)"
+            )
+        client_secret = settings.oidc_client_secret.get_secret_value() or None
+        if client_secret:
+            secrets.append(client_secret)
+        renewing = OidcToken(
+            token or "",
+            refresh_token=refresh_token,
+            # Without an access token: renew at once.
+            expires_at=None if token else 0.0,
+            token_endpoint=settings.default_token_endpoint(),
+            client_id=settings.oidc_client_id,
+            client_secret=client_secret,
+            verify_ssl=place["verify_ssl"],
+        )
+        return Cluster(**place, token=renewing)
     if token:
         secrets.append(token)
         return Cluster(**place, token=token)

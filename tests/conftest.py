@@ -7,11 +7,12 @@ from collections.abc import Iterator
 import pytest
 
 from oscar_sd._hub import close_all_hubs
-from tests.double import ClusterDouble, services
+from tests.double import ClusterDouble, OidcProviderDouble, services
 
 pytest_plugins = ["anyio"]
 
-USERS = {"alice": "alice-pw", "bob": "bob-pw"}
+#: The cluster's one basic-auth account (OSCAR has exactly one: the admin).
+ADMIN = ("oscar", "oscar-pw")
 SERVICE = "stable-diffusion"
 
 
@@ -27,10 +28,14 @@ def _close_notification_hubs() -> Iterator[None]:
     close_all_hubs()
 
 
-@pytest.fixture
-def cluster() -> Iterator[ClusterDouble]:
-    """A started ClusterDouble: users alice/bob, service "stable-diffusion" (fake generator)."""
-    double = ClusterDouble(users=USERS)
+@pytest.fixture(scope="session")
+def oidc_provider() -> Iterator[OidcProviderDouble]:
+    """One loopback OIDC provider for the whole run (anyone signs in as any ``sub``)."""
+    with OidcProviderDouble() as provider:
+        yield provider
+
+
+def _started(double: ClusterDouble) -> Iterator[ClusterDouble]:
     double.start()
     try:
         double.add_service(SERVICE, input_path=f"{SERVICE}/in", output_path=f"{SERVICE}/out",
@@ -38,3 +43,15 @@ def cluster() -> Iterator[ClusterDouble]:
         yield double
     finally:
         double.stop()
+
+
+@pytest.fixture
+def cluster() -> Iterator[ClusterDouble]:
+    """A started ClusterDouble: admin oscar/oscar-pw, service "stable-diffusion" (fake)."""
+    yield from _started(ClusterDouble(admin=ADMIN))
+
+
+@pytest.fixture
+def oidc_cluster(oidc_provider: OidcProviderDouble) -> Iterator[ClusterDouble]:
+    """The same, with OIDC users signing in at ``oidc_provider`` (``double.sign_in(sub)``)."""
+    yield from _started(ClusterDouble(admin=ADMIN, oidc=oidc_provider))

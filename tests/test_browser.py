@@ -17,6 +17,7 @@ import pytest
 from PIL import Image
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
+from tests.conftest import ADMIN
 from tests.double import ClusterDouble
 from tests.ui_fixtures import cluster_settings, running_app, wait_until
 
@@ -46,11 +47,11 @@ def browser() -> Iterator[Browser]:
             chromium.close()
 
 
-def log_in(page: Page, url: str, user: str, password: str) -> None:
+def log_in(page: Page, url: str, user: str = ADMIN[0], password: str = ADMIN[1]) -> None:
     page.goto(url)
-    page.get_by_label("username").fill(user)
-    page.get_by_label("password").fill(password)
-    page.get_by_role("button", name="Login").click()
+    page.get_by_label("Username").fill(user)
+    page.get_by_label("Password").fill(password)
+    page.get_by_role("button", name="Log in").click()
     expect(page.get_by_role("button", name="From Text to Image")).to_be_visible(timeout=20_000)
 
 
@@ -86,7 +87,7 @@ def test_log_in_type_a_prompt_see_six_images(browser: Browser, cluster: ClusterD
         page = browser.new_page(viewport={"width": 1000, "height": 620})
         try:
             assert app.url is not None
-            log_in(page, app.url, "alice", "alice-pw")
+            log_in(page, app.url)
             expect(page.locator("#backend-line")).to_contain_text("OSCAR service")
             make_six_images(page, "a lighthouse at dusk, oil painting")
             # The images are served as the PNG files the service made.
@@ -104,7 +105,7 @@ def test_enter_submits_and_history_restores_parameters(
         page = browser.new_page(viewport={"width": 1100, "height": 900})
         try:
             assert app.url is not None
-            log_in(page, app.url, "bob", "bob-pw")
+            log_in(page, app.url)
             prompt = page.get_by_label("Prompt")
             prompt.fill("a blue whale")
             prompt.press("Enter")
@@ -128,15 +129,15 @@ def test_the_same_under_a_root_path_and_log_out(browser: Browser, cluster: Clust
         page = browser.new_page(viewport={"width": 1100, "height": 760})
         try:
             assert app.url is not None
-            log_in(page, app.url + "sd/", "alice", "alice-pw")
+            log_in(page, app.url + "sd/")
             make_six_images(page, "a red fox in the snow")
             first = page.locator("#results img").first.get_attribute("src") or ""
             assert "/sd/gradio_api/file=" in first, first
 
             page.get_by_text("Log out", exact=True).click()
-            expect(page.get_by_label("username")).to_be_visible(timeout=20_000)
+            expect(page.get_by_label("Username")).to_be_visible(timeout=20_000)
             assert page.url.startswith(app.url + "sd"), page.url
-            assert app.sessions.get("alice") is None, "logging out closed the session"
+            assert len(app.sessions) == 0, "logging out closed the session"
         finally:
             page.close()
 
@@ -148,7 +149,7 @@ def test_a_phone_sees_the_results_above_the_fold(
         page = browser.new_page(viewport={"width": 390, "height": 844}, is_mobile=True)
         try:
             assert app.url is not None
-            log_in(page, app.url, "alice", "alice-pw")
+            log_in(page, app.url)
             make_six_images(page, "a small boat")
             first = page.locator("#results img").first.bounding_box()
             assert first is not None and first["y"] < 844, "the first image is on screen"
@@ -160,14 +161,13 @@ def test_closing_the_tab_deletes_its_images(browser: Browser, cluster: ClusterDo
     with running_app(cluster_settings(cluster.oscar_endpoint)) as app:
         page = browser.new_page()
         assert app.url is not None
-        log_in(page, app.url, "bob", "bob-pw")
+        log_in(page, app.url)
         make_six_images(page, "a ship in a bottle")
-        session = app.sessions.get("bob")
-        assert session is not None
+        (session,) = app.sessions.of_account(ADMIN[0])
         images = list(session.directory.rglob("*.png"))
         assert len(images) == 6
 
         page.close()  # Gradio hears the tab go and runs the page's unload event
 
         wait_until(lambda: not any(image.exists() for image in images), what="images deleted")
-        assert app.sessions.get("bob") is session, "the login itself stays open"
+        assert app.sessions.get(session.key) is session, "the login itself stays open"

@@ -27,7 +27,7 @@ from oscar_sd.cli import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, main
 from tests.double import ClusterDouble
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-PASSWORD = "alice-pw"
+PASSWORD = "oscar-pw"  # the cluster's one basic-auth account, tests.conftest.ADMIN
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -45,7 +45,7 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 def alice(monkeypatch: pytest.MonkeyPatch, cluster: ClusterDouble) -> ClusterDouble:
     """The cluster double, with alice's account in the environment as a user would set it."""
     monkeypatch.setenv("oscar_endpoint", cluster.oscar_endpoint)
-    monkeypatch.setenv("OSCAR_SD_USER", "alice")
+    monkeypatch.setenv("OSCAR_SD_USER", "oscar")
     monkeypatch.setenv("OSCAR_SD_PASSWORD", PASSWORD)
     return cluster
 
@@ -91,7 +91,7 @@ def write_fdl(directory: Path, *, name: str, image: str, memory: str = "2Gi") ->
 
 def read_service(cluster: ClusterDouble, name: str) -> dict:
     response = requests.get(
-        f"{cluster.oscar_endpoint}/system/services/{name}", auth=("alice", PASSWORD), timeout=10
+        f"{cluster.oscar_endpoint}/system/services/{name}", auth=("oscar", PASSWORD), timeout=10
     )
     response.raise_for_status()
     return response.json()
@@ -190,7 +190,7 @@ def test_generate_via_the_console_script(cluster, tmp_path):
     assert script, "the oscar-sd console script is not installed (pip install -e .)"
     environment = {
         **{k: v for k, v in os.environ.items() if not k.upper().startswith("OSCAR_SD_")},
-        "OSCAR_SD_USER": "alice",
+        "OSCAR_SD_USER": "oscar",
         "OSCAR_SD_PASSWORD": PASSWORD,
     }
     done = subprocess.run(
@@ -294,10 +294,10 @@ def test_bad_credentials_exit_2_with_a_clear_message_and_no_secret(
     assert "sd-bad" not in [svc for svc in alice.runner.services]
 
 
-def test_a_bearer_token_from_the_environment_is_used(cluster, monkeypatch, capsys):
-    cluster.tokens["token-of-alice-9b2e"] = "alice"
-    monkeypatch.setenv("oscar_endpoint", cluster.oscar_endpoint)
-    monkeypatch.setenv("OSCAR_SD_TOKEN", "token-of-alice-9b2e")
+def test_a_bearer_token_from_the_environment_is_used(oidc_cluster, monkeypatch, capsys):
+    token = oidc_cluster.sign_in("alice@egi.eu")["access_token"]
+    monkeypatch.setenv("oscar_endpoint", oidc_cluster.oscar_endpoint)
+    monkeypatch.setenv("OSCAR_SD_TOKEN", token)
 
     assert main(["status"]) == EXIT_OK
     assert "stable-diffusion" in capsys.readouterr().out
@@ -307,6 +307,28 @@ def test_a_bearer_token_from_the_environment_is_used(cluster, monkeypatch, capsy
     out, err = capsys.readouterr()
     assert "refused the credentials" in error_line(err)
     assert "a-wrong-token-77aa" not in out + err
+
+
+def test_a_refresh_token_from_the_environment_is_renewed_and_never_printed(
+    oidc_cluster, oidc_provider, monkeypatch, capsys
+):
+    answer = oidc_cluster.sign_in("alice@egi.eu")
+    monkeypatch.setenv("oscar_endpoint", oidc_cluster.oscar_endpoint)
+    monkeypatch.delenv("OSCAR_SD_TOKEN", raising=False)
+    monkeypatch.setenv("OSCAR_SD_REFRESH_TOKEN", answer["refresh_token"])
+    monkeypatch.setenv("OSCAR_SD_TOKEN_ENDPOINT", oidc_provider.token_endpoint)
+    monkeypatch.setenv("OSCAR_SD_OIDC_CLIENT_ID", "oscar-sd-tests")
+    monkeypatch.setenv("OSCAR_SD_OIDC_CLIENT_SECRET", "secret")
+
+    assert main(["status"]) == EXIT_OK  # no access token given: one was asked for
+    out, err = capsys.readouterr()
+    assert "stable-diffusion" in out
+    assert answer["refresh_token"] not in out + err
+
+    oidc_provider.revoke("alice@egi.eu")
+    monkeypatch.setenv("OSCAR_SD_REFRESH_TOKEN", answer["refresh_token"])
+    assert main(["status"]) == EXIT_USAGE
+    assert "Your sign-in has expired" in error_line(capsys.readouterr().err)
 
 
 def test_without_a_password_and_no_terminal_exit_2(alice, monkeypatch, capsys):
@@ -331,7 +353,7 @@ def test_at_a_terminal_the_password_is_asked_for_and_never_shown(alice, monkeypa
 
     assert main(["status"]) == EXIT_OK
     out, err = capsys.readouterr()
-    assert prompts == [f"Password of alice at {alice.oscar_endpoint}: "]
+    assert prompts == [f"Password of oscar at {alice.oscar_endpoint}: "]
     assert PASSWORD not in out + err
 
 
@@ -538,7 +560,7 @@ def test_usage_errors_exit_2(capsys, argv, expected):
 
 
 def test_deploy_and_status_need_an_endpoint(monkeypatch, capsys):
-    monkeypatch.setenv("OSCAR_SD_USER", "alice")
+    monkeypatch.setenv("OSCAR_SD_USER", "oscar")
     monkeypatch.setenv("OSCAR_SD_PASSWORD", PASSWORD)
     for command in (["status"], ["deploy", "--fdl", str(ROOT / "pyproject.toml")]):
         assert main(command) == EXIT_USAGE

@@ -123,7 +123,7 @@ def minio_client(double: ClusterDouble, access_key: str | None = None) -> Minio:
                  access_key or double.minio_access_key, double.minio_secret_key, secure=False)
 
 
-def oscar_client(double: ClusterDouble, user: str = "alice", password: str = "alice-pw") -> Client:
+def oscar_client(double: ClusterDouble, user: str = "oscar", password: str = "oscar-pw") -> Client:
     return Client({"cluster_id": "double", "endpoint": double.oscar_endpoint, "user": user,
                    "password": password, "ssl": False})
 
@@ -171,7 +171,7 @@ def only_job(double: ClusterDouble, service: str = BUCKET) -> Any:
 
 def test_starts_fast_and_stops_cleanly() -> None:
     started = time.perf_counter()
-    with ClusterDouble(users={"u": "p"}) as double:
+    with ClusterDouble(admin=("u", "p")) as double:
         assert time.perf_counter() - started < 1.0
         assert requests.get(f"{double.oscar_endpoint}/health", timeout=5).status_code == 200
     with pytest.raises(requests.ConnectionError):
@@ -645,28 +645,38 @@ def test_auth(cluster: ClusterDouble) -> None:
     assert requests.get(f"{base}/system/info", timeout=5).status_code == 401
     assert requests.get(f"{base}/system/info", auth=("alice", "nope"),
                         timeout=5).status_code == 401
-    assert requests.get(f"{base}/system/info", auth=("bob", "bob-pw"),
+    assert requests.get(f"{base}/system/info", auth=("oscar", "oscar-pw"),
                         timeout=5).status_code == 200
     with pytest.raises(requests.HTTPError) as wrong:
         oscar_client(cluster, password="wrong").get_cluster_info()
     assert wrong.value.response.status_code == 401
 
 
-def test_bearer_tokens() -> None:
-    with ClusterDouble(users={"alice": "pw"}, tokens={"tok-carol": "carol"}) as double:
-        url = f"{double.oscar_endpoint}/system/config"
-        ok = requests.get(url, headers={"Authorization": "Bearer tok-carol"}, timeout=5)
-        assert ok.status_code == 200
-        bad = requests.get(url, headers={"Authorization": "Bearer tok-mallory"}, timeout=5)
-        assert bad.status_code == 401
-        # a token user gets MinIO keys of their own, and they work
-        provider = ok.json()["minio_provider"]
-        assert provider["access_key"] != double.minio_access_key
-        assert (provider["access_key"], provider["secret_key"]) == double.user_minio_keys["carol"]
-        carol = Minio(urllib.parse.urlsplit(provider["endpoint"]).netloc, provider["access_key"],
-                      provider["secret_key"], secure=False)
+def test_only_the_one_admin_account_passes_basic_auth(cluster: ClusterDouble) -> None:
+    url = f"{cluster.oscar_endpoint}/system/info"
+    assert requests.get(url, auth=cluster.admin, timeout=5).status_code == 200
+    # OSCAR's gin.BasicAuth has one entry: any other name is refused, even with its password.
+    assert requests.get(url, auth=("alice", cluster.admin[1]), timeout=5).status_code == 401
+
+
+def test_bearer_tokens(oidc_cluster: ClusterDouble) -> None:
+    double = oidc_cluster
+    carol_token = double.sign_in("carol")["access_token"]
+    url = f"{double.oscar_endpoint}/system/config"
+    ok = requests.get(url, headers={"Authorization": f"Bearer {carol_token}"}, timeout=5)
+    assert ok.status_code == 200
+    bad = requests.get(url, headers={"Authorization": "Bearer tok-mallory"}, timeout=5)
+    assert bad.status_code == 401
+    # a token user gets MinIO keys of their own, and they work
+    provider = ok.json()["minio_provider"]
+    assert provider["access_key"] != double.minio_access_key
+    assert (provider["access_key"], provider["secret_key"]) == double.user_minio_keys["carol"]
+    carol = Minio(urllib.parse.urlsplit(provider["endpoint"]).netloc, provider["access_key"],
+                  provider["secret_key"], secure=False)
+    # ... on the buckets of the services open to her, and no others
+    assert carol.bucket_exists("stable-diffusion")
+    with pytest.raises(S3Error):
         carol.make_bucket("carols-bucket")
-        assert double.list_keys("carols-bucket") == []
 
 
 def test_info_and_config_match_the_spec(cluster: ClusterDouble) -> None:
@@ -710,7 +720,7 @@ def test_services_with_oscar_python(cluster: ClusterDouble, listen: Any) -> None
     with pytest.raises(ValueError):
         client.create_service(definition)
     duplicate = requests.post(f"{cluster.oscar_endpoint}/system/services", json=definition,
-                              auth=("alice", "alice-pw"), timeout=5)
+                              auth=("oscar", "oscar-pw"), timeout=5)
     assert duplicate.status_code == 409
 
     # a REST-made service runs the default handler (the fake generator)
@@ -725,7 +735,7 @@ def test_services_with_oscar_python(cluster: ClusterDouble, listen: Any) -> None
         client.update_service("nope", {**definition, "name": "nope"})
     put_missing = requests.put(f"{cluster.oscar_endpoint}/system/services",
                                json={**definition, "name": "nope"},
-                               auth=("alice", "alice-pw"), timeout=5)
+                               auth=("oscar", "oscar-pw"), timeout=5)
     assert put_missing.status_code == 404
 
     assert client.remove_service("rest-made").status_code == 204
@@ -782,7 +792,7 @@ def test_jobs_and_logs_with_oscar_python(cluster: ClusterDouble, listen: Any) ->
 
 def test_post_job_runs_the_service(cluster: ClusterDouble, listen: Any) -> None:
     stream = listen("prefix=out/&events=s3:ObjectCreated:*")
-    answer = requests.post(f"{cluster.oscar_endpoint}/job/{BUCKET}", auth=("alice", "alice-pw"),
+    answer = requests.post(f"{cluster.oscar_endpoint}/job/{BUCKET}", auth=("oscar", "oscar-pw"),
                            data=json.dumps({"prompt": "direct", "num_images": 1}), timeout=5)
     assert answer.status_code == 201 and answer.content == b""
     assert key_of(stream.event()).endswith(".zip")
@@ -790,6 +800,6 @@ def test_post_job_runs_the_service(cluster: ClusterDouble, listen: Any) -> None:
     with_token = requests.post(f"{cluster.oscar_endpoint}/job/{BUCKET}", data=b"a prompt",
                                headers={"Authorization": f"Bearer {token}"}, timeout=5)
     assert with_token.status_code == 201
-    missing = requests.post(f"{cluster.oscar_endpoint}/job/nope", auth=("alice", "alice-pw"),
+    missing = requests.post(f"{cluster.oscar_endpoint}/job/nope", auth=("oscar", "oscar-pw"),
                             data=b"x", timeout=5)
     assert missing.status_code == 404

@@ -46,7 +46,7 @@ def job_environment(model: str = "tiny") -> dict[str, str]:
 
 @pytest.fixture
 def double() -> Iterator[ClusterDouble]:
-    with ClusterDouble(users={"alice": "alice-pw"}) as cluster:
+    with ClusterDouble(admin=("oscar", "oscar-pw")) as cluster:
         cluster.add_service(
             "stable-diffusion",
             input_path="stable-diffusion/in",
@@ -66,7 +66,7 @@ def connect_options(double: ClusterDouble | None) -> dict[str, Any]:
             "token": os.environ.get("OSCAR_SD_E2E_TOKEN"),
             "service": os.environ.get("OSCAR_SD_E2E_SERVICE", "stable-diffusion"),
         }
-    return {"endpoint": double.oscar_endpoint, "user": "alice", "password": "alice-pw"}
+    return {"endpoint": double.oscar_endpoint, "user": "oscar", "password": "oscar-pw"}
 
 
 def pixels(png: bytes) -> bytes:
@@ -117,7 +117,7 @@ async def test_a_model_that_cannot_load_fails_the_request_with_the_services_mess
     )
     with anyio.fail_after(300):
         async with OscarSD.connect(
-            double.oscar_endpoint, user="alice", password="alice-pw", service="broken"
+            double.oscar_endpoint, user="oscar", password="oscar-pw", service="broken"
         ) as sd:
             with pytest.raises(JobFailedError) as caught:
                 await sd.generate(GenerationRequest(prompt="anything", width=64, height=64))
@@ -143,7 +143,7 @@ async def test_concurrent_requests_through_the_in_process_worker(double: Cluster
     ]
     results: list[Any] = [None] * len(requests)
     async with OscarSD.connect(
-        double.oscar_endpoint, user="alice", password="alice-pw", service="in-process"
+        double.oscar_endpoint, user="oscar", password="oscar-pw", service="in-process"
     ) as sd:
 
         async def one(index: int) -> None:

@@ -47,12 +47,13 @@ def _fresh_hubs() -> Any:
     close_all_hubs()
 
 
-def connect(cluster: ClusterDouble, user: str = "alice", **options: Any) -> Any:
+def connect(cluster: ClusterDouble, **options: Any) -> Any:
+    """Connect as the cluster's one basic-auth account, or with ``token=``."""
     options.setdefault("backoff", FAST_BACKOFF)
     options.setdefault("connect_timeout", 5.0)
-    return OscarSD.connect(
-        cluster.oscar_endpoint, user=user, password=f"{user}-pw", service=SERVICE, **options
-    )
+    if "token" not in options:
+        options["user"], options["password"] = cluster.admin
+    return OscarSD.connect(cluster.oscar_endpoint, service=SERVICE, **options)
 
 
 def fingerprints(paths: list[Path]) -> list[str]:
@@ -145,8 +146,8 @@ async def test_text_input_and_the_upstream_example_service(cluster: ClusterDoubl
     )
     async with OscarSD.connect(
         cluster.oscar_endpoint,
-        user="alice",
-        password="alice-pw",
+        user=cluster.admin[0],
+        password=cluster.admin[1],
         service="upstream",
         input_format="text",
         backoff=FAST_BACKOFF,
@@ -170,30 +171,31 @@ async def test_keep_objects_leaves_input_and_output(cluster: ClusterDouble):
 
 async def test_wrong_password_is_an_authentication_error(cluster: ClusterDouble):
     with pytest.raises(AuthenticationError) as caught:
-        await OscarSD.connect(cluster.oscar_endpoint, user="alice", password="not-it")
+        await OscarSD.connect(cluster.oscar_endpoint, user="oscar", password="not-it")
     assert "401" in str(caught.value)
     assert "not-it" not in str(caught.value)
 
 
-async def test_a_bearer_token_is_accepted():
-    with ClusterDouble(tokens={"tok-carol": "carol"}) as cluster:
-        cluster.add_service(
-            SERVICE,
-            input_path="stable-diffusion/in",
-            output_path="stable-diffusion/out",
-            handler=services.fake_generator,
-        )
-        async with OscarSD.connect(cluster.oscar_endpoint, token="tok-carol") as sd:
-            result = await sd.generate(GenerationRequest(prompt="with a token", num_images=2))
-        with pytest.raises(AuthenticationError):
-            await OscarSD.connect(cluster.oscar_endpoint, token="tok-mallory")
+async def test_only_the_one_admin_account_logs_in_with_a_password(cluster: ClusterDouble):
+    with pytest.raises(AuthenticationError):  # OSCAR has exactly one basic-auth account
+        await OscarSD.connect(cluster.oscar_endpoint, user="alice", password="oscar-pw")
+
+
+async def test_a_bearer_token_is_accepted(oidc_cluster: ClusterDouble):
+    token = oidc_cluster.sign_in("carol@egi.eu")["access_token"]
+    async with connect(oidc_cluster, token=token) as sd:
+        result = await sd.generate(GenerationRequest(prompt="with a token", num_images=2))
+    with pytest.raises(AuthenticationError):
+        await connect(oidc_cluster, token="tok-mallory")
     assert len(result.images) == 2
+    # /system/config gave carol her own MinIO keys, and the requests used only those.
+    assert oidc_cluster.storage.access_keys_used == {"carol@egi.eu"}
 
 
 async def test_unknown_service_names_the_ones_that_exist(cluster: ClusterDouble):
     with pytest.raises(ServiceNotFoundError) as caught:
         await OscarSD.connect(
-            cluster.oscar_endpoint, user="alice", password="alice-pw", service="stable-difusion"
+            cluster.oscar_endpoint, user="oscar", password="oscar-pw", service="stable-difusion"
         )
     assert "'stable-difusion'" in str(caught.value)
     assert "stable-diffusion" in caught.value.available
@@ -220,9 +222,9 @@ async def test_an_endpoint_that_never_answers_is_cut_off_by_connect_timeout():
 
 
 async def test_credentials_in_the_url_never_reach_a_message(cluster: ClusterDouble):
-    endpoint = cluster.oscar_endpoint.replace("http://", "http://alice:hunter2@")
+    endpoint = cluster.oscar_endpoint.replace("http://", "http://oscar:hunter2@")
     with pytest.raises(AuthenticationError) as caught:
-        await OscarSD.connect(endpoint, user="alice", password="wrong-secret")
+        await OscarSD.connect(endpoint, user="oscar", password="wrong-secret")
     assert "hunter2" not in str(caught.value)
     assert "wrong-secret" not in str(caught.value)
 
@@ -278,8 +280,8 @@ async def test_a_hostile_result_is_refused(
     results = tmp_path / "results"
     async with OscarSD.connect(
         cluster.oscar_endpoint,
-        user="alice",
-        password="alice-pw",
+        user=cluster.admin[0],
+        password=cluster.admin[1],
         service="hostile",
         results_dir=results,
         backoff=FAST_BACKOFF,
@@ -362,7 +364,7 @@ async def test_a_minio_restart_with_50_jobs_in_flight(cluster: ClusterDouble):
         cluster.restart_minio(downtime=0.3)
         cluster.release_jobs()  # results land while MinIO is "down" or reconnecting
 
-    async with connect(cluster, user="alice") as alice, connect(cluster, user="bob") as bob:
+    async with connect(cluster) as alice, connect(cluster) as bob:
         results = await run_all([alice, bob], requests, restart_then_release)
         assert alice._hub is bob._hub  # two users, one shared stream
         assert alice._hub.stats.connects >= 2  # it was dropped and reconnected
@@ -421,35 +423,32 @@ async def test_a_lost_event_with_no_reconnect_is_recovered_at_the_deadline(
 # -- many users at once ----------------------------------------------------------------------
 
 
-async def test_200_requests_from_20_users_each_get_their_own_images():
-    users = {f"user{i}": f"user{i}-pw" for i in range(20)}
-    with ClusterDouble(users=users) as cluster:
-        cluster.add_service(
-            SERVICE,
-            input_path="stable-diffusion/in",
-            output_path="stable-diffusion/out",
-            handler=services.fake_generator,
-        )
-        clients = [await connect(cluster, user=name) for name in users]
-        requests = [
-            GenerationRequest(prompt=f"user{i % 20} picture {i}", seed=i, num_images=2)
-            for i in range(200)
-        ]
-        results: list[Any] = [None] * len(requests)
+async def test_200_requests_from_20_users_each_get_their_own_images(
+    oidc_cluster: ClusterDouble,
+):
+    cluster = oidc_cluster  # 20 OIDC users, each with their own token and MinIO keys
+    users = [f"user{i}@egi.eu" for i in range(20)]
+    clients = [await connect(cluster, token=cluster.sign_in(name)["access_token"])
+               for name in users]
+    requests = [
+        GenerationRequest(prompt=f"user{i % 20} picture {i}", seed=i, num_images=2)
+        for i in range(200)
+    ]
+    results: list[Any] = [None] * len(requests)
 
-        async def one(index: int) -> None:
-            results[index] = await clients[index % 20].generate(requests[index])
+    async def one(index: int) -> None:
+        results[index] = await clients[index % 20].generate(requests[index])
 
-        with anyio.fail_after(120):
-            async with anyio.create_task_group() as tasks:
-                for index in range(len(requests)):
-                    tasks.start_soon(one, index)
-        assert_each_got_its_own(results, requests)
-        assert len({result.job_id for result in results}) == 200
-        assert len({result.directory for result in results}) == 200
-        assert cluster.listen_connects_total == 1  # one shared stream served them all
-        for client in clients:
-            await client.aclose()
+    with anyio.fail_after(120):
+        async with anyio.create_task_group() as tasks:
+            for index in range(len(requests)):
+                tasks.start_soon(one, index)
+    assert_each_got_its_own(results, requests)
+    assert len({result.job_id for result in results}) == 200
+    assert len({result.directory for result in results}) == 200
+    assert cluster.storage.access_keys_used == set(users)  # each with their own keys
+    for client in clients:
+        await client.aclose()
 
 
 async def test_a_broken_progress_callback_does_not_break_the_request(cluster: ClusterDouble):

@@ -19,6 +19,7 @@ import pytest
 from playwright.sync_api import Page, Route, expect, sync_playwright
 
 from oscar_sd.ui import WebApp
+from tests.conftest import ADMIN
 from tests.double import ClusterDouble
 from tests.test_browser import CHROMIUM, CHROMIUM_ARGS, log_in, make_six_images
 from tests.ui_fixtures import browser_session, client, cluster_settings, running_app
@@ -32,7 +33,7 @@ def secrets_of(cluster: ClusterDouble) -> dict[str, str]:
     return {
         "MinIO access key": cluster.minio_access_key,
         "MinIO secret key": cluster.minio_secret_key,
-        **{f"password of {user}": password for user, password in cluster.users.items()},
+        "password of the admin account": cluster.admin[1],
     }
 
 
@@ -115,24 +116,24 @@ def browse_a_whole_session(page: Page, app: WebApp, cluster: ClusterDouble) -> N
     assert app.url is not None
     # A wrong password first: the form must not echo it anywhere.
     page.goto(app.url)
-    page.get_by_label("username").fill("alice")
-    page.get_by_label("password").fill("bob-pw")
-    page.get_by_role("button", name="Login").click()
-    expect(page.get_by_text("Incorrect Credentials", exact=False)).to_be_visible()
+    page.get_by_label("Username").fill("oscar")
+    page.get_by_label("Password").fill("bob-pw")
+    page.get_by_role("button", name="Log in").click()
+    expect(page.get_by_text("Incorrect user name or password", exact=False)).to_be_visible()
 
-    log_in(page, app.url, "alice", "alice-pw")
+    log_in(page, app.url, *cluster.admin)
     make_six_images(page, "a lighthouse at dusk")
     cluster.fail_next_job("CUDA out of memory")
     page.get_by_role("button", name="From Text to Image").click()
     expect(page.get_by_text("CUDA out of memory").first).to_be_visible(timeout=20_000)
     page.locator("#history img").first.click()
     page.goto(app.url + "logout")
-    expect(page.get_by_label("username")).to_be_visible()
+    expect(page.get_by_label("Username")).to_be_visible()
 
 
 def read_queue_streams(app: WebApp, cluster: ClusterDouble) -> str:
     """The queue's event stream of one generation, read raw."""
-    with browser_session(app, "bob", "bob-pw") as bob:
+    with browser_session(app, *cluster.admin) as bob:
         info = bob.get("/config").json()
         generate = next(d for d in info["dependencies"] if d.get("api_name") == "generate")
         session_hash = "secretscan01"
@@ -167,7 +168,7 @@ def _completed(line: str) -> bool:
 
 def read_api_answers(app: WebApp, downloads: Path) -> str:
     """What a gradio_client sees: the API description and a generation's result."""
-    api = client(app, downloads, auth=("bob", "bob-pw"))
+    api = client(app, downloads, auth=ADMIN)
     described = json.dumps(api.view_api(print_info=False, return_format="dict"))
     result = json.dumps(api.predict("a red fox", api_name="/generate"), default=str)
     return described + result

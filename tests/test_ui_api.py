@@ -18,7 +18,7 @@ from gradio_client import Client
 from gradio_client.exceptions import AppError, AuthenticationError
 
 from oscar_sd.ui import WebApp
-from tests.conftest import SERVICE
+from tests.conftest import ADMIN, SERVICE
 from tests.double import ClusterDouble, services
 from tests.ui_fixtures import (
     browser_session,
@@ -26,6 +26,7 @@ from tests.ui_fixtures import (
     cluster_settings,
     png_metadata,
     running_app,
+    session_file_urls,
     wait_until,
 )
 
@@ -77,11 +78,20 @@ def test_login_is_required(web: WebApp, tmp_path: Path) -> None:
 
 
 def test_wrong_password_is_refused(web: WebApp, tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="Could not login"):
-        client(web, tmp_path, auth=("alice", "bob-pw"))
-    with pytest.raises(ValueError, match="Could not login"):
-        client(web, tmp_path, auth=("mallory", "alice-pw"))
+    with pytest.raises(AuthenticationError):
+        client(web, tmp_path, auth=("oscar", "bob-pw"))
+    with pytest.raises(AuthenticationError):  # the one admin account: no other name
+        client(web, tmp_path, auth=("mallory", "oscar-pw"))
     assert len(web.sessions) == 0, "a refused login must open no session"
+
+
+def test_a_refused_login_touches_no_other_session(web: WebApp, tmp_path: Path) -> None:
+    urls = file_urls(web, *ADMIN, PROMPT)
+    (session,) = web.sessions.of_account("oscar")
+    with pytest.raises(AuthenticationError):
+        client(web, tmp_path, auth=("oscar", "a-wrong-password"))
+    assert web.sessions.of_account("oscar") == [session]
+    assert all(Path(url.split("file=", 1)[1]).exists() for url in urls)
 
 
 def test_health_probe_needs_no_login(web: WebApp) -> None:
@@ -95,7 +105,7 @@ def test_health_probe_needs_no_login(web: WebApp) -> None:
 
 
 def test_generate_returns_six_pngs_with_their_metadata(web: WebApp, tmp_path: Path) -> None:
-    api = client(web, tmp_path, auth=("alice", "alice-pw"))
+    api = client(web, tmp_path, auth=ADMIN)
     images, seed, status = generate(api, PROMPT, negative_prompt="fog", seed=1234,
                                     randomize_seed=False, steps=12, guidance_scale=5.5,
                                     size="768x512")
@@ -115,7 +125,7 @@ def test_generate_returns_six_pngs_with_their_metadata(web: WebApp, tmp_path: Pa
 
 
 def test_random_seed_is_reported(web: WebApp, tmp_path: Path) -> None:
-    api = client(web, tmp_path, auth=("alice", "alice-pw"))
+    api = client(web, tmp_path, auth=ADMIN)
     images, seed, status = generate(api, PROMPT, num_images=2)
     assert isinstance(seed, int) and f"seed {seed}" in status
     assert len(images) == 2
@@ -125,8 +135,9 @@ def test_random_seed_is_reported(web: WebApp, tmp_path: Path) -> None:
 def test_two_users_at_once_each_get_their_own_images(
     cluster: ClusterDouble, web: WebApp, tmp_path: Path
 ) -> None:
-    users = {"alice": ("alice-pw", "a red fox in snow"), "bob": ("bob-pw", "a blue whale")}
-    apis = {user: client(web, tmp_path / user, auth=(user, pw)) for user, (pw, _) in users.items()}
+    # Two people, both with the cluster's one account: two logins, two sessions.
+    users = {"alice": (ADMIN[1], "a red fox in snow"), "bob": (ADMIN[1], "a blue whale")}
+    apis = {user: client(web, tmp_path / user, auth=ADMIN) for user in users}
     # Both requests are in flight at the same time: the jobs wait until both exist.
     cluster.hold_jobs()
     try:
@@ -147,13 +158,13 @@ def test_two_users_at_once_each_get_their_own_images(
 
 
 def test_one_user_cannot_fetch_another_users_files(web: WebApp, tmp_path: Path) -> None:
-    alice_urls = file_urls(web, "alice", "alice-pw", "alice's secret garden")
-    file_urls(web, "bob", "bob-pw", "bob's boat")  # bob has a session and files of his own
-
+    # Two logins with the same (the only) account: still two people, kept apart.
     with (
-        browser_session(web, "alice", "alice-pw") as alice,
-        browser_session(web, "bob", "bob-pw") as bob,
+        browser_session(web, *ADMIN) as alice,
+        browser_session(web, *ADMIN) as bob,
     ):
+        alice_urls = session_file_urls(alice, "alice's secret garden")
+        session_file_urls(bob, "bob's boat")  # bob has files of his own
         for url in alice_urls:
             mine = alice.get(url)
             assert mine.status_code == 200
@@ -175,23 +186,27 @@ def test_one_user_cannot_fetch_another_users_files(web: WebApp, tmp_path: Path) 
         assert anonymous.get(alice_urls[0]).status_code in (401, 403, 404)
 
 
-def test_logout_closes_the_session_and_deletes_its_files(web: WebApp) -> None:
-    urls = file_urls(web, "alice", "alice-pw", PROMPT)
-    with browser_session(web, "alice", "alice-pw") as alice:
+def test_logout_closes_only_its_own_session_and_deletes_its_files(web: WebApp) -> None:
+    with browser_session(web, *ADMIN) as alice, browser_session(web, *ADMIN) as bob:
+        urls = session_file_urls(alice, PROMPT)
+        bobs = session_file_urls(bob, "bob's")
         assert alice.get(urls[0]).status_code == 200
-        session = web.sessions.get("alice")
+        session = web.sessions.owner_of(Path(urls[0].split("file=", 1)[1]))
         assert session is not None
         folder = session.directory
 
-        assert alice.get("/logout").status_code in (200, 302)
+        assert alice.get("/logout").status_code == 302
 
-        assert web.sessions.get("alice") is None
+        assert web.sessions.get(session.key) is None
         assert not folder.exists()
         assert alice.get(urls[0]).status_code in (401, 403, 404)
+        # The other login with the same account goes on as before.
+        assert len(web.sessions.of_account("oscar")) == 1
+        assert bob.get(bobs[0]).status_code == 200
 
 
 def test_the_page_says_which_backend_runs(web: WebApp) -> None:
-    with browser_session(web, "alice", "alice-pw") as alice:
+    with browser_session(web, *ADMIN) as alice:
         config = alice.get("/config").json()
     assert "From Text to Image" in str(config)
     assert config["components"], "the page has components"
@@ -201,7 +216,7 @@ def test_the_page_says_which_backend_runs(web: WebApp) -> None:
 
 
 def test_empty_prompt(web: WebApp, tmp_path: Path) -> None:
-    api = client(web, tmp_path, auth=("alice", "alice-pw"))
+    api = client(web, tmp_path, auth=ADMIN)
     with pytest.raises(AppError, match="Prompt is empty: type what the images should show"):
         generate(api, "   ")
 
@@ -209,7 +224,7 @@ def test_empty_prompt(web: WebApp, tmp_path: Path) -> None:
 def test_job_failed_shows_the_services_message(
     cluster: ClusterDouble, web: WebApp, tmp_path: Path
 ) -> None:
-    api = client(web, tmp_path, auth=("alice", "alice-pw"))
+    api = client(web, tmp_path, auth=ADMIN)
     cluster.fail_next_job("CUDA out of memory")
     with pytest.raises(AppError) as failure:
         generate(api, PROMPT)
@@ -222,7 +237,7 @@ def test_job_failed_shows_the_services_message(
 def test_timeout(cluster: ClusterDouble, tmp_path: Path) -> None:
     settings = cluster_settings(cluster.oscar_endpoint, timeout=1.5)
     with running_app(settings) as app:
-        api = client(app, tmp_path, auth=("alice", "alice-pw"))
+        api = client(app, tmp_path, auth=ADMIN)
         cluster.hold_jobs()
         try:
             with pytest.raises(AppError, match=r"No result from service 'stable-diffusion' after"):
@@ -235,24 +250,28 @@ def test_service_missing(cluster: ClusterDouble, tmp_path: Path) -> None:
     settings = cluster_settings(cluster.oscar_endpoint, service="no-such-service")
     with running_app(settings) as app:
         # The credentials are good, so the login works; the page says what is wrong.
-        api = client(app, tmp_path, auth=("alice", "alice-pw"))
+        api = client(app, tmp_path, auth=ADMIN)
         with pytest.raises(AppError, match=r"The cluster has no service named 'no-such-service'"):
             generate(api, PROMPT)
-        # Once the service is deployed, the same session works without logging in again.
+        # Once the service is deployed ...
         cluster.add_service("no-such-service", input_path="nss/in", output_path="nss/out",
                             handler=services.fake_generator)
+        # The password was not kept, so the page asks to log in again; then it works.
+        with pytest.raises(AppError, match="log out and log in again"):
+            generate(api, PROMPT)
+        api = client(app, tmp_path, auth=ADMIN)
         images, _, _ = generate(api, PROMPT, num_images=1)
         assert len(images) == 1
 
 
 def test_cluster_unreachable(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    double = ClusterDouble(users={"alice": "alice-pw"}).start()
+    double = ClusterDouble(admin=ADMIN).start()
     stopped = False
     try:
         double.add_service(SERVICE, input_path=f"{SERVICE}/in", output_path=f"{SERVICE}/out",
                            handler=services.fake_generator)
         with running_app(cluster_settings(double.oscar_endpoint, timeout=10)) as app:
-            api = client(app, tmp_path, auth=("alice", "alice-pw"))
+            api = client(app, tmp_path, auth=ADMIN)
             double.stop()
             stopped = True
             with caplog.at_level(logging.WARNING, logger="oscar_sd.ui"):
@@ -267,17 +286,23 @@ def test_cluster_unreachable(tmp_path: Path, caplog: pytest.LogCaptureFixture) -
     assert str(failure.value) == library_message
 
 
-def test_login_while_the_cluster_is_unreachable_is_refused(tmp_path: Path) -> None:
+def test_login_while_the_cluster_is_unreachable_says_so(tmp_path: Path) -> None:
     with running_app(cluster_settings("http://127.0.0.1:9")) as app:  # nothing listens there
-        with pytest.raises(ValueError, match="Could not login"):
-            client(app, tmp_path, auth=("alice", "alice-pw"))
+        assert app.url is not None
+        with pytest.raises(ValueError, match="Could not login"):  # 503, not 401
+            client(app, tmp_path, auth=ADMIN)
+        page = httpx.post(app.url + "login", data={"username": "oscar", "password": "x"},
+                          headers={"Accept": "text/html"})
+        assert page.status_code == 503
+        assert "The cluster cannot be reached right now" in page.text
+        assert "Incorrect" not in page.text
         assert len(app.sessions) == 0
 
 
 def test_session_expired(cluster: ClusterDouble, tmp_path: Path) -> None:
     with running_app(cluster_settings(cluster.oscar_endpoint), idle_timeout=0.5) as app:
-        api = client(app, tmp_path, auth=("alice", "alice-pw"))
-        wait_until(lambda: app.sessions.get("alice") is None, what="the idle session to expire")
+        api = client(app, tmp_path, auth=ADMIN)
+        wait_until(lambda: len(app.sessions) == 0, what="the idle session to expire")
         expired = r"Your session has expired\. Log out .* and log in again"
         with pytest.raises(AppError, match=expired):
             generate(api, PROMPT)
@@ -287,9 +312,7 @@ def test_many_users_wait_at_once_without_blocking_each_other(
     cluster: ClusterDouble, web: WebApp, tmp_path: Path
 ) -> None:
     """Gradio's default concurrency of one would keep all but one request queued."""
-    users = {"alice": "alice-pw", "bob": "bob-pw"}
-    apis = [client(web, tmp_path / f"{user}{i}", auth=(user, pw))
-            for i in range(3) for user, pw in users.items()]
+    apis = [client(web, tmp_path / f"login{i}", auth=ADMIN) for i in range(6)]
     cluster.hold_jobs()
     try:
         jobs = [api.submit(f"{PROMPT} {i}", api_name="/generate") for i, api in enumerate(apis)]
@@ -302,7 +325,7 @@ def test_many_users_wait_at_once_without_blocking_each_other(
 
 def test_cancel_stops_the_wait_and_cleans_up(cluster: ClusterDouble, web: WebApp,
                                              tmp_path: Path) -> None:
-    api = client(web, tmp_path, auth=("alice", "alice-pw"))
+    api = client(web, tmp_path, auth=ADMIN)
     cluster.hold_jobs()
     try:
         job = api.submit(PROMPT, api_name="/generate")
@@ -312,15 +335,15 @@ def test_cancel_stops_the_wait_and_cleans_up(cluster: ClusterDouble, web: WebApp
         wait_until(lambda: not input_keys(), what="the input object to be deleted")
     finally:
         cluster.release_jobs()
-    session = web.sessions.get("alice")
-    assert session is not None and not session.busy
+    (session,) = web.sessions.of_account("oscar")
+    assert not session.busy
     # The session goes on working.
     images, _, _ = generate(api, PROMPT, num_images=1)
     assert len(images) == 1
 
 
 def test_progress_reports_the_stage(cluster: ClusterDouble, web: WebApp, tmp_path: Path) -> None:
-    api = client(web, tmp_path, auth=("alice", "alice-pw"))
+    api = client(web, tmp_path, auth=ADMIN)
     cluster.hold_jobs()
     try:
         job = api.submit(PROMPT, api_name="/generate")
@@ -348,23 +371,48 @@ def test_many_logins_share_nothing_but_the_hub(web: WebApp, tmp_path: Path) -> N
         except BaseException as exc:  # reported below
             errors.append(exc)
 
-    threads = [threading.Thread(target=log_in, args=pair)
-               for pair in (("alice", "alice-pw"), ("bob", "bob-pw"))]
+    threads = [threading.Thread(target=log_in, args=ADMIN) for _ in range(2)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
     assert not errors
-    alice, bob = web.sessions.get("alice"), web.sessions.get("bob")
-    assert alice is not None and bob is not None
+    alice, bob = web.sessions.of_account("oscar")
+    assert alice.key != bob.key and "oscar" not in (alice.key, bob.key)
     assert alice.backend is not bob.backend
     assert alice.directory != bob.directory
-    assert getattr(alice.backend, "user", None) == "alice"
-    assert getattr(bob.backend, "user", None) == "bob"
+
+
+def test_sessions_hold_no_password(web: WebApp, tmp_path: Path) -> None:
+    generate(client(web, tmp_path, auth=ADMIN), PROMPT, num_images=1)
+    (session,) = web.sessions.of_account("oscar")
+    seen: set[int] = set()
+
+    def strings(value: object, depth: int = 0) -> Iterator[str]:
+        if id(value) in seen or depth > 6:
+            return
+        seen.add(id(value))
+        if isinstance(value, str):
+            yield value
+        elif isinstance(value, dict):
+            for item in value.values():
+                yield from strings(item, depth + 1)
+        elif isinstance(value, (list, tuple, set)):
+            for item in value:
+                yield from strings(item, depth + 1)
+        elif hasattr(value, "__dict__") and not isinstance(value, type):
+            yield from strings(vars(value), depth + 1)
+        cells = getattr(value, "__closure__", None) or ()
+        for cell in cells:
+            yield from strings(cell.cell_contents, depth + 1)
+
+    held = list(strings(session)) + list(strings(web.login))
+    assert held, "the walk found the session's strings"
+    assert ADMIN[1] not in held
 
 
 def test_a_parameter_out_of_range_is_named(web: WebApp, tmp_path: Path) -> None:
-    api = client(web, tmp_path, auth=("alice", "alice-pw"))
+    api = client(web, tmp_path, auth=ADMIN)
     with pytest.raises(AppError, match="Seed must be between 0 and 4294967295"):
         generate(api, PROMPT, seed=2**33, randomize_seed=False)
     with pytest.raises(AppError, match="Size must be width x height"):

@@ -67,6 +67,26 @@ def browser_session(app: WebApp, user: str, password: str) -> Iterator[httpx.Cli
         yield http
 
 
+def session_file_urls(http: httpx.Client, prompt: str) -> list[str]:
+    """Generate through a logged-in HTTP client (tab "a"); the server URLs of the images."""
+    info = http.get("/config").json()
+    generate_id = next(d["id"] for d in info["dependencies"] if d.get("api_name") == "generate")
+    http.post("/gradio_api/queue/join", json={
+        "data": [prompt, "", None, True, None, None, "512x512", 6, []],
+        "fn_index": generate_id, "trigger_id": None, "session_hash": "a",
+    }).raise_for_status()
+    with http.stream("GET", "/gradio_api/queue/data", params={"session_hash": "a"},
+                     timeout=httpx.Timeout(30)) as stream:
+        for line in stream.iter_lines():
+            if not line.startswith("data:"):
+                continue
+            message = json.loads(line.removeprefix("data:"))
+            if message.get("msg") == "process_completed":
+                images = message["output"]["data"][0]
+                return [image["image"]["url"] for image in images]
+    raise AssertionError("no result")
+
+
 def png_metadata(path: str | Path) -> tuple[str, dict[str, Any]]:
     """The A1111 ``parameters`` chunk and the ``oscar-sd`` JSON chunk of a PNG."""
     with Image.open(path) as image:

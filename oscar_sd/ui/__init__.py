@@ -25,25 +25,18 @@ import threading
 from types import FrameType
 
 from .._settings import Settings
-from .app import IDLE_TIMEOUT, WebApp, cluster_backends
-from .login import BackendFactory
+from .app import IDLE_TIMEOUT, WebApp
 
-__all__ = ["IDLE_TIMEOUT", "BackendFactory", "WebApp", "build_app", "cluster_backends", "serve"]
+__all__ = ["IDLE_TIMEOUT", "WebApp", "build_app", "serve"]
 
 
-def build_app(
-    settings: Settings | None = None,
-    backend_factory: BackendFactory | None = None,
-    *,
-    idle_timeout: float = IDLE_TIMEOUT,
-) -> WebApp:
+def build_app(settings: Settings | None = None, *, idle_timeout: float = IDLE_TIMEOUT) -> WebApp:
     """The web app for ``settings`` (default: from the environment), not yet serving.
 
-    ``backend_factory(user, password, results_dir)`` opens a user's backend at
-    login; by default the user's own :class:`~oscar_sd.OscarSD` when
-    ``oscar_endpoint`` is set, else the app runs the local backend.
+    Each login opens its own :class:`~oscar_sd.OscarSD` when ``oscar_endpoint``
+    is set, else the app runs the local backend.
     """
-    return WebApp(settings or Settings(), backend_factory, idle_timeout=idle_timeout)
+    return WebApp(settings or Settings(), idle_timeout=idle_timeout)
 
 
 def serve(settings: Settings | None = None) -> None:

@@ -6,9 +6,12 @@
 >>> url = app.launch(prevent_thread_lock=True)    # doctest: +SKIP
 >>> app.close()                                   # doctest: +SKIP
 
-With ``oscar_endpoint`` set, every login opens the user's own OSCAR backend;
-without it, one local backend (:class:`~oscar_sd.LocalSD`) serves everybody,
-behind a login only when ``OSCAR_SD_USERS`` names accounts.
+With ``oscar_endpoint`` set, every login opens its own OSCAR backend (with
+the user name and password form, and "Sign in with EGI Check-in" when
+``OSCAR_SD_OIDC_CLIENT_ID`` is set); without it, one local backend
+(:class:`~oscar_sd.LocalSD`) serves everybody, behind a login only when
+``OSCAR_SD_USERS`` names accounts. The login is the app's own (``signin.py``):
+sessions are keyed by a random id per login, never by user name.
 """
 
 from __future__ import annotations
@@ -30,63 +33,55 @@ from starlette.routing import Route
 
 from .._backend import Backend
 from .._local import LocalSD
-from .._oscar import OscarSD
 from .._settings import Settings
 from .handlers import Handlers
-from .http import FileGuard, LogoutHook, health_route
-from .login import BackendFactory, ClusterLogin, LocalLogin
+from .http import FileGuard, health_route
+from .login import ClusterLogin, LocalLogin
+from .oidc import OidcSignIn
 from .page import CSS, build_page
 from .sessions import Sessions
+from .signin import LoginRedirect, SignIn
 
 log = logging.getLogger("oscar_sd.ui")
 
 #: A session nobody has used for this long is closed and its images deleted.
 IDLE_TIMEOUT = 8 * 3600.0
-
-
-def cluster_backends(settings: Settings) -> BackendFactory:
-    """Each login opens the user's own :class:`~oscar_sd.OscarSD`, with their credentials."""
-
-    async def open_backend(user: str, password: str, results_dir: Path) -> Backend:
-        return await OscarSD.connect(
-            settings.oscar_endpoint,
-            user=user,
-            password=password,
-            service=settings.service,
-            verify_ssl=settings.verify_ssl,
-            timeout=settings.timeout,
-            results_dir=results_dir,
-        )
-
-    return open_backend
+#: How often due OIDC tokens are renewed (each is due 60 s before it expires).
+TOKEN_CHECK_INTERVAL = 10.0
 
 
 class WebApp:
     """The Gradio page with its sessions; :meth:`launch` serves it, :meth:`close` stops it."""
 
-    def __init__(
-        self,
-        settings: Settings,
-        backend_factory: BackendFactory | None = None,
-        *,
-        idle_timeout: float = IDLE_TIMEOUT,
-    ) -> None:
+    def __init__(self, settings: Settings, *, idle_timeout: float = IDLE_TIMEOUT) -> None:
         self.settings = settings
         # Inside Gradio's temp folder, so results are served as they are (no
         # re-encoding, no copies); one random-named folder per app instance.
         root = Path(get_upload_folder()) / "oscar-sd" / secrets.token_hex(8)
         self.sessions = Sessions(root, idle_timeout)
-        self.local = backend_factory is None and settings.local
+        self.local = settings.local
         # The local backend is made on the server's event loop, at startup.
         self.local_backend: LocalSD | None = None
         self.login: ClusterLogin | LocalLogin | None
+        oidc: OidcSignIn | None = None
         if not self.local:
-            factory = backend_factory or cluster_backends(settings)
-            self.login = ClusterLogin(self.sessions, factory)
+            self.login = ClusterLogin(self.sessions, settings)
+            oidc = OidcSignIn(settings) if settings.oidc_enabled else None
         elif settings.local_accounts():
             self.login = LocalLogin(self.sessions, settings.local_accounts(), self._shared)
         else:
             self.login = None
+        self.signin: SignIn | None = None
+        if self.login is not None:
+            cluster_login = self.login if isinstance(self.login, ClusterLogin) else None
+            self.signin = SignIn(
+                self.sessions,
+                root_path=settings.root_path,
+                message=self._login_message() or "",
+                password_login=self.login if settings.password_login else None,
+                oidc=oidc,
+                oidc_with_token=cluster_login.with_oidc if cluster_login else None,
+            )
         self.handlers = Handlers(self.sessions, self._shared if self.login is None else None)
         self.blocks = build_page(
             self.handlers,
@@ -110,8 +105,8 @@ class WebApp:
         _, self.url, _ = self.blocks.launch(
             server_name=server_name or settings.host,
             server_port=server_port or settings.port,
-            auth=self.login.check if self.login else None,
-            auth_message=self._login_message(),
+            # The app's own login (signin.py): Gradio asks it who each request is.
+            auth_dependency=self.signin.auth_dependency if self.signin else None,
             root_path=settings.root_path or None,
             prevent_thread_lock=True,  # blocked below, once the address is logged
             show_error=False,  # unexpected errors stay in the log; gr.Error messages show
@@ -124,13 +119,12 @@ class WebApp:
             css=CSS,
             theme=gr.themes.Soft(),
             app_kwargs={
-                "routes": [Route("/healthz", health_route(self._health))],
-                "middleware": [
-                    Middleware(FileGuard, sessions=self.sessions),
-                    Middleware(
-                        LogoutHook, sessions=self.sessions, root_path=settings.root_path
-                    ),
+                # Listed before Gradio's own routes, so /login and /logout are these.
+                "routes": [
+                    Route("/healthz", health_route(self._health)),
+                    *(self.signin.routes() if self.signin else []),
                 ],
+                "middleware": self._middleware(),
                 "lifespan": self._lifespan,
             },
         )
@@ -138,6 +132,13 @@ class WebApp:
         if not prevent_thread_lock:
             self.blocks.block_thread()  # until Ctrl-C (or SIGTERM, see serve())
         return self.url
+
+    def _middleware(self) -> list[Middleware]:
+        identify = self.signin.identify if self.signin else (lambda connection: None)
+        middleware = [Middleware(FileGuard, sessions=self.sessions, identify=identify)]
+        if self.signin is not None:
+            middleware.append(Middleware(LoginRedirect, signin=self.signin))
+        return middleware
 
     def close(self) -> None:
         """Stop serving; every session is closed and its files deleted."""
@@ -162,9 +163,12 @@ class WebApp:
                         await self.local_backend.aclose()
 
     async def _expire_idle_sessions(self) -> None:
-        interval = min(60.0, self.sessions.idle_timeout / 2)
+        """Every few seconds: renew the OIDC tokens that are due (a refused renewal
+        ends its session), and close the sessions idle too long."""
+        interval = min(TOKEN_CHECK_INTERVAL, self.sessions.idle_timeout / 2)
         while True:
             await anyio.sleep(interval)
+            await self.sessions.renew_tokens()
             await self.sessions.expire_idle()
 
     async def _warm_up(self, backend: LocalSD) -> None:
@@ -200,8 +204,10 @@ class WebApp:
             return None
         if self.local:
             return "Log in with an account of this app (OSCAR_SD_USERS)."
-        where = html.escape(_public_url(self.settings.oscar_endpoint))
-        return f"Log in with your OSCAR account on {where}."
+        where = _public_url(self.settings.oscar_endpoint)
+        if self.settings.oidc_enabled:
+            return f"Sign in to make images on the OSCAR cluster at {where}."
+        return f"Log in with the OSCAR account of the cluster at {where}."
 
     def _health(self) -> dict[str, object]:
         return {"mode": "local" if self.local else "cluster", "sessions": len(self.sessions)}

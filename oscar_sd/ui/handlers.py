@@ -22,17 +22,15 @@ from .._errors import (
     InvalidRequestError,
     JobFailedError,
     OscarSDError,
+    SignInExpired,
 )
 from .._models import GenerationResult, Progress
 from .form import DEFAULT_SIZE, FIELD_LABELS, HistoryEntry, build_request
-from .sessions import SessionExpired, Sessions, UserSession, tab_key
+from .sessions import SESSION_EXPIRED, SessionExpired, Sessions, UserSession, tab_key
 
 log = logging.getLogger("oscar_sd.ui")
 T = TypeVar("T")
 
-SESSION_EXPIRED = (
-    "Your session has expired. Log out (top right) and log in again to go on making images."
-)
 UNEXPECTED = "Something went wrong on the server (it is logged). Try again in a moment."
 
 #: A tab's earlier runs, newest first, as its ``gr.State`` holds them.
@@ -43,6 +41,10 @@ def message_for(exc: BaseException) -> str:
     """The sentence shown for an error."""
     if isinstance(exc, InvalidRequestError):
         return f"{FIELD_LABELS.get(exc.field, exc.field)} {exc.problem}."
+    if isinstance(exc, SessionExpired) and exc.reason:
+        return exc.reason
+    if isinstance(exc, SignInExpired):
+        return str(exc)
     if isinstance(exc, (SessionExpired, AuthenticationError)):
         return SESSION_EXPIRED
     if isinstance(exc, JobFailedError):
@@ -125,13 +127,16 @@ class Handlers:
 
         progress(None, desc="Sending your request")
         try:
+            if session.token is not None:  # renewed now if it has under 60 s left
+                await session.token.fresh()
             async with self._sessions.using(session) as backend:
                 result = await cancellable(backend.generate, generation, on_progress)
-        except AuthenticationError:
+        except AuthenticationError as exc:
             log.info("the backend refused the session's credentials; closing the session")
-            await self._sessions.close(session.key, "credentials refused")
-            raise _shown(SESSION_EXPIRED) from None
-        except OscarSDError as exc:
+            said = message_for(exc)
+            await self._sessions.close(session.key, "credentials refused", tell=said)
+            raise _shown(said) from None
+        except (OscarSDError, SessionExpired) as exc:
             log.warning("generation failed: %s: %s", type(exc).__name__, exc)
             raise _shown(message_for(exc)) from None
         except Exception:

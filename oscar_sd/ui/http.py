@@ -1,4 +1,4 @@
-"""What the app adds to Gradio's HTTP server: a health probe, a file guard, a logout hook.
+"""What the app adds to Gradio's HTTP server: a health probe and a file guard.
 
 Gradio serves any file in its temp folder to any logged-in user who has the
 URL (``/gradio_api/file=<path>``, or its older spelling ``/gradio_api/file/<path>``).
@@ -43,18 +43,6 @@ def requested_file(path: str) -> str | None:
     return path[at + len(route):]
 
 
-def current_user(connection: HTTPConnection) -> str | None:
-    """The logged-in user of a request, from Gradio's login cookie (None without login)."""
-    app = connection.scope.get("app")
-    tokens: dict[str, str] = getattr(app, "tokens", {}) or {}
-    cookie_id = getattr(app, "cookie_id", "")
-    for name in (f"access-token-{cookie_id}", f"access-token-unsecure-{cookie_id}"):
-        token = connection.cookies.get(name)
-        if token and token in tokens:
-            return tokens[token]
-    return None
-
-
 def health_route(
     describe: Callable[[], dict[str, object]],
 ) -> Callable[[Request], Awaitable[JSONResponse]]:
@@ -75,9 +63,12 @@ class FileGuard:
     folder names protect the files.
     """
 
-    def __init__(self, app: ASGIApp, sessions: Sessions) -> None:
+    def __init__(
+        self, app: ASGIApp, sessions: Sessions, identify: Callable[[HTTPConnection], str | None]
+    ) -> None:
         self.app = app
         self.sessions = sessions
+        self.identify = identify
         self.root = sessions.root
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -95,7 +86,7 @@ class FileGuard:
             return
         owner = self.sessions.owner_of(path)
         allowed = owner is not None and (
-            is_tab_key(owner.key) or current_user(HTTPConnection(scope)) == owner.key
+            is_tab_key(owner.key) or self.identify(HTTPConnection(scope)) == owner.key
         )
         if not allowed or path.suffix.lower() != ".png":
             response: Response = PlainTextResponse("Not found", status_code=404)
@@ -129,20 +120,3 @@ class FileGuard:
 def _normalised(path: str) -> Path:
     """``path`` with ``.``, ``..`` and doubled slashes folded away: string work, no disk."""
     return Path(os.path.normpath(path))
-
-
-class LogoutHook:
-    """On ``/logout``, close the user's session (backend and files); then Gradio logs out."""
-
-    def __init__(self, app: ASGIApp, sessions: Sessions, root_path: str = "") -> None:
-        self.app = app
-        self.sessions = sessions
-        # Served at /logout, or at <root_path>/logout when the proxy keeps the prefix.
-        self.paths = {"/logout", root_path.rstrip("/") + "/logout"}
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"].rstrip("/") in self.paths:
-            user = current_user(HTTPConnection(scope))
-            if user is not None:
-                await self.sessions.close(user, "logout")
-        await self.app(scope, receive, send)

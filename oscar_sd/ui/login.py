@@ -1,86 +1,121 @@
-"""The login form's check: Gradio calls ``await login(user, password)``.
+"""Logging in: each login opens a new session under a random key.
 
-On a cluster the check is the cluster itself: the user's own credentials open
-the user's own backend (DESIGN.md mistake 1 was one global client). Locally,
-``OSCAR_SD_USERS`` names the accounts and all sessions share the one model.
+On a cluster the check is the cluster itself: the credentials open a backend
+of this login's own (DESIGN.md mistake 1 was one global client). With a user
+name and password that is OSCAR's one basic-auth account, so the name says
+nothing about who is at the keyboard: sessions are never keyed by it. With an
+OIDC sign-in the access token opens it, and renews itself.
 
-A password is only ever handed to the backend; it is never logged, stored by
-the app, or put in a page.
+A password is handed to the backend once and dropped there
+(``keep_password=False``): it is never logged, kept by the app, or put in a
+page. What later needs the cluster's API asks the person to log in again; the
+images need only the storage keys OSCAR issued at login.
 
-Gradio gets the bound method ``check``, a coroutine function: it awaits only
-those (an object with an async ``__call__`` would be called, not awaited, and
-its coroutine taken for a yes).
+Locally, ``OSCAR_SD_USERS`` names the accounts, and all sessions share the one
+local backend.
 """
 
 from __future__ import annotations
 
 import hmac
 import logging
-from collections.abc import Awaitable, Callable
-from pathlib import Path
+from collections.abc import Callable
 
 from .._backend import Backend
 from .._errors import (
     AuthenticationError,
+    ClusterUnreachableError,
     OscarSDError,
     ServiceMisconfiguredError,
     ServiceNotFoundError,
 )
-from .sessions import Sessions
+from .._oscar import OscarSD
+from .._settings import Settings
+from .oidc import SignedIn
+from .sessions import Sessions, UserSession, new_session_key
 
 log = logging.getLogger("oscar_sd.ui")
 
-#: Opens a backend for one user from their credentials; raises
-#: :class:`~oscar_sd.AuthenticationError` when the cluster refuses them. Results
-#: go under the given folder.
-BackendFactory = Callable[[str, str, Path], Awaitable[Backend]]
+WRONG_PASSWORD = "Incorrect user name or password."
+
+
+class LoginRefused(Exception):
+    """The login failed; the message is for the person, ``status`` for the HTTP answer."""
+
+    def __init__(self, message: str, status: int = 401) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class ClusterLogin:
-    """Logs users in against the cluster: valid credentials open their own backend."""
+    """Logs people in against the cluster: each login opens its own backend."""
 
-    def __init__(self, sessions: Sessions, open_backend: BackendFactory) -> None:
+    def __init__(self, sessions: Sessions, settings: Settings) -> None:
         self._sessions = sessions
-        self._open_backend = open_backend
+        self._settings = settings
 
-    async def check(self, user: str, password: str) -> bool:
+    async def with_password(self, user: str, password: str) -> UserSession:
         if not user or not password:
-            return False
-        folder = self._sessions.folder_for(user)
+            raise LoginRefused(WRONG_PASSWORD)
+        return await self._open(user, {"user": user, "password": password})
 
-        async def reconnect() -> Backend:
-            return await self._open_backend(user, password, folder)
+    async def with_oidc(self, signed_in: SignedIn) -> UserSession:
+        return await self._open(signed_in.name, {"token": signed_in.token})
 
-        try:
-            backend = await reconnect()
-        except AuthenticationError:
-            log.info("login of %s refused by the cluster", user)
-            return False
-        except (ServiceNotFoundError, ServiceMisconfiguredError) as exc:
-            # The credentials were good (they are checked first); the service is
-            # not usable yet. Let the user in: the page says what is wrong, and
-            # the next click tries again.
-            log.warning("login of %s accepted, but the service is not usable: %s", user, exc)
-            await self._sessions.open(
-                user,
-                None,
-                owns_backend=True,
-                reconnect=reconnect,
-                backend_error=exc,
-                directory=folder,
+    async def _open(self, account: str, credentials: dict[str, object]) -> UserSession:
+        settings, folder = self._settings, self._sessions.new_folder()
+        token = credentials.get("token")
+
+        async def connect() -> Backend:
+            return await OscarSD.connect(
+                settings.oscar_endpoint,
+                **credentials,  # type: ignore[arg-type]
+                keep_password=False,
+                service=settings.service,
+                verify_ssl=settings.verify_ssl,
+                timeout=settings.timeout,
+                results_dir=folder,
             )
-            return True
+
+        key = new_session_key()
+        try:
+            backend = await connect()
+        except AuthenticationError as exc:
+            log.info("login refused by the cluster")
+            raise LoginRefused(
+                str(exc) if token is not None else WRONG_PASSWORD
+            ) from None
+        except ClusterUnreachableError as exc:
+            # Said as it is: "incorrect credentials" would send people hunting a typo.
+            log.warning("login impossible, the cluster is unreachable: %s", exc)
+            raise LoginRefused(
+                "The cluster cannot be reached right now, so your login could not be "
+                "checked. Try again in a moment.",
+                status=503,
+            ) from None
+        except (ServiceNotFoundError, ServiceMisconfiguredError) as exc:
+            # The credentials were good (they are checked first); the service is not
+            # usable yet. Let the person in: the page says what is wrong. A token
+            # may try again on the next click; a password is not kept for that.
+            log.warning("login accepted, but the service is not usable: %s", exc)
+            reconnect = connect if token is not None else None
+            credentials.pop("password", None)
+            return await self._sessions.open(
+                key, None, owns_backend=True, account=account, reconnect=reconnect,
+                backend_error=exc, directory=folder, token=token,  # type: ignore[arg-type]
+            )
         except OscarSDError as exc:
-            # The cluster is unreachable (or worse): credentials that cannot be
-            # checked are refused. The form can only say "incorrect credentials",
-            # so the reason goes to the log.
-            log.warning("login of %s refused: %s", user, exc)
-            return False
-        await self._sessions.open(
-            user, backend, owns_backend=True, reconnect=reconnect, directory=folder
+            log.warning("login refused: %s", exc)
+            raise LoginRefused(str(exc), status=502) from None
+        # The password goes with this frame; only a token (renewing itself) is kept.
+        reconnect = connect if token is not None else None
+        credentials.pop("password", None)
+        session = await self._sessions.open(
+            key, backend, owns_backend=True, account=account, reconnect=reconnect,
+            directory=folder, token=token,  # type: ignore[arg-type]
         )
-        log.info("login of %s: session open; %d open", user, len(self._sessions))
-        return True
+        log.info("login: session open; %d open", len(self._sessions))
+        return session
 
 
 class LocalLogin:
@@ -93,12 +128,13 @@ class LocalLogin:
         self._accounts = accounts
         self._backend = backend
 
-    async def check(self, user: str, password: str) -> bool:
+    async def with_password(self, user: str, password: str) -> UserSession:
         expected = self._accounts.get(user)
         # Compared in constant time; an unknown user costs the same as a wrong password.
         given, wanted = password.encode(), (expected or "\0").encode()
         if not hmac.compare_digest(given, wanted) or expected is None:
-            log.info("local login of %s refused", user)
-            return False
-        await self._sessions.open(user, self._backend(), owns_backend=False)
-        return True
+            log.info("local login refused")
+            raise LoginRefused(WRONG_PASSWORD)
+        return await self._sessions.open(
+            new_session_key(), self._backend(), owns_backend=False, account=user
+        )

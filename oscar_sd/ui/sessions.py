@@ -1,12 +1,15 @@
 """Who is logged in, with which backend, and where their images live.
 
-A :class:`UserSession` is one person's seat in the app: their own backend
-(their own OSCAR credentials and client, DESIGN.md mistake 1), and a private
-folder for their results whose name is a random token, so nobody can guess it.
+A :class:`UserSession` is one login's seat in the app: its own backend (its
+own OSCAR client, DESIGN.md mistake 1), and a private folder for its results
+whose name is a random token, so nobody can guess it. Each login gets a new
+session under a random key, never the user name: OSCAR has one basic-auth
+account, so many people may log in with the same name, and each must have
+their own folder and history, and a logout that ends only their own session.
 The :class:`Sessions` registry opens a session at login and closes it at logout,
-after it has sat idle too long, or when the app stops; closing one deletes its
-folder. Results are also tracked per browser tab, so closing a tab deletes the
-images that tab made.
+after it has sat idle too long, when its sign-in expires, or when the app
+stops; closing one deletes its folder. Results are also tracked per browser
+tab, so closing a tab deletes the images that tab made.
 
 Everything here runs on the server's event loop; nothing blocks it (file moves
 and deletions go through a worker thread).
@@ -26,7 +29,9 @@ from pathlib import Path
 import anyio
 
 from .._backend import Backend
+from .._errors import SignInExpired
 from .._models import GenerationResult
+from .._tokens import OidcToken
 
 log = logging.getLogger("oscar_sd.ui")
 
@@ -46,6 +51,25 @@ def is_tab_key(key: str) -> bool:
 class SessionExpired(Exception):
     """The request has no open session (logged out elsewhere, idle too long, restarted)."""
 
+    def __init__(self, key: str, reason: str | None = None) -> None:
+        super().__init__(key)
+        #: What the person is told, when the app knows why the session ended.
+        self.reason = reason
+
+
+def new_session_key() -> str:
+    """A fresh random key for one login (also Gradio's ``request.username``)."""
+    return secrets.token_hex(16)
+
+
+#: What a person whose session ended by itself (idle, credentials refused) is told.
+SESSION_EXPIRED = (
+    "Your session has expired. Log out (top right) and log in again to go on making images."
+)
+
+#: How many ended sessions' reasons are remembered (to tell the person why).
+ENDED_MEMORY = 10_000
+
 
 @dataclass(eq=False)
 class UserSession:
@@ -60,6 +84,10 @@ class UserSession:
     reconnect: Reconnect | None = None
     #: The error that kept ``backend`` from opening at login (e.g. the service is missing).
     backend_error: Exception | None = None
+    #: Who logged in (a user name or an OIDC subject), for the log: never a key.
+    account: str = ""
+    #: An OIDC sign-in's token, renewed before it expires; None with a password.
+    token: OidcToken | None = None
     last_used: float = field(default_factory=time.monotonic)
     results_by_tab: dict[str, list[Path]] = field(default_factory=dict)
     _in_flight: int = 0
@@ -82,6 +110,8 @@ class Sessions:
         self.idle_timeout = idle_timeout
         self._sessions: dict[str, UserSession] = {}
         self._directories: dict[Path, UserSession] = {}
+        # key -> why it ended, for sessions ended by the app (not by their own logout).
+        self._ended: dict[str, str] = {}
 
     def __len__(self) -> int:
         return len(self._sessions)
@@ -89,18 +119,25 @@ class Sessions:
     def get(self, key: str) -> UserSession | None:
         return self._sessions.get(key)
 
+    def of_account(self, account: str) -> list[UserSession]:
+        """The open sessions of one account (each login has its own)."""
+        return [s for s in self._sessions.values() if s.account == account]
+
+    def ended_reason(self, key: str) -> str | None:
+        """Why the app ended session ``key`` (e.g. the sign-in expired), if it did."""
+        return self._ended.get(key)
+
     def require(self, key: str) -> UserSession:
         """The open session of ``key``; :class:`SessionExpired` when there is none."""
         session = self._sessions.get(key)
         if session is None:
-            raise SessionExpired(key)
+            raise SessionExpired(key, self._ended.get(key))
         session.touch()
         return session
 
-    def folder_for(self, key: str) -> Path:
-        """The private folder of ``key``'s session: its current one, or a fresh random name."""
-        session = self._sessions.get(key)
-        return session.directory if session else self.root / secrets.token_urlsafe(24)
+    def new_folder(self) -> Path:
+        """A fresh, unguessable folder name for a new session's results."""
+        return self.root / secrets.token_urlsafe(24)
 
     async def open(
         self,
@@ -108,36 +145,25 @@ class Sessions:
         backend: Backend | None,
         *,
         owns_backend: bool,
+        account: str = "",
+        token: OidcToken | None = None,
         reconnect: Reconnect | None = None,
         backend_error: Exception | None = None,
         directory: Path | None = None,
     ) -> UserSession:
-        """Open the session of ``key``, or give a session already open a fresh backend.
-
-        A second login of the same user (another tab, a script) keeps the same
-        folder and history; the old backend is retired, i.e. closed as soon as
-        the requests still running on it are done.
-        """
-        session = self._sessions.get(key)
-        if session is None:
-            folder = directory or self.folder_for(key)
-            await anyio.to_thread.run_sync(
-                lambda: folder.mkdir(parents=True, mode=0o700, exist_ok=True)
-            )
-            # Another login of the same user may have opened the session meanwhile.
-            session = self._sessions.get(key)
-            if session is None:
-                session = UserSession(key, folder, backend, owns_backend, reconnect, backend_error)
-                self._sessions[key] = session
-                self._directories[folder] = session
-                return session
-        old = session.backend
-        session.backend, session.reconnect = backend, reconnect
-        session.backend_error, session.owns_backend = backend_error, owns_backend
-        session.touch()
-        if old is not None and old is not backend and owns_backend:
-            session._retired.append(old)
-            await self._close_retired(session)
+        """Open a new session under ``key`` (a fresh :func:`new_session_key` per login)."""
+        if key in self._sessions:
+            raise ValueError("a session key is used once")
+        folder = directory or self.new_folder()
+        await anyio.to_thread.run_sync(
+            lambda: folder.mkdir(parents=True, mode=0o700, exist_ok=True)
+        )
+        session = UserSession(
+            key, folder, backend, owns_backend, reconnect, backend_error, account=account,
+            token=token,
+        )
+        self._sessions[key] = session
+        self._directories[folder] = session
         return session
 
     def owner_of(self, path: Path) -> UserSession | None:
@@ -153,7 +179,13 @@ class Sessions:
         """Lend the session's backend for one request; it is not closed while lent."""
         if session.backend is None:
             if session.reconnect is None:
-                raise session.backend_error or SessionExpired(session.key)
+                if session.backend_error is None:
+                    raise SessionExpired(session.key)
+                # A password login: the password was not kept to try again with.
+                said = str(session.backend_error).rstrip(".")
+                raise SessionExpired(
+                    session.key, f"{said}. Once that is done, log out and log in again."
+                )
             # The service was missing or misconfigured at login: it may be there now.
             backend = await session.reconnect()
             if session.backend is None:
@@ -202,11 +234,19 @@ class Sessions:
         if folders:
             await anyio.to_thread.run_sync(_remove_all, folders)
 
-    async def close(self, key: str, reason: str) -> None:
-        """End a session: close its own backend and delete its folder."""
+    async def close(self, key: str, reason: str, *, tell: str | None = None) -> None:
+        """End a session: close its own backend and delete its folder.
+
+        ``tell`` is what the person hears on their next click (e.g. "Your
+        sign-in has expired, sign in again").
+        """
         session = self._sessions.pop(key, None)
         if session is None:
             return
+        if tell is not None:
+            if len(self._ended) >= ENDED_MEMORY:
+                self._ended.pop(next(iter(self._ended)))
+            self._ended[key] = tell
         self._directories.pop(session.directory, None)
         log.info("session closed (%s); %d still open", reason, len(self._sessions))
         if session.owns_backend:
@@ -223,7 +263,20 @@ class Sessions:
         deadline = time.monotonic() - self.idle_timeout
         for key, session in list(self._sessions.items()):
             if session.last_used < deadline and not session.busy:
-                await self.close(key, "idle")
+                await self.close(key, "idle", tell=SESSION_EXPIRED)
+
+    async def renew_tokens(self) -> None:
+        """Renew the OIDC tokens that are due; a refused renewal ends its session."""
+        for key, session in list(self._sessions.items()):
+            token = session.token
+            if token is None or not token.refresh_due():
+                continue
+            try:
+                await token.fresh()
+            except SignInExpired as expired:
+                await self.close(key, "sign-in expired", tell=str(expired))
+            except Exception as exc:  # the provider is unreachable: try again next round
+                log.warning("renewing a sign-in failed: %s", type(exc).__name__)
 
     async def close_all(self) -> None:
         for key in list(self._sessions):

@@ -2,18 +2,21 @@
 
     from tests.double import ClusterDouble, services
 
-    with ClusterDouble(users={"alice": "alice-pw"}, tokens={"tok-carol": "carol"}) as double:
+    with OidcProviderDouble() as oidc, ClusterDouble(oidc=oidc) as double:
         double.add_service("stable-diffusion", input_path="stable-diffusion/in",
                            output_path="stable-diffusion/out", handler=services.fake_generator)
         double.oscar_endpoint, double.minio_endpoint    # http://127.0.0.1:<port>
         double.minio_access_key, double.minio_secret_key
+        double.admin                                    # ("oscar", "oscar-pw"): the one account
+        double.sign_in("alice@egi.eu")["access_token"]  # an OIDC user's bearer token
 
 Files, one idea each:
 - ``cluster.py``: :class:`ClusterDouble`, the switches and helpers tests use;
 - ``s3.py``: moto's S3 behind a front that checks access keys, serves listen, fires events;
 - ``listen.py``: open listen streams and the fan-out of events to them;
 - ``events.py``: MinIO's event record shape, key escaping, event-name wildcards;
-- ``oscar.py``: the OSCAR REST subset (Flask);
+- ``oscar.py``: the OSCAR REST subset (Flask): one admin account, OIDC users;
+- ``oidc.py``: an OIDC provider on loopback (``oidc-provider-mock``);
 - ``jobs.py``: uploads become jobs run the faas-supervisor way; ``ScriptHandler``;
 - ``services.py``: ready-made handlers (``fake_generator``, ``upstream_example``, ...);
 - ``server.py``: a threaded werkzeug server on a random loopback port.
@@ -23,5 +26,6 @@ from . import services
 from .cluster import ClusterDouble
 from .events import escape_key
 from .jobs import Job, ScriptHandler
+from .oidc import OidcProviderDouble
 
-__all__ = ["ClusterDouble", "Job", "ScriptHandler", "escape_key", "services"]
+__all__ = ["ClusterDouble", "Job", "OidcProviderDouble", "ScriptHandler", "escape_key", "services"]

@@ -1,9 +1,11 @@
 """ClusterDouble: an OSCAR cluster and its MinIO on loopback, for tests.
 
-    with ClusterDouble(users={"alice": "alice-pw"}) as double:
+    with OidcProviderDouble() as oidc, ClusterDouble(oidc=oidc) as double:
         double.add_service("stable-diffusion", input_path="stable-diffusion/in",
                            output_path="stable-diffusion/out")
         ...  # talk to double.oscar_endpoint and double.minio_endpoint
+        # as the one admin account (double.admin), or as an OIDC user:
+        token = double.sign_in("alice@egi.eu")["access_token"]
 
 Both servers bind random free ports on 127.0.0.1 and run in daemon threads.
 The fault switches are plain attributes and methods; all are thread-safe.
@@ -12,12 +14,14 @@ The fault switches are plain attributes and methods; all are thread-safe.
 from __future__ import annotations
 
 import secrets
+import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from . import services
 from .jobs import DeployedService, Handler, Job, JobRunner, StoragePath
-from .oscar import complete_service, create_app
+from .oidc import OidcProviderDouble
+from .oscar import complete_service, create_app, private_buckets
 from .s3 import S3Front
 from .server import LoopbackServer
 
@@ -25,27 +29,29 @@ from .server import LoopbackServer
 class ClusterDouble:
     """OSCAR REST + S3 with MinIO's listen extension + jobs, all in-process."""
 
-    def __init__(self, users: Mapping[str, str] | None = None,
-                 tokens: Mapping[str, str] | None = None, *,
+    def __init__(self, admin: tuple[str, str] = ("oscar", "oscar-pw"),
+                 oidc: OidcProviderDouble | None = None, *,
                  cluster_id: str = "oscar-double", keepalive_interval: float = 1.0) -> None:
-        self.users: dict[str, str] = dict(users or {"oscar": "oscar-pw"})
-        self.tokens: dict[str, str] = dict(tokens or {})
+        # OSCAR has exactly one basic-auth account, the cluster admin
+        # (grycap/oscar pkg/utils/auth/auth.go: gin.BasicAuth with one entry).
+        self.admin = admin
+        # People are OIDC users: their bearer tokens are checked at this provider.
+        self.oidc = oidc
         self.cluster_id = cluster_id
         self.minio_access_key = "double-" + secrets.token_hex(6)
         self.minio_secret_key = secrets.token_hex(20)
         # What a service created through the REST API runs (it has no Python handler).
         self.default_handler: Handler = services.fake_generator
         self.storage = S3Front(self.minio_access_key, self.minio_secret_key)
-        # OSCAR gives a bearer-token user MinIO keys of their own (basic auth: the cluster's).
-        self.user_minio_keys: dict[str, tuple[str, str]] = {
-            user: (f"{user}-" + secrets.token_hex(6), secrets.token_hex(20))
-            for user in sorted(set(self.tokens.values()))}
-        self.storage.extra_access_keys.update(ak for ak, _ in self.user_minio_keys.values())
+        self.storage.bucket_access = self._may_use_bucket
+        # OSCAR makes each OIDC user a MinIO user on their first request: access key = uid.
+        self.user_minio_keys: dict[str, tuple[str, str]] = {}
         self.storage.hub.keepalive_interval = keepalive_interval
         self.runner = JobRunner(self.storage)
         self._s3_server = LoopbackServer(self.storage, "minio")
         self._oscar_server = LoopbackServer(create_app(self), "oscar")
         self.storage.hub.endpoint = self._s3_server.url
+        self._keys_lock = threading.Lock()
         self._started = False
 
     # -- lifecycle ------------------------------------------------------------------
@@ -79,6 +85,40 @@ class ClusterDouble:
     def minio_endpoint(self) -> str:
         return self._s3_server.url
 
+    # -- people ----------------------------------------------------------------------
+
+    def sign_in(self, sub: str) -> dict[str, Any]:
+        """Sign ``sub`` in at the OIDC provider: its token answer (``access_token``...)."""
+        if self.oidc is None:
+            raise RuntimeError("this double has no OIDC provider: ClusterDouble(oidc=...)")
+        return self.oidc.sign_in(sub)
+
+    def minio_keys_for(self, uid: str) -> tuple[str, str]:
+        """The MinIO keys of OIDC user ``uid``, made on first use as OSCAR does."""
+        with self._keys_lock:
+            if uid not in self.user_minio_keys:
+                self.user_minio_keys[uid] = (uid, secrets.token_hex(20))
+                self.storage.extra_access_keys.add(uid)
+            return self.user_minio_keys[uid]
+
+    def _may_use_bucket(self, access_key: str, bucket: str) -> bool:
+        """The admin key reaches every bucket; a user's key the buckets of the
+        services open to them, and their own private buckets (MinIO policies
+        OSCAR writes in pkg/handlers/create.go)."""
+        if access_key == self.minio_access_key:
+            return True
+        for service in list(self.runner.services.values()):
+            definition = service.definition
+            allowed = definition.get("allowed_users") or []
+            if allowed and access_key not in allowed:
+                continue
+            paths = definition["input"] + definition["output"]
+            if bucket in {StoragePath.parse(entry).bucket for entry in paths}:
+                return True
+            if bucket in private_buckets(definition, access_key):
+                return True
+        return False
+
     # -- services ------------------------------------------------------------------
 
     def add_service(self, name: str, *, input_path: str, output_path: str,
@@ -102,6 +142,8 @@ class ClusterDouble:
         service = complete_service(dict(definition), self.cluster_id)
         for entry in service["input"] + service["output"]:
             self.storage.make_bucket(StoragePath.parse(entry).bucket)
+        for bucket in service.get("bucket_list") or []:
+            self.storage.make_bucket(bucket)
         self.runner.services[service["name"]] = DeployedService(service, handler, job_delay)
         return service
 

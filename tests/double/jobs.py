@@ -138,6 +138,19 @@ class DeployedService:
     def outputs(self) -> list[StoragePath]:
         return [StoragePath.parse(e) for e in self.definition.get("output") or []]
 
+    @property
+    def private_buckets(self) -> list[str]:
+        """``isolation_level: USER``: each allowed user's bucket, which triggers the service too."""
+        return list(self.definition.get("bucket_list") or [])
+
+    def outputs_for(self, input_bucket: str | None) -> list[StoragePath]:
+        """Where a job's files go: a job from a private bucket writes to that bucket's
+        output folder (grycap/oscar docs/multitenancy.md), others to the output paths."""
+        if input_bucket in self.private_buckets:
+            return [StoragePath(input_bucket, path.folder, path.prefixes, path.suffixes)
+                    for path in self.outputs]
+        return self.outputs
+
 
 @dataclass(eq=False)
 class Job:
@@ -234,7 +247,8 @@ class JobRunner:
                 continue
             for service in list(self.services.values()):
                 for path in service.inputs:
-                    if path.bucket == event.bucket and path.relative(event.key) is not None:
+                    buckets = {path.bucket, *service.private_buckets}
+                    if event.bucket in buckets and path.relative(event.key) is not None:
                         self.submit(service, bucket=event.bucket, key=event.key)
                         break
 
@@ -308,7 +322,7 @@ class JobRunner:
             else:
                 self._call_handler(service.handler, input_file, output_dir, log)
             if service is not None:
-                self._upload_outputs(service, output_dir, log)
+                self._upload_outputs(service.outputs_for(job.bucket), output_dir, log)
         except Exception:
             ok = False  # the supervisor itself broke (input or upload): the pod fails
             log.append(traceback.format_exc())
@@ -332,13 +346,13 @@ class JobRunner:
         if isinstance(output, str):
             log.append(output)
 
-    def _upload_outputs(self, service: DeployedService, output_dir: Path,
+    def _upload_outputs(self, outputs: list[StoragePath], output_dir: Path,
                         log: list[str]) -> None:
         """faas-supervisor's upload: every file, its name kept, to every output path."""
         files = sorted(p for p in output_dir.rglob("*") if p.is_file())
         together: list[ObjectEvent] = []
         batch = self.storage.hub.batch_records
-        for path in service.outputs:
+        for path in outputs:
             self.storage.make_bucket(path.bucket)
             for file in files:
                 relative = file.relative_to(output_dir).as_posix()

@@ -1,7 +1,13 @@
 """The OSCAR REST subset the app uses, shaped by tests/data/oscar-api.yaml.
 
-Basic auth (the cluster accounts) or a bearer token on everything but
-``/health``.  Creating or deleting a service restarts "MinIO", as on a real
+Auth on everything but ``/health``, as grycap/oscar ``pkg/utils/auth/auth.go``
+and ``oidc.go`` do it: HTTP basic with the one admin account, or an OIDC
+``Bearer`` token that the issuer's userinfo endpoint accepts; the user id is
+the userinfo ``sub``. (OSCAR also verifies a JWT's signature first and may
+require a group in ``eduperson_entitlement``; the loopback provider issues
+opaque tokens, so the userinfo check is the whole check here.)  An OIDC user
+gets their own MinIO keys from ``/system/config`` and sees only the services
+open to them. Creating or deleting a service restarts "MinIO", as on a real
 cluster, so every listen stream drops at that moment.
 """
 
@@ -10,6 +16,7 @@ from __future__ import annotations
 import base64
 import bisect
 import copy
+import hmac
 import json
 import secrets
 from typing import TYPE_CHECKING, Any
@@ -49,14 +56,35 @@ def complete_service(definition: dict[str, Any], cluster_id: str) -> dict[str, A
     service.setdefault("annotations", {})
     service.setdefault("labels", {})
     service["token"] = service.get("token") or secrets.token_hex(32)
+    if str(service.get("isolation_level", "")).upper() == "USER":
+        service["bucket_list"] = sorted(
+            bucket for user in service.get("allowed_users") or []
+            for bucket in private_buckets(service, user))
     return service
+
+
+def private_buckets(definition: dict[str, Any], uid: str) -> set[str]:
+    """The private bucket of ``uid`` for an ``isolation_level: USER`` service, if it has one.
+
+    grycap/oscar pkg/handlers/create.go: ``<input bucket>-<uid[:10]>`` for each
+    allowed user, with the input and output folders in it.
+    """
+    if str(definition.get("isolation_level", "")).upper() != "USER":
+        return set()
+    if uid not in (definition.get("allowed_users") or []):
+        return set()
+    inputs = definition.get("input") or []
+    if not inputs:
+        return set()
+    bucket = str(inputs[0]["path"]).strip("/").split("/", 1)[0]
+    return {f"{bucket}-{uid[:10]}"}
 
 
 def create_app(double: ClusterDouble) -> Flask:
     app = Flask("oscar-double")
 
     def user() -> str | None:
-        """The authenticated user, or None."""
+        """The authenticated user (the admin's name, or an OIDC ``sub``), or None."""
         header = request.headers.get("Authorization", "")
         scheme, _, credentials = header.partition(" ")
         if scheme.lower() == "basic":
@@ -64,10 +92,23 @@ def create_app(double: ClusterDouble) -> Flask:
                 name, _, password = base64.b64decode(credentials).decode().partition(":")
             except ValueError:
                 return None
-            return name if double.users.get(name) == password and password else None
-        if scheme.lower() == "bearer":
-            return double.tokens.get(credentials.strip())
+            admin, admin_password = double.admin
+            same = hmac.compare_digest(f"{name}:{password}", f"{admin}:{admin_password}")
+            return name if same else None
+        if scheme.lower() == "bearer" and double.oidc is not None:
+            claims = double.oidc.userinfo(credentials.strip())
+            return str(claims["sub"]) if claims and claims.get("sub") else None
         return None
+
+    def oidc_user() -> str | None:
+        """The OIDC user of this request (set by ``authenticate``); None for the admin."""
+        return getattr(request, "oidc_user", None)
+
+    def visible(definition: dict[str, Any]) -> bool:
+        """A private service is seen by its allowed users only (docs/multitenancy.md)."""
+        uid = oidc_user()
+        allowed = definition.get("allowed_users") or []
+        return uid is None or not allowed or uid in allowed
 
     @app.before_request
     def authenticate() -> Response | None:
@@ -75,9 +116,13 @@ def create_app(double: ClusterDouble) -> Flask:
             return None
         if request.path.startswith("/job/") and _service_token_ok():
             return None
-        if user() is None:
+        who = user()
+        if who is None:
             return Response("Unauthorized", status=401, mimetype="text/plain",
                             headers={"WWW-Authenticate": 'Basic realm="OSCAR"'})
+        if request.headers.get("Authorization", "").lower().startswith("bearer "):
+            request.oidc_user = who  # type: ignore[attr-defined]
+            double.minio_keys_for(who)  # OSCAR's middleware makes the MinIO user here
         return None
 
     def _service_token_ok() -> bool:
@@ -100,11 +145,9 @@ def create_app(double: ClusterDouble) -> Flask:
 
     def minio_keys() -> tuple[str, str]:
         """Basic auth gets the cluster's MinIO keys, a bearer token its user's own."""
-        header = request.headers.get("Authorization", "")
-        if header.lower().startswith("bearer "):
-            token_user = double.tokens.get(header[7:].strip())
-            if token_user in double.user_minio_keys:
-                return double.user_minio_keys[token_user]
+        uid = oidc_user()
+        if uid is not None:
+            return double.minio_keys_for(uid)
         return double.minio_access_key, double.minio_secret_key
 
     @app.get("/system/config")
@@ -124,7 +167,8 @@ def create_app(double: ClusterDouble) -> Flask:
 
     @app.get("/system/services")
     def list_services() -> Response:
-        return _json([s.definition for s in list(double.runner.services.values())])
+        return _json([s.definition for s in list(double.runner.services.values())
+                      if visible(s.definition)])
 
     @app.post("/system/services")
     def create_service() -> Response:
@@ -158,6 +202,8 @@ def create_app(double: ClusterDouble) -> Flask:
         service = double.runner.services.get(name)
         if service is None:
             return _text(f"error: service {name} not found", 404)
+        if not visible(service.definition):
+            return _text("error: this user is not allowed to use the service", 403)
         return _json(service.definition)
 
     @app.delete("/system/services/<name>")

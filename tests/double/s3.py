@@ -128,6 +128,10 @@ class S3Front:
         self.secret_key = secret_key
         # More keys S3 accepts: the per-user keys OSCAR hands to bearer-token users.
         self.extra_access_keys: set[str] = set()
+        # Which buckets a key may touch (MinIO's per-user policies); None: all of them.
+        self.bucket_access: Callable[[str, str], bool] | None = None
+        #: Every access key a request was signed with (tests check whose keys were used).
+        self.access_keys_used: set[str] = set()
         self.backend = PrivateS3Backend()
         self.hub = ListenHub(endpoint="")
         self.on_object_created: Callable[[str, str, float], None] | None = None
@@ -197,7 +201,7 @@ class S3Front:
         if self.down:
             return self._error(start_response, environ, 503, "XMinioServerNotInitialized",
                                "Server not initialized, please try again.", path, bucket, key)
-        denied = self._check_access_key(environ, query)
+        denied = self._check_access_key(environ, query, bucket)
         if denied is not None:
             code, message = denied
             return self._error(start_response, environ, 403, code, message, path, bucket, key)
@@ -206,7 +210,8 @@ class S3Front:
             return self._listen(environ, start_response, bucket, query)
         return self._storage(environ, start_response, method, bucket, key, query)
 
-    def _check_access_key(self, environ: dict, query: dict) -> tuple[str, str] | None:
+    def _check_access_key(self, environ: dict, query: dict,
+                          bucket: str) -> tuple[str, str] | None:
         auth = environ.get("HTTP_AUTHORIZATION", "")
         match = _CREDENTIAL.search(auth)
         if match is None and "X-Amz-Credential" in query:  # a presigned URL
@@ -216,6 +221,10 @@ class S3Front:
         if match.group(1) != self.access_key and match.group(1) not in self.extra_access_keys:
             return ("InvalidAccessKeyId",
                     "The Access Key Id you provided does not exist in our records.")
+        self.access_keys_used.add(match.group(1))
+        allowed = self.bucket_access
+        if bucket and allowed is not None and not allowed(match.group(1), bucket):
+            return "AccessDenied", "Access Denied."
         return None
 
     def _error(self, start_response: Callable, environ: dict, status: int, code: str,
