@@ -763,7 +763,7 @@ def test_the_job_list_comes_70_a_page_as_oscar_pages_it(cluster: ClusterDouble) 
     listed = [name for names in pages for name in names]
     assert listed == sorted(cluster.jobs(BUCKET))  # each once, in name order
     assert requests.get(f"{cluster.oscar_endpoint}/system/logs/{BUCKET}?page=%25%25",
-                        auth=("alice", "alice-pw"), timeout=5).status_code == 500
+                        auth=("oscar", "oscar-pw"), timeout=5).status_code == 500
 
 
 def test_jobs_and_logs_with_oscar_python(cluster: ClusterDouble, listen: Any) -> None:
