@@ -31,11 +31,11 @@ from ._errors import (
     ServiceMisconfiguredError,
     ServiceNotFoundError,
 )
-from ._hub import Backoff
 from ._local import LocalSD
 from ._models import GenerationRequest, GenerationResult, Progress, ProgressCallback, Stage, Timings
 from ._oscar import OscarSD
 from ._settings import Settings
+from ._stream import Backoff
 
 __all__ = [
     "AuthenticationError",

@@ -37,7 +37,7 @@ from ._errors import (
     OscarSDError,
     ServiceMisconfiguredError,
 )
-from ._hub import Backoff, NotificationHub, StreamAddress, get_hub
+from ._hub import Backoff, NotificationHub, StreamAddress, Waiter, get_hub
 from ._models import (
     GenerationRequest,
     GenerationResult,
@@ -56,6 +56,8 @@ T = TypeVar("T")
 #: What a job may write for ``<job>``: our zip, our error report, or the bare
 #: PNG of the upstream example service (``<input name>.png``).
 RESULT_SUFFIXES = (".zip", ".error.json", ".png", ".txt.png", ".json.png")
+#: How long a request's own clean-up may take before the hub's background retries take over.
+TIDY_LIMIT = 0.5
 
 
 class OscarSD:
@@ -76,7 +78,9 @@ class OscarSD:
         input_format: Literal["json", "text"],
         results_dir: Path,
         keep_objects: bool,
+        outage_timeout: float = 60.0,
     ) -> None:
+        self.outage_timeout = outage_timeout
         self.service = service
         self.user = user
         self.endpoint = endpoint
@@ -107,7 +111,8 @@ class OscarSD:
         input_format: Literal["json", "text"] = "json",
         results_dir: str | Path | None = None,
         keep_objects: bool = False,
-        stall_timeout: float = 60.0,
+        stall_timeout: float = 5.0,
+        outage_timeout: float = 60.0,
         backoff: Backoff | None = None,
     ) -> _Connecting:
         """Log in to the cluster, find ``service`` and its storage.
@@ -120,7 +125,11 @@ class OscarSD:
         ``connect_timeout`` bounds each call to the cluster's API, so an
         unreachable endpoint fails fast. ``input_format="text"`` uploads a bare
         ``<job>.txt`` prompt, for services that read only text. Input and
-        result objects are deleted once used unless ``keep_objects``.
+        result objects are deleted once used unless ``keep_objects``. While the
+        cluster's storage cannot be reached, waiting requests say so in their
+        progress and raise :class:`ClusterUnreachableError` after
+        ``outage_timeout`` seconds; ``stall_timeout`` is how long the
+        notification stream may stay silent before it is replaced.
 
         Raises :class:`AuthenticationError`, :class:`ServiceNotFoundError`,
         :class:`ServiceMisconfiguredError` or :class:`ClusterUnreachableError`.
@@ -154,6 +163,7 @@ class OscarSD:
                 region=provider.get("region") or None,
                 verify=bool(provider.get("verify", True)) and verify_ssl,
                 stall_timeout=stall_timeout,
+                pool_size=_threads_using_storage(),
             )
             try:
                 with anyio.fail_after(connect_timeout):
@@ -175,7 +185,9 @@ class OscarSD:
                     "exist. Redeploy the service (`oscar-sd deploy`)."
                 )
 
-            address = StreamAddress(storage.endpoint, output_path.bucket, output_path.prefix)
+            address = StreamAddress(
+                storage.endpoint, output_path.bucket, output_path.prefix, provider["access_key"]
+            )
             options_for_hub: dict[str, Any] = {"stall_timeout": stall_timeout}
             if backoff is not None:
                 options_for_hub["backoff"] = backoff
@@ -195,6 +207,7 @@ class OscarSD:
                 input_format=input_format,
                 results_dir=results,
                 keep_objects=keep_objects,
+                outage_timeout=outage_timeout,
             )
 
         return _Connecting(open_client())
@@ -234,11 +247,14 @@ class OscarSD:
 
         input_key, body, content_type = self._input_object(job_id, request)
         result_keys = {self.output_path.key(job_id + suffix) for suffix in RESULT_SUFFIXES}
-        waiter = await self._expect(result_keys, deadline)
+        waiter = self._hub.register(result_keys, self._storage)
         landed: str | None = None
+        uploaded_input = False
         directory: Path | None = None
         try:
+            await self._until_ready(waiter, deadline, report)
             upload_started = time.monotonic()
+            uploaded_input = True  # from here on, a job may run: its input must be tidied
             await self._storage_call(
                 self._storage.put, self.input_path.bucket, input_key, body, content_type
             )
@@ -246,11 +262,11 @@ class OscarSD:
             report(Stage.UPLOADED, "Prompt uploaded to the cluster")
             report(Stage.WAITING, "Waiting for the cluster to generate the images")
 
-            with anyio.move_on_after(max(0.0, deadline - time.monotonic())):
-                landed = await waiter.wait()
+            landed = await self._until_landed(waiter, deadline, report)
             if landed is None:
-                # The deadline is also the last chance for a lost notification.
-                landed = await self._hub.look_now(waiter)
+                # The deadline also takes one last look, but it is never the recovery
+                # path for a lost event: reconciliation finds those within seconds.
+                landed = await self._storage_call(self._hub.look_now, waiter, run=False)
             if landed is None:
                 raise GenerationTimeout(
                     f"No result from service {self.service!r} after {self.timeout:g} s. "
@@ -280,14 +296,19 @@ class OscarSD:
             )
         except BaseException:
             if directory is not None:
-                await anyio.to_thread.run_sync(
-                    partial(shutil.rmtree, directory, ignore_errors=True)
-                )
+                with anyio.CancelScope(shield=True):
+                    await anyio.to_thread.run_sync(
+                        partial(shutil.rmtree, directory, ignore_errors=True)
+                    )
             raise
         finally:
-            self._hub.discard(waiter)
-            with anyio.CancelScope(shield=True):
-                await self._tidy(input_key, landed)
+            if landed is None and uploaded_input:
+                self._hub.abandon(waiter)  # a result that lands later is deleted then
+            else:
+                self._hub.discard(waiter)
+            if uploaded_input:
+                with anyio.CancelScope(shield=True):
+                    await self._tidy(input_key, landed)
 
     def _input_object(self, job_id: str, request: GenerationRequest) -> tuple[str, bytes, str]:
         if self.input_format == "text":
@@ -295,40 +316,87 @@ class OscarSD:
         body = json.dumps(request.to_payload()).encode()
         return self.input_path.key(f"{job_id}.json"), body, "application/json"
 
-    async def _expect(self, keys: set[str], deadline: float) -> Any:
-        """Register for the result and wait until the stream listens: only then upload."""
-        with anyio.move_on_after(max(0.0, deadline - time.monotonic())):
-            return await self._hub.expect(keys, self._storage)
-        raise ClusterUnreachableError(
-            f"Could not open the notification stream of the cluster's storage at "
-            f"{self._storage.endpoint} before the deadline. Check that the cluster is up."
-        )
+    async def _until_ready(self, waiter: Waiter, deadline: float, report: ProgressReporter) -> None:
+        """Wait until the hub listens (or knows it need not): only then upload."""
+        while not waiter.connected.is_set():
+            step = self._step(deadline, report)
+            if step is None:
+                raise ClusterUnreachableError(
+                    f"Could not open the notification stream of the cluster's storage at "
+                    f"{self._storage.endpoint} before the deadline. Check that the cluster is up."
+                )
+            with anyio.move_on_after(min(step, 1.0)):  # an outage raises no event here
+                await waiter.connected.wait()
 
-    async def _storage_call(self, function: Callable[..., T], *args: Any) -> T:
+    async def _until_landed(
+        self, waiter: Waiter, deadline: float, report: ProgressReporter
+    ) -> str | None:
+        """The landed key, or None at the deadline; reports and bounds storage outages."""
+        while waiter.key is None:
+            step = self._step(deadline, report)
+            if step is None:
+                return None
+            with anyio.move_on_after(step):
+                await waiter.wait_for_news()
+        return waiter.key
+
+    def _step(self, deadline: float, report: ProgressReporter) -> float | None:
+        """How long to wait before looking again; None at the deadline.
+
+        While the hub cannot use storage, say so every second, and give up
+        with :class:`ClusterUnreachableError` after ``outage_timeout``.
+        """
+        now = time.monotonic()
+        if now >= deadline:
+            return None
+        trouble = self._hub.trouble
+        if trouble is None:
+            return deadline - now
+        since, error = trouble
+        lasted = now - since
+        if lasted >= self.outage_timeout:
+            reason = storage_error(error, self._storage.endpoint)
+            raise ClusterUnreachableError(
+                f"{reason} Gave up after {lasted:.0f} s without the cluster's storage."
+            )
+        report(Stage.WAITING, f"Cannot reach the cluster's storage, retrying ({lasted:.0f} s)")
+        return min(deadline - now, 1.0, self.outage_timeout - lasted)
+
+    async def _storage_call(self, function: Callable[..., T], *args: Any, run: bool = True) -> T:
+        """Call storage (in a thread, or ``function`` is itself async when not ``run``);
+        every failure becomes an :class:`OscarSDError`."""
         try:
-            return await anyio.to_thread.run_sync(function, *args)
+            if run:
+                return await anyio.to_thread.run_sync(function, *args, abandon_on_cancel=True)
+            return await function(*args)  # type: ignore[no-any-return]
         except OscarSDError:
             raise
         except Exception as exc:
             raise storage_error(exc, self._storage.endpoint) from None
 
     async def _tidy(self, input_key: str, landed: str | None) -> None:
-        """Delete the input when no result came (so no job starts late for
-        nobody), and both objects once used unless asked to keep them."""
+        """Delete the input when no result came (so no job starts late for nobody),
+        and both objects once used unless asked to keep them.
+
+        Bounded, so that cancelling returns at once even while storage is
+        unreachable: what does not finish in time is retried in the background.
+        """
         doomed: dict[str, list[str]] = {}
         if landed is None or not self.keep_objects:
             doomed.setdefault(self.input_path.bucket, []).append(input_key)
         if landed is not None and not self.keep_objects:
             doomed.setdefault(self.output_path.bucket, []).append(landed)
         for bucket, keys in doomed.items():
-            try:
-                failed = await anyio.to_thread.run_sync(self._storage.remove, bucket, keys)
-            except Exception as exc:  # tidying is best effort; the result stands
-                failed, reason = keys, type(exc).__name__
-            else:
-                reason = "refused"
+            failed: list[str] = keys
+            with anyio.move_on_after(TIDY_LIMIT):
+                try:
+                    failed = await anyio.to_thread.run_sync(
+                        self._storage.remove, bucket, keys, abandon_on_cancel=True
+                    )
+                except Exception:  # tidying is best effort; the result stands
+                    failed = keys
             if failed:
-                logger.warning("could not delete %s from %s (%s)", failed, bucket, reason)
+                self._hub.delete_later(bucket, failed)
 
     async def list_jobs(self) -> dict[str, dict[str, Any]]:
         """The service's jobs and their states, as OSCAR reports them."""
@@ -352,6 +420,11 @@ class _Connecting:
     async def __aexit__(self, *exc_info: object) -> None:
         if self._client is not None:
             await self._client.aclose()
+
+
+def _threads_using_storage() -> int:
+    """Worker threads that may use the storage pool at once, plus the hub's own two."""
+    return max(32, int(anyio.to_thread.current_default_thread_limiter().total_tokens) + 4)
 
 
 def _service_paths(definition: dict[str, Any]) -> tuple[StoragePath, StoragePath]:
