@@ -83,7 +83,6 @@ class NotificationHub:
         address: StreamAddress,
         source: NotificationSource,
         *,
-        stall_timeout: float = 5.0,
         idle_timeout: float = 30.0,
         backoff: Backoff | None = None,
         policy: ReconcilePolicy | None = None,
@@ -92,7 +91,6 @@ class NotificationHub:
     ) -> None:
         self.address = address
         self.source = source
-        self.stall_timeout = stall_timeout
         self.idle_timeout = idle_timeout
         self.backoff = backoff or Backoff()
         self.abandoned_for = abandoned_for
@@ -352,7 +350,7 @@ def get_hub(
 ) -> NotificationHub:
     """The process-wide hub for ``address``, created on first use.
 
-    ``options`` (``stall_timeout``, ``idle_timeout``, ``backoff``, ``policy``, ...)
+    ``options`` (``idle_timeout``, ``backoff``, ``policy``, ...)
     apply when the hub is created; a running hub keeps its own.
     """
     with _hubs_lock:

@@ -37,7 +37,7 @@ from ._errors import (
     OscarSDError,
     ServiceMisconfiguredError,
 )
-from ._hub import Backoff, NotificationHub, StreamAddress, Waiter, get_hub
+from ._hub import Backoff, NotificationHub, StreamAddress, get_hub
 from ._models import (
     GenerationRequest,
     GenerationResult,
@@ -48,6 +48,7 @@ from ._models import (
 )
 from ._storage import MinioStorage, StoragePath, storage_error
 from ._unpack import check_image, unpack_images
+from ._waiting import Outage, until_landed, until_ready
 
 logger = logging.getLogger("oscar_sd.oscar")
 
@@ -188,10 +189,7 @@ class OscarSD:
             address = StreamAddress(
                 storage.endpoint, output_path.bucket, output_path.prefix, provider["access_key"]
             )
-            options_for_hub: dict[str, Any] = {"stall_timeout": stall_timeout}
-            if backoff is not None:
-                options_for_hub["backoff"] = backoff
-            hub = get_hub(address, storage, **options_for_hub)
+            hub = get_hub(address, storage, **({"backoff": backoff} if backoff else {}))
             results = Path(results_dir or Path(tempfile.gettempdir()) / "oscar-sd-results")
             await anyio.to_thread.run_sync(partial(results.mkdir, parents=True, exist_ok=True))
             return cls(
@@ -252,7 +250,7 @@ class OscarSD:
         uploaded_input = False
         directory: Path | None = None
         try:
-            await self._until_ready(waiter, deadline, report)
+            await until_ready(self._hub, waiter, deadline, self._outage(report))
             upload_started = time.monotonic()
             uploaded_input = True  # from here on, a job may run: its input must be tidied
             await self._storage_call(
@@ -262,7 +260,7 @@ class OscarSD:
             report(Stage.UPLOADED, "Prompt uploaded to the cluster")
             report(Stage.WAITING, "Waiting for the cluster to generate the images")
 
-            landed = await self._until_landed(waiter, deadline, report)
+            landed = await until_landed(waiter, deadline, self._outage(report))
             if landed is None:
                 # The deadline also takes one last look, but it is never the recovery
                 # path for a lost event: reconciliation finds those within seconds.
@@ -316,51 +314,8 @@ class OscarSD:
         body = json.dumps(request.to_payload()).encode()
         return self.input_path.key(f"{job_id}.json"), body, "application/json"
 
-    async def _until_ready(self, waiter: Waiter, deadline: float, report: ProgressReporter) -> None:
-        """Wait until the hub listens (or knows it need not): only then upload."""
-        while not waiter.connected.is_set():
-            step = self._step(deadline, report)
-            if step is None:
-                raise ClusterUnreachableError(
-                    f"Could not open the notification stream of the cluster's storage at "
-                    f"{self._storage.endpoint} before the deadline. Check that the cluster is up."
-                )
-            with anyio.move_on_after(min(step, 1.0)):  # an outage raises no event here
-                await waiter.connected.wait()
-
-    async def _until_landed(
-        self, waiter: Waiter, deadline: float, report: ProgressReporter
-    ) -> str | None:
-        """The landed key, or None at the deadline; reports and bounds storage outages."""
-        while waiter.key is None:
-            step = self._step(deadline, report)
-            if step is None:
-                return None
-            with anyio.move_on_after(step):
-                await waiter.wait_for_news()
-        return waiter.key
-
-    def _step(self, deadline: float, report: ProgressReporter) -> float | None:
-        """How long to wait before looking again; None at the deadline.
-
-        While the hub cannot use storage, say so every second, and give up
-        with :class:`ClusterUnreachableError` after ``outage_timeout``.
-        """
-        now = time.monotonic()
-        if now >= deadline:
-            return None
-        trouble = self._hub.trouble
-        if trouble is None:
-            return deadline - now
-        since, error = trouble
-        lasted = now - since
-        if lasted >= self.outage_timeout:
-            reason = storage_error(error, self._storage.endpoint)
-            raise ClusterUnreachableError(
-                f"{reason} Gave up after {lasted:.0f} s without the cluster's storage."
-            )
-        report(Stage.WAITING, f"Cannot reach the cluster's storage, retrying ({lasted:.0f} s)")
-        return min(deadline - now, 1.0, self.outage_timeout - lasted)
+    def _outage(self, report: ProgressReporter) -> Outage:
+        return Outage(self._hub, self._storage.endpoint, self.outage_timeout, report)
 
     async def _storage_call(self, function: Callable[..., T], *args: Any, run: bool = True) -> T:
         """Call storage (in a thread, or ``function`` is itself async when not ``run``);

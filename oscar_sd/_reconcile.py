@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from ._hub import NotificationHub
+    from ._waiters import Waiter
 
 logger = logging.getLogger("oscar_sd.hub")
 
@@ -50,7 +51,7 @@ class Reconciler:
     def __init__(self, hub: NotificationHub, policy: ReconcilePolicy) -> None:
         self.hub = hub
         self.policy = policy
-        self._schedule: dict[int, tuple[float, float]] = {}  # waiter id -> (due, interval)
+        self._schedule: dict[Waiter, tuple[float, float]] = {}  # waiter -> (due, interval)
         self._recent: deque[float] = deque()  # when each storage request went out
         self._last_folder_listing = 0.0
         self._last_log = time.monotonic()
@@ -75,13 +76,12 @@ class Reconciler:
         """Check the requests that are due; at most one folder listing."""
         hub, policy, now = self.hub, self.policy, time.monotonic()
         waiters = hub.registry.waiters()
-        alive = {id(waiter) for waiter in waiters}
-        for gone in set(self._schedule) - alive:
+        for gone in set(self._schedule) - set(waiters):
             del self._schedule[gone]
         due = []
         for waiter in waiters:
             at, _ = self._schedule.setdefault(
-                id(waiter), (waiter.registered + policy.first_check, policy.first_check)
+                waiter, (waiter.registered + policy.first_check, policy.first_check)
             )
             if at <= now:
                 due.append(waiter)
@@ -108,9 +108,9 @@ class Reconciler:
             return
         hub.on_storage_ok()
         for waiter in checked:
-            _, interval = self._schedule[id(waiter)]
+            _, interval = self._schedule[waiter]
             interval = min(policy.max_interval, interval * 2)
-            self._schedule[id(waiter)] = (now + interval, interval)
+            self._schedule[waiter] = (now + interval, interval)
         if keys:
             hub.on_landed(keys, via="reconciliation")
 

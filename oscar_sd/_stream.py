@@ -5,7 +5,8 @@ then writes nothing, not even the response headers, until the first event or
 tick. Without ``ping`` the tick is a single space every 500 ms, so the
 headers arrive within about half a second: that is when the hub knows the
 server has subscribed, and when requests may upload. A read timeout of a few
-seconds (``stall_timeout``) then detects a stream that went silent.
+seconds (the storage client's ``stall_timeout``) then detects a stream that
+went silent.
 
 Each event is its own line, ``{"Records":[<one event>]}``; the reader also
 accepts several records per line (webhook targets batch them).
