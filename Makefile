@@ -34,6 +34,7 @@ test: $(BIN)/.installed browser lint
 # Each prints a table with its baseline or target; none is asserted in tests.
 bench: $(BIN)/.installed
 	$(BIN)/python bench/notify_latency.py
+	$(BIN)/python bench/reconcile.py
 	$(BIN)/python bench/service.py
 	$(BIN)/python bench/ui.py
 

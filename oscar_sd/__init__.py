@@ -32,11 +32,11 @@ from ._errors import (
     ServiceNotFoundError,
     SignInExpired,
 )
-from ._hub import Backoff
 from ._local import LocalSD
 from ._models import GenerationRequest, GenerationResult, Progress, ProgressCallback, Stage, Timings
 from ._oscar import OscarSD
 from ._settings import Settings
+from ._stream import Backoff
 from ._tokens import OidcToken
 
 __all__ = [

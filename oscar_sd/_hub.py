@@ -1,129 +1,81 @@
-"""The notification hub: one MinIO listen stream per output folder, shared by every request.
+"""The notification hub: one listen stream per output folder and storage account.
 
-A request registers the object keys its result may land under, waits until
-the hub's stream is connected, uploads its input, and then awaits its waiter.
-The hub's reader thread consumes MinIO's ``listen_bucket_notification``
-stream, matches every ``s3:ObjectCreated:*`` record to a waiter by exact key
-(after URL-unquoting) and resolves it on the waiter's own event loop.
+A request registers a waiter for the object keys its result may land under,
+waits until the hub is *ready* (its stream's response headers arrived, so
+MinIO has subscribed; or the server has no listen API and reconciliation
+alone will do), uploads its input, and then awaits its waiter. Three paths
+resolve a waiter, and the hub counts each:
 
-Nothing may be missed, so:
+* an event on the stream (``_stream.py``), the normal path;
+* the catch-up listing after every (re)connect, for results that landed while
+  no stream was open;
+* reconciliation (``_reconcile.py``), for results whose event never came.
 
-* after every connect the hub lists what already landed for its pending keys
-  (the catch-up), which covers results written while the stream was down;
-* a dropped stream, or one silent for longer than ``stall_timeout`` (keep-alives
-  and pings count as life), is reconnected with capped exponential backoff and
-  full jitter, while waiters keep waiting;
-* closing the hub interrupts the blocking read and joins the thread.
+Storage trouble (unreachable, or refusing the keys) raises an alarm on every
+waiter, so a request can say so and give up after its ``outage_timeout``.
+Keys of requests that gave up are remembered for a while, and a result that
+lands for one is deleted (``_cleanup.py``).
 
-The stream is opened lazily by the first waiter and the thread ends once no
-waiter has been pending for ``idle_timeout`` seconds.
+Hubs are keyed by (storage endpoint, access key, bucket, folder): a user
+whose keys are refused never stalls another user's requests.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import random
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Protocol
-from urllib.parse import unquote, unquote_plus
 
 import anyio
 import anyio.from_thread
-import anyio.lowlevel
 import anyio.to_thread
+
+from ._cleanup import Deletions
+from ._reconcile import ReconcilePolicy, Reconciler
+from ._stream import Backoff, ListenResponse, NotificationSource, read_stream
+from ._waiters import Waiter, WaiterRegistry
 
 logger = logging.getLogger("oscar_sd.hub")
 
-#: Record names that mean "an object now exists" (Put, Post, Copy, CompleteMultipartUpload).
-CREATED_EVENTS = "s3:ObjectCreated:"
-
-
-class ListenResponse(Protocol):
-    """The streaming HTTP response of a listen request (a urllib3 response)."""
-
-    def read1(self, amt: int | None = None) -> bytes: ...
-    def shutdown(self) -> None: ...
-    def close(self) -> None: ...
-    def release_conn(self) -> None: ...
-
-
-class NotificationSource(Protocol):
-    """What the hub needs from storage: open a listen stream and list a folder."""
-
-    def open_listen(self, bucket: str, prefix: str) -> ListenResponse: ...
-    def list_keys(self, bucket: str, prefix: str) -> Iterable[str]: ...
+__all__ = ["Backoff", "NotificationHub", "StreamAddress", "Waiter", "close_all_hubs", "get_hub"]
 
 
 @dataclass(frozen=True)
 class StreamAddress:
-    """Identifies one shared stream: which MinIO, which bucket, which folder."""
+    """Identifies one shared stream: which storage, whose keys, which bucket and folder."""
 
     endpoint: str
     bucket: str
     prefix: str
-
-
-@dataclass(frozen=True)
-class Backoff:
-    """Capped exponential backoff with full jitter, in seconds."""
-
-    base: float = 0.05
-    cap: float = 5.0
-
-    def delay(self, attempt: int) -> float:
-        return random.uniform(0, min(self.cap, self.base * 2**attempt))
-
-
-class Waiter:
-    """The awaitable of one request: resolved with the first of its keys that lands."""
-
-    def __init__(self, keys: Iterable[str]) -> None:
-        self.keys = frozenset(keys)
-        self.key: str | None = None
-        self.connected = anyio.Event()
-        self._landed = anyio.Event()
-        self._token = anyio.lowlevel.current_token()
-
-    @property
-    def resolved(self) -> bool:
-        return self.key is not None
-
-    async def wait(self) -> str:
-        """Wait until one of the keys lands and return it."""
-        await self._landed.wait()
-        assert self.key is not None
-        return self.key
-
-    def resolve(self, key: str) -> None:
-        """Mark ``key`` as landed. Runs on the waiter's event loop; the first key wins."""
-        if self.key is None:
-            self.key = key
-            self._landed.set()
+    access_key: str = field(default="", repr=False)  # never in a log line
 
 
 @dataclass
 class HubStats:
-    """Counters for tests and benchmarks."""
+    """Counters for tests, benchmarks and the periodic log line."""
 
     connects: int = 0
     events: int = 0
-    caught_up: int = 0
     resolved: int = 0
+    resolved_by_event: int = 0
+    caught_up: int = 0
+    reconciled: int = 0
+    reconcile_requests: int = 0
+    late_results_deleted: int = 0
+    listen_unsupported: bool = False
     #: The latest problems (bounded: an outage retries for as long as it lasts).
     errors: deque[str] = field(default_factory=lambda: deque(maxlen=100))
 
 
 class NotificationHub:
-    """One listen stream for one folder, shared by every pending request.
+    """One listen stream for one folder, shared by every pending request of one account.
 
-    Use :func:`get_hub` to get the process-wide hub of a folder rather than
-    creating one: the point is that a thousand requests cost one connection.
+    Use :func:`get_hub` rather than creating one: a thousand requests cost one
+    connection and one reconciliation schedule.
     """
 
     def __init__(
@@ -131,47 +83,50 @@ class NotificationHub:
         address: StreamAddress,
         source: NotificationSource,
         *,
-        stall_timeout: float = 60.0,
         idle_timeout: float = 30.0,
         backoff: Backoff | None = None,
+        policy: ReconcilePolicy | None = None,
+        abandoned_for: float = 900.0,
+        unsupported_retry: float = 300.0,
     ) -> None:
         self.address = address
-        self.stall_timeout = stall_timeout
+        self.source = source
         self.idle_timeout = idle_timeout
         self.backoff = backoff or Backoff()
+        self.abandoned_for = abandoned_for
+        self.unsupported_retry = unsupported_retry
         self.stats = HubStats()
-        self._source = source
+        self.registry = WaiterRegistry()
+        self.deletions = Deletions()
+        self.reconciler = Reconciler(self, policy or ReconcilePolicy())
+        self.stop_event = threading.Event()
         self._lock = threading.Lock()
-        self._waiters: dict[str, Waiter] = {}  # every key of every pending waiter
-        self._connected = False
-        self._idle_since = time.monotonic()
-        self._thread: threading.Thread | None = None
-        self._stop = threading.Event()
+        self._ready = False
         self._response: ListenResponse | None = None
+        self._threads: dict[str, threading.Thread] = {}
+        self._trouble: tuple[float, BaseException] | None = None
 
     # -- the event-loop side ------------------------------------------------
 
-    async def expect(self, keys: Iterable[str], source: NotificationSource | None = None) -> Waiter:
-        """Register a waiter for ``keys`` and return once the stream is connected.
+    def register(self, keys: Iterable[str], source: NotificationSource | None = None) -> Waiter:
+        """Register a waiter for ``keys`` and make sure the hub runs.
 
-        Only after this returns may the request upload its input: from then on
-        no result for these keys can be missed. ``source`` (the caller's own
-        storage client) replaces the hub's when the stream is (re)started.
+        ``source`` (the caller's own storage client, same account) replaces the
+        hub's when its threads (re)start.
         """
         waiter = Waiter(keys)
+        self.registry.add(waiter)
         with self._lock:
-            for key in waiter.keys:
-                self._waiters[key] = waiter
-            if self._connected:
+            if self._ready:
                 waiter.connected.set()
-            if self._thread is None:  # no reader, or it retired: start one
-                if source is not None:
-                    self._source = source
-                self._stop.clear()
-                self._thread = threading.Thread(
-                    target=self._run, name=f"oscar-sd-listen-{self.address.bucket}", daemon=True
-                )
-                self._thread.start()
+            if source is not None and not self._threads:
+                self.source = source
+            self._start_threads()
+        return waiter
+
+    async def expect(self, keys: Iterable[str], source: NotificationSource | None = None) -> Waiter:
+        """:meth:`register`, then wait until the hub is ready: only then may the request upload."""
+        waiter = self.register(keys, source)
         try:
             await waiter.connected.wait()
         except BaseException:
@@ -180,161 +135,181 @@ class NotificationHub:
         return waiter
 
     def discard(self, waiter: Waiter) -> None:
-        """Forget a waiter (resolved, failed or cancelled)."""
+        """Forget a waiter whose result came (or that never uploaded)."""
+        self.registry.discard(waiter)
+
+    def abandon(self, waiter: Waiter) -> None:
+        """Forget a waiter that gave up; a result landing for it later is deleted."""
+        self.registry.abandon(waiter, self.abandoned_for)
+
+    def delete_later(self, bucket: str, keys: list[str]) -> None:
+        """Retry a deletion in the background (bounded), e.g. after a cancelled clean-up."""
+        self.deletions.add(bucket, keys, now=False)
         with self._lock:
-            for key in waiter.keys:
-                if self._waiters.get(key) is waiter:
-                    del self._waiters[key]
-            if not self._waiters:
-                self._idle_since = time.monotonic()
+            self._start_threads()
 
     async def look_now(self, waiter: Waiter) -> str | None:
-        """List the folder once for ``waiter``'s keys: the last look before a deadline."""
-        keys = await anyio.to_thread.run_sync(self._existing_keys, waiter.keys)
-        return min(keys) if keys else None
+        """List ``waiter``'s keys once: the last look before a deadline."""
+        keys = await anyio.to_thread.run_sync(
+            lambda: set(self.source.list_keys(self.address.bucket, waiter.prefix)),
+            abandon_on_cancel=True,
+        )
+        found = sorted(keys & waiter.keys)
+        return found[0] if found else None
 
     @property
     def connected(self) -> bool:
-        return self._connected
+        return self._ready
 
     @property
     def pending(self) -> int:
-        with self._lock:
-            return len({id(waiter) for waiter in self._waiters.values()})
+        return self.registry.pending
+
+    @property
+    def trouble(self) -> tuple[float, BaseException] | None:
+        """(since when, the last error) while storage cannot be used, else None."""
+        return self._trouble
+
+    @property
+    def label(self) -> str:
+        return f"{self.address.bucket}/{self.address.prefix}"
 
     async def aclose(self) -> None:
-        """Stop the stream and join the reader thread."""
+        """Stop the hub's threads and join them."""
         await anyio.to_thread.run_sync(self.close)
 
     def close(self) -> None:
         """Blocking form of :meth:`aclose`, for threads and atexit."""
         with self._lock:
-            thread = self._thread
-            self._stop.set()
+            threads = list(self._threads.values())
+            self.stop_event.set()
         self._interrupt()
-        if thread is not None:
+        for thread in threads:
             thread.join()
 
-    # -- the reader thread --------------------------------------------------
+    # -- thread lifecycle ---------------------------------------------------
 
-    def _run(self) -> None:
+    def _start_threads(self) -> None:
+        """Start the reader and the maintenance thread if they are not running (under lock)."""
+        if self.stop_event.is_set() and not self._threads:
+            self.stop_event.clear()
+        for name in ("listen", "reconcile"):
+            if name not in self._threads:
+                thread = threading.Thread(
+                    target=self._thread_main, args=(name,),
+                    name=f"oscar-sd-{name}-{self.address.bucket}", daemon=True,
+                )
+                self._threads[name] = thread
+                thread.start()
+
+    def _thread_main(self, name: str) -> None:
         me = threading.current_thread()
-        attempt = 0
-        while self._keep_running(me):
-            try:
-                response = self._source.open_listen(self.address.bucket, self.address.prefix)
-            except Exception as exc:
-                # One warning per outage, not one per retry.
-                self._note_error("could not open the notification stream", exc, loud=attempt == 0)
-                self._stop.wait(self.backoff.delay(attempt))
-                attempt += 1
-                continue
-            self.stats.connects += 1
-            if attempt:
-                logger.info("%s: notification stream open again", self._label)
-            self._on_connected(response)
-            if self._stop.is_set():  # closed while connecting
-                self._interrupt()
-            try:
-                self._catch_up()
-                for line in _lines(response):
-                    attempt = 0  # the stream proved healthy
-                    self._on_line(line)
-                    if not self._keep_running(me):
-                        break
-            except Exception as exc:  # dropped, stalled (read timeout) or interrupted
-                if not self._stop.is_set():
-                    self._note_error("the notification stream dropped", exc)
-            finally:
-                self._on_disconnected(response)
-            # Back off before reconnecting, so a server that keeps closing the
-            # stream at once is not hammered; the first retry comes quickly.
-            self._stop.wait(self.backoff.delay(attempt))
-            attempt += 1
+        if name == "listen":
+            read_stream(self, me)
+        else:
+            self.reconciler.run(me)
 
-    def _keep_running(self, me: threading.Thread) -> bool:
-        """False when closing, or idle for ``idle_timeout``: the reader then retires.
+    def keep_running(self, me: threading.Thread) -> bool:
+        """False when closing, or idle for ``idle_timeout``: the thread then retires.
 
         Retiring happens under the lock together with the check, so a waiter
-        registering at that moment either sees the hub connected to a reader
-        that will serve it, or starts a new reader.
+        registering at that moment either sees a thread that will serve it, or
+        starts a new one.
         """
         with self._lock:
-            idle = not self._waiters and time.monotonic() - self._idle_since > self.idle_timeout
-            if self._stop.is_set() or idle:
-                if self._thread is me:
-                    self._thread = None
-                    self._connected = False
+            idle = self.registry.is_idle(self.idle_timeout) and not self.deletions
+            if self.stop_event.is_set() or idle:
+                for name, thread in list(self._threads.items()):
+                    if thread is me:
+                        del self._threads[name]
+                        if name == "listen":
+                            self._ready = False
                 return False
             return True
 
-    def _on_connected(self, response: ListenResponse) -> None:
+    # -- called by the threads ----------------------------------------------
+
+    def on_connected(self, response: ListenResponse, reconnect: bool) -> None:
+        if reconnect:
+            logger.info("%s: notification stream open again", self.label)
         with self._lock:
             self._response = response
-            self._connected = True
-            waiters = {id(w): w for w in self._waiters.values() if not w.connected.is_set()}
-        self._on_loops([(waiter, waiter.connected.set) for waiter in waiters.values()])
+            if self.stop_event.is_set():  # closed while connecting
+                self._interrupt_locked()
+        self.on_storage_ok()
+        self._become_ready()
 
-    def _on_disconnected(self, response: ListenResponse) -> None:
+    def on_listen_unsupported(self) -> None:
+        """No listen API: say so once, then run on reconciliation alone."""
+        if not self.stats.listen_unsupported:
+            self.stats.listen_unsupported = True
+            logger.warning(
+                "%s: the storage server does not offer MinIO's listen API; results are "
+                "found by listing the folder instead (up to a few seconds later)", self.label,
+            )
+        self.on_storage_ok()
+        self._become_ready()
+
+    def _become_ready(self) -> None:
         with self._lock:
-            if self._response is response:  # a newer reader may already own the state
+            self._ready = True
+        waiters = [w for w in self.registry.waiters() if not w.connected.is_set()]
+        self._on_loops([(waiter, waiter.connected.set) for waiter in waiters])
+
+    def on_disconnected(self, response: ListenResponse) -> None:
+        with self._lock:
+            if self._response is response:
                 self._response = None
-                self._connected = False
+                self._ready = False
         try:
             response.close()
             response.release_conn()
         except Exception:  # a dead socket may complain while closing; it is gone either way
             pass
 
-    def _catch_up(self) -> None:
+    def catch_up(self) -> None:
         """Resolve waiters whose result landed while no stream was listening."""
-        with self._lock:
-            pending = set(self._waiters)
+        pending = self.registry.keys()
         if not pending:
             return
-        landed = self._existing_keys(pending)
-        self.stats.caught_up += len(landed)
-        self._resolve(landed)
+        listed = list(self.source.list_keys(self.address.bucket, self.address.prefix))
+        self.on_landed(listed, via="catch-up")
 
-    def _existing_keys(self, keys: Iterable[str]) -> set[str]:
-        wanted = set(keys)
-        listed = self._source.list_keys(self.address.bucket, self.address.prefix)
-        return {key for key in listed if key in wanted}
+    def on_landed(self, keys: Iterable[str], via: str) -> None:
+        """Resolve the waiters of landed keys; delete results nobody waits for any more."""
+        keys = list(keys)
+        if via == "event":
+            self.stats.events += len(keys)
+        matches, abandoned = self.registry.match(keys)
+        matches = [(w, key) for w, key in matches if not w.resolved]  # counted once
+        counter = {"event": "resolved_by_event", "catch-up": "caught_up",
+                   "reconciliation": "reconciled"}[via]
+        setattr(self.stats, counter, getattr(self.stats, counter) + len(matches))
+        self.stats.resolved += len(matches)
+        if abandoned:
+            self.stats.late_results_deleted += len(abandoned)
+            self.deletions.add(self.address.bucket, abandoned)
+        self._on_loops([(w, partial(w.resolve, key, via)) for w, key in matches])
 
-    def _on_line(self, line: bytes) -> None:
-        line = line.strip()
-        if not line:  # a keep-alive: the stream is alive, nothing to do
-            return
-        try:
-            records = json.loads(line).get("Records") or []  # {"Records": null} is a ping
-        except (ValueError, AttributeError):
-            self._note_error("ignored a malformed notification line", None)
-            return
-        landed = []
-        for record in records:
-            self.stats.events += 1
-            if not str(record.get("eventName", "")).startswith(CREATED_EVENTS):
-                continue
-            key = record.get("s3", {}).get("object", {}).get("key")
-            if isinstance(key, str):
-                landed.append(key)
-        if landed:
-            self._resolve(landed)
+    def on_trouble(self, what: str, exc: BaseException, attempt: int) -> None:
+        """Storage failed: remember since when, and alarm every waiter once per outage."""
+        first = self._trouble is None
+        self._trouble = (self._trouble[0] if self._trouble else time.monotonic(), exc)
+        self.note_error(what, exc, loud=first)
+        if first:
+            self._on_loops([(w, w.raise_alarm) for w in self.registry.waiters()])
 
-    def _resolve(self, keys: Iterable[str]) -> None:
-        matches: list[tuple[Waiter, str]] = []
-        with self._lock:
-            for key in keys:
-                for candidate in _spellings(key):
-                    waiter = self._waiters.get(candidate)
-                    if waiter is not None:
-                        matches.append((waiter, candidate))
-                        break
-        by_waiter = {id(waiter): (waiter, key) for waiter, key in reversed(matches)}
-        self.stats.resolved += len(by_waiter)
-        self._on_loops(
-            [(waiter, partial(waiter.resolve, key)) for waiter, key in by_waiter.values()]
-        )
+    def on_storage_ok(self) -> None:
+        if self._trouble is not None:
+            self._trouble = None
+            logger.info("%s: the cluster's storage answers again", self.label)
+
+    def note_error(self, what: str, exc: BaseException | None, loud: bool = True) -> None:
+        # Only the exception's type goes to the log: messages from HTTP
+        # libraries can carry URLs and headers, and this must never leak keys.
+        detail = f"{what} ({type(exc).__name__})" if exc else what
+        self.stats.errors.append(detail)
+        logger.log(logging.WARNING if loud else logging.DEBUG, "%s: %s", self.label, detail)
 
     def _on_loops(self, calls: list[tuple[Waiter, Callable[[], object]]]) -> None:
         """Run each call on its waiter's own event loop, one hop per loop."""
@@ -349,25 +324,16 @@ class NotificationHub:
                     self.discard(waiter)
 
     def _interrupt(self) -> None:
-        """Unblock a reader stuck in ``read1`` by shutting the socket down."""
         with self._lock:
-            response = self._response
-        if response is not None:
+            self._interrupt_locked()
+
+    def _interrupt_locked(self) -> None:
+        """Unblock a reader stuck in ``read1`` by shutting the socket down."""
+        if self._response is not None:
             try:
-                response.shutdown()
+                self._response.shutdown()
             except Exception:
                 pass
-
-    def _note_error(self, what: str, exc: BaseException | None, loud: bool = True) -> None:
-        # Only the exception's type goes to the log: messages from HTTP
-        # libraries can carry URLs and headers, and this must never leak keys.
-        detail = f"{what} ({type(exc).__name__})" if exc else what
-        self.stats.errors.append(detail)
-        logger.log(logging.WARNING if loud else logging.DEBUG, "%s: %s", self._label, detail)
-
-    @property
-    def _label(self) -> str:
-        return f"{self.address.bucket}/{self.address.prefix}"
 
 
 def _run_all(calls: list[tuple[Waiter, Callable[[], object]]]) -> None:
@@ -375,38 +341,17 @@ def _run_all(calls: list[tuple[Waiter, Callable[[], object]]]) -> None:
         call()
 
 
-def _lines(response: ListenResponse) -> Iterator[bytes]:
-    """Split a chunked stream into lines as soon as each one is complete."""
-    buffered = b""
-    while True:
-        chunk = response.read1(65536)
-        if not chunk:
-            return  # the server closed the stream
-        buffered += chunk
-        *complete, buffered = buffered.split(b"\n")
-        if not buffered.strip():
-            buffered = b""  # keep-alive spaces without a newline carry nothing
-        yield from complete or [b""]  # no full line yet still shows the stream is alive
-
-
-def _spellings(key: str) -> Iterator[str]:
-    """The raw key first, then its unescaped forms: servers and webhooks differ."""
-    yield key
-    yield unquote_plus(key)
-    yield unquote(key)
-
-
 _hubs: dict[StreamAddress, NotificationHub] = {}
 _hubs_lock = threading.Lock()
 
 
 def get_hub(
-    address: StreamAddress, source: NotificationSource, **options: float | Backoff
+    address: StreamAddress, source: NotificationSource, **options: object
 ) -> NotificationHub:
     """The process-wide hub for ``address``, created on first use.
 
-    ``options`` (``stall_timeout``, ``idle_timeout``, ``backoff``) apply when
-    the hub is created; a running hub keeps its own.
+    ``options`` (``idle_timeout``, ``backoff``, ``policy``, ...)
+    apply when the hub is created; a running hub keeps its own.
     """
     with _hubs_lock:
         hub = _hubs.get(address)
@@ -416,7 +361,7 @@ def get_hub(
 
 
 def close_all_hubs() -> None:
-    """Stop every hub's stream (for tests and process shutdown)."""
+    """Stop every hub's threads (for tests and process shutdown)."""
     with _hubs_lock:
         hubs = list(_hubs.values())
         _hubs.clear()

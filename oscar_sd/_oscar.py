@@ -50,6 +50,7 @@ from ._service_paths import service_paths
 from ._storage import MinioStorage, StoragePath, storage_error
 from ._tokens import OidcToken
 from ._unpack import check_image, unpack_images
+from ._waiting import Outage, until_landed, until_ready
 
 logger = logging.getLogger("oscar_sd.oscar")
 
@@ -58,6 +59,8 @@ T = TypeVar("T")
 #: What a job may write for ``<job>``: our zip, our error report, or the bare
 #: PNG of the upstream example service (``<input name>.png``).
 RESULT_SUFFIXES = (".zip", ".error.json", ".png", ".txt.png", ".json.png")
+#: How long a request's own clean-up may take before the hub's background retries take over.
+TIDY_LIMIT = 0.5
 
 
 class OscarSD:
@@ -79,7 +82,9 @@ class OscarSD:
         input_format: Literal["json", "text"],
         results_dir: Path,
         keep_objects: bool,
+        outage_timeout: float = 60.0,
     ) -> None:
+        self.outage_timeout = outage_timeout
         self.service = service
         self.user = user
         #: The bearer token, renewing itself; None with basic auth.
@@ -117,7 +122,8 @@ class OscarSD:
         input_format: Literal["json", "text"] = "json",
         results_dir: str | Path | None = None,
         keep_objects: bool = False,
-        stall_timeout: float = 60.0,
+        stall_timeout: float = 5.0,
+        outage_timeout: float = 60.0,
         backoff: Backoff | None = None,
     ) -> _Connecting:
         """Log in to the cluster, find ``service`` and its storage.
@@ -138,7 +144,11 @@ class OscarSD:
         ``connect_timeout`` bounds each call to the cluster's API, so an
         unreachable endpoint fails fast. ``input_format="text"`` uploads a bare
         ``<job>.txt`` prompt, for services that read only text. Input and
-        result objects are deleted once used unless ``keep_objects``.
+        result objects are deleted once used unless ``keep_objects``. While the
+        cluster's storage cannot be reached, waiting requests say so in their
+        progress and raise :class:`ClusterUnreachableError` after
+        ``outage_timeout`` seconds; ``stall_timeout`` is how long the
+        notification stream may stay silent before it is replaced.
 
         Raises :class:`AuthenticationError`, :class:`ServiceNotFoundError`,
         :class:`ServiceMisconfiguredError` or :class:`ClusterUnreachableError`.
@@ -186,6 +196,7 @@ class OscarSD:
                 region=provider.get("region") or None,
                 verify=bool(provider.get("verify", True)) and verify_ssl,
                 stall_timeout=stall_timeout,
+                pool_size=_threads_using_storage(),
             )
             try:
                 with anyio.fail_after(connect_timeout):
@@ -207,11 +218,10 @@ class OscarSD:
                     "exist. Redeploy the service (`oscar-sd deploy`)."
                 )
 
-            address = StreamAddress(storage.endpoint, output_path.bucket, output_path.prefix)
-            options_for_hub: dict[str, Any] = {"stall_timeout": stall_timeout}
-            if backoff is not None:
-                options_for_hub["backoff"] = backoff
-            hub = get_hub(address, storage, **options_for_hub)
+            address = StreamAddress(
+                storage.endpoint, output_path.bucket, output_path.prefix, provider["access_key"]
+            )
+            hub = get_hub(address, storage, **({"backoff": backoff} if backoff else {}))
             results = Path(results_dir or Path(tempfile.gettempdir()) / "oscar-sd-results")
             await anyio.to_thread.run_sync(partial(results.mkdir, parents=True, exist_ok=True))
             return cls(
@@ -228,6 +238,7 @@ class OscarSD:
                 input_format=input_format,
                 results_dir=results,
                 keep_objects=keep_objects,
+                outage_timeout=outage_timeout,
             )
 
         return _Connecting(open_client())
@@ -267,11 +278,14 @@ class OscarSD:
 
         input_key, body, content_type = self._input_object(job_id, request)
         result_keys = {self.output_path.key(job_id + suffix) for suffix in RESULT_SUFFIXES}
-        waiter = await self._expect(result_keys, deadline)
+        waiter = self._hub.register(result_keys, self._storage)
         landed: str | None = None
+        uploaded_input = False
         directory: Path | None = None
         try:
+            await until_ready(self._hub, waiter, deadline, self._outage(report))
             upload_started = time.monotonic()
+            uploaded_input = True  # from here on, a job may run: its input must be tidied
             await self._storage_call(
                 self._storage.put, self.input_path.bucket, input_key, body, content_type
             )
@@ -279,11 +293,11 @@ class OscarSD:
             report(Stage.UPLOADED, "Prompt uploaded to the cluster")
             report(Stage.WAITING, "Waiting for the cluster to generate the images")
 
-            with anyio.move_on_after(max(0.0, deadline - time.monotonic())):
-                landed = await waiter.wait()
+            landed = await until_landed(waiter, deadline, self._outage(report))
             if landed is None:
-                # The deadline is also the last chance for a lost notification.
-                landed = await self._hub.look_now(waiter)
+                # The deadline also takes one last look, but it is never the recovery
+                # path for a lost event: reconciliation finds those within seconds.
+                landed = await self._storage_call(self._hub.look_now, waiter, run=False)
             if landed is None:
                 raise GenerationTimeout(
                     f"No result from service {self.service!r} after {self.timeout:g} s. "
@@ -313,14 +327,19 @@ class OscarSD:
             )
         except BaseException:
             if directory is not None:
-                await anyio.to_thread.run_sync(
-                    partial(shutil.rmtree, directory, ignore_errors=True)
-                )
+                with anyio.CancelScope(shield=True):
+                    await anyio.to_thread.run_sync(
+                        partial(shutil.rmtree, directory, ignore_errors=True)
+                    )
             raise
         finally:
-            self._hub.discard(waiter)
-            with anyio.CancelScope(shield=True):
-                await self._tidy(input_key, landed)
+            if landed is None and uploaded_input:
+                self._hub.abandon(waiter)  # a result that lands later is deleted then
+            else:
+                self._hub.discard(waiter)
+            if uploaded_input:
+                with anyio.CancelScope(shield=True):
+                    await self._tidy(input_key, landed)
 
     def _input_object(self, job_id: str, request: GenerationRequest) -> tuple[str, bytes, str]:
         if self.input_format == "text":
@@ -328,40 +347,44 @@ class OscarSD:
         body = json.dumps(request.to_payload()).encode()
         return self.input_path.key(f"{job_id}.json"), body, "application/json"
 
-    async def _expect(self, keys: set[str], deadline: float) -> Any:
-        """Register for the result and wait until the stream listens: only then upload."""
-        with anyio.move_on_after(max(0.0, deadline - time.monotonic())):
-            return await self._hub.expect(keys, self._storage)
-        raise ClusterUnreachableError(
-            f"Could not open the notification stream of the cluster's storage at "
-            f"{self._storage.endpoint} before the deadline. Check that the cluster is up."
-        )
+    def _outage(self, report: ProgressReporter) -> Outage:
+        return Outage(self._hub, self._storage.endpoint, self.outage_timeout, report)
 
-    async def _storage_call(self, function: Callable[..., T], *args: Any) -> T:
+    async def _storage_call(self, function: Callable[..., T], *args: Any, run: bool = True) -> T:
+        """Call storage (in a thread, or ``function`` is itself async when not ``run``);
+        every failure becomes an :class:`OscarSDError`."""
         try:
-            return await anyio.to_thread.run_sync(function, *args)
+            if run:
+                return await anyio.to_thread.run_sync(function, *args, abandon_on_cancel=True)
+            return await function(*args)  # type: ignore[no-any-return]
         except OscarSDError:
             raise
         except Exception as exc:
             raise storage_error(exc, self._storage.endpoint) from None
 
     async def _tidy(self, input_key: str, landed: str | None) -> None:
-        """Delete the input when no result came (so no job starts late for
-        nobody), and both objects once used unless asked to keep them."""
+        """Delete the input when no result came (so no job starts late for nobody),
+        and both objects once used unless asked to keep them.
+
+        Bounded, so that cancelling returns at once even while storage is
+        unreachable: what does not finish in time is retried in the background.
+        """
         doomed: dict[str, list[str]] = {}
         if landed is None or not self.keep_objects:
             doomed.setdefault(self.input_path.bucket, []).append(input_key)
         if landed is not None and not self.keep_objects:
             doomed.setdefault(self.output_path.bucket, []).append(landed)
         for bucket, keys in doomed.items():
-            try:
-                failed = await anyio.to_thread.run_sync(self._storage.remove, bucket, keys)
-            except Exception as exc:  # tidying is best effort; the result stands
-                failed, reason = keys, type(exc).__name__
-            else:
-                reason = "refused"
+            failed: list[str] = keys
+            with anyio.move_on_after(TIDY_LIMIT):
+                try:
+                    failed = await anyio.to_thread.run_sync(
+                        self._storage.remove, bucket, keys, abandon_on_cancel=True
+                    )
+                except Exception:  # tidying is best effort; the result stands
+                    failed = keys
             if failed:
-                logger.warning("could not delete %s from %s (%s)", failed, bucket, reason)
+                self._hub.delete_later(bucket, failed)
 
     async def list_jobs(self) -> dict[str, dict[str, Any]]:
         """The service's jobs and their states, as OSCAR reports them."""
@@ -385,6 +408,11 @@ class _Connecting:
     async def __aexit__(self, *exc_info: object) -> None:
         if self._client is not None:
             await self._client.aclose()
+
+
+def _threads_using_storage() -> int:
+    """Worker threads that may use the storage pool at once, plus the hub's own two."""
+    return max(32, int(anyio.to_thread.current_default_thread_limiter().total_tokens) + 4)
 
 
 def _job_failure(data: bytes, job_id: str) -> JobFailedError:

@@ -15,13 +15,15 @@ import certifi
 import urllib3
 from minio import Minio
 from minio.deleteobjects import DeleteObject
-from minio.error import S3Error
+from minio.error import S3Error, ServerError
 
 from ._errors import ClusterUnreachableError, InvalidResultError
-from ._hub import ListenResponse
+from ._stream import ListenResponse, ListenUnsupported
 
 #: The largest result object downloaded (a zip of 8 PNGs is a few MB).
 MAX_RESULT_BYTES = 64 * 1024 * 1024
+#: What a server without MinIO's listen API answers a listen request with.
+LISTEN_UNSUPPORTED_CODES = {"NotImplemented", "MethodNotAllowed", "NotSupported"}
 
 
 @dataclass(frozen=True)
@@ -55,7 +57,8 @@ class MinioStorage:
         *,
         region: str | None = None,
         verify: bool = True,
-        stall_timeout: float = 60.0,
+        stall_timeout: float = 5.0,
+        pool_size: int = 32,
     ) -> None:
         url = urlsplit(endpoint if "://" in endpoint else f"https://{endpoint}")
         self.endpoint = f"{url.scheme}://{url.netloc}"
@@ -64,12 +67,15 @@ class MinioStorage:
             "cert_reqs": "CERT_REQUIRED" if verify else "CERT_NONE",
             "ca_certs": certifi.where(),
         }
-        # Requests of many users share this pool: more than minio's default 10.
+        # Every worker thread may hold a connection at once: ``pool_size`` is
+        # at least the number of threads that use this client (see connect()).
+        # A refused connection is retried once only: the hub notices an outage
+        # and says so, rather than urllib3 retrying quietly for seconds.
         requests_pool = urllib3.PoolManager(
-            maxsize=32,
+            maxsize=pool_size,
             timeout=urllib3.Timeout(connect=10, read=120),
             retries=urllib3.Retry(
-                total=5, backoff_factor=0.2, status_forcelist=[500, 502, 503, 504]
+                total=5, connect=1, backoff_factor=0.2, status_forcelist=[500, 502, 503, 504]
             ),
             **options,
         )
@@ -81,7 +87,7 @@ class MinioStorage:
             retries=urllib3.Retry(total=0),
             **options,
         )
-        self.ping_interval = max(1, int(stall_timeout / 3))
+        self.pool_size = pool_size
         self._client = Minio(
             url.netloc,
             access_key,
@@ -137,20 +143,34 @@ class MinioStorage:
         minio-py's public ``listen_bucket_notification`` iterator swallows
         keep-alives and reconnects silently, which would hide exactly the gaps
         the hub must catch up on. So the hub reads the same signed request's
-        response itself; ``ping`` asks MinIO for ``{"Records":null}`` lines so
-        that a healthy but quiet stream never looks stalled.
+        response itself. No ``ping``: MinIO then writes a space every 500 ms,
+        and since it writes nothing (headers included) before its first tick,
+        the connect completes in about half a second instead of ``ping``
+        seconds (cmd/listen-notification-handlers.go).
+
+        Raises :class:`ListenUnsupported` when the server has no listen API:
+        it answers NotImplemented, or (like AWS S3, which ignores unknown
+        parameters) a plain XML listing of the bucket.
         """
-        response = self._listen_client._execute(
-            "GET",
-            bucket,
-            query_params={
-                "prefix": prefix,
-                "suffix": "",
-                "events": ("s3:ObjectCreated:*",),
-                "ping": str(self.ping_interval),
-            },
-            preload_content=False,
-        )
+        try:
+            response = self._listen_client._execute(
+                "GET",
+                bucket,
+                query_params={"prefix": prefix, "suffix": "", "events": ("s3:ObjectCreated:*",)},
+                preload_content=False,
+            )
+        except S3Error as exc:
+            if exc.code in LISTEN_UNSUPPORTED_CODES:
+                raise ListenUnsupported(exc.code) from None
+            raise
+        except ServerError as exc:
+            if exc.status_code in (405, 501):
+                raise ListenUnsupported(str(exc.status_code)) from None
+            raise
+        if "xml" in (response.headers.get("Content-Type") or ""):
+            response.close()
+            response.release_conn()
+            raise ListenUnsupported("an XML answer")
         return response  # type: ignore[return-value]
 
 

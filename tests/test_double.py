@@ -45,7 +45,7 @@ class RawListen:
     """A listen request on a raw socket: checks the chunked framing byte by byte."""
 
     def __init__(self, double: ClusterDouble, bucket: str = BUCKET, query: str = "",
-                 access_key: str | None = None) -> None:
+                 access_key: str | None = None, read_head: bool = True) -> None:
         port = urllib.parse.urlsplit(double.minio_endpoint).port
         assert port is not None
         key = access_key or double.minio_access_key
@@ -55,15 +55,32 @@ class RawListen:
             f"Authorization: AWS4-HMAC-SHA256 Credential={key}/20260101/us-east-1/s3/"
             "aws4_request, SignedHeaders=host, Signature=0\r\n\r\n").encode())
         self.file = self.sock.makefile("rb")
-        self.status = int(self.file.readline().split()[1])
+        self.status = 0
         self.headers: dict[str, str] = {}
+        self.body = b""
+        self._buffer = b""
+        if read_head:
+            self.read_head()
+
+    def read_head(self) -> None:
+        """The status line and headers (MinIO sends them with its first tick or event)."""
+        self.status = int(self.file.readline().split()[1])
         while (line := self.file.readline().strip()):
             name, _, value = line.decode().partition(":")
             self.headers[name.strip().lower()] = value.strip()
         self.body = b""
         if "content-length" in self.headers:
             self.body = self.file.read(int(self.headers["content-length"]))
-        self._buffer = b""
+
+    def chunk(self, timeout: float = TIMEOUT) -> bytes | None:
+        """The next chunk of the body as sent, or None at the end of the stream."""
+        self.sock.settimeout(timeout)
+        size = int(self.file.readline().strip(), 16)
+        if size == 0:
+            return None
+        data = self.file.read(size)
+        assert self.file.read(2) == b"\r\n"
+        return data
 
     def line(self, timeout: float = TIMEOUT) -> bytes | None:
         """The next line (keep-alives included), or None at the end of the stream."""
@@ -79,7 +96,7 @@ class RawListen:
             self._buffer += self.file.read(size)
             assert self.file.read(2) == b"\r\n"
         line, _, self._buffer = self._buffer.partition(b"\n")
-        return line + b"\n"
+        return line.lstrip(b" ") + b"\n"  # keep-alive spaces before a line carry nothing
 
     def event(self, timeout: float = TIMEOUT) -> dict[str, Any]:
         """The next line with records (keep-alives and pings skipped)."""
@@ -94,7 +111,7 @@ class RawListen:
         """True if nothing at all arrives for ``seconds`` (a bounded negative check)."""
         self.sock.settimeout(seconds)
         try:
-            self.file.peek(1)
+            self.sock.recv(1, socket.MSG_PEEK)  # the file object stays usable afterwards
         except TimeoutError:
             return True
         return False  # data or EOF arrived
@@ -208,10 +225,10 @@ def test_listen_is_chunked_json_lines_in_minio_shape(cluster: ClusterDouble, lis
     stream = listen("prefix=out/&suffix=&events=s3:ObjectCreated:*")
     assert stream.status == 200
     assert stream.headers["transfer-encoding"] == "chunked"
+    assert stream.headers["content-type"] == "text/event-stream"  # setEventStreamHeaders
     cluster.put_object(BUCKET, "out/abc.zip", b"zip bytes")
     line = stream.event()
-    assert line["EventName"] == "s3:ObjectCreated:Put"
-    assert line["Key"] == f"{BUCKET}/out/abc.zip"
+    assert set(line) == {"Records"}  # struct{ Records []event.Event }, nothing else
     rec = record(line)
     assert rec["eventVersion"] == "2.0"
     assert rec["eventSource"] == "minio:s3"
@@ -228,16 +245,34 @@ def test_listen_is_chunked_json_lines_in_minio_shape(cluster: ClusterDouble, lis
     assert obj["contentType"] and obj["userMetadata"]["content-type"] == obj["contentType"]
 
 
-def test_keepalives_are_blank_lines(cluster: ClusterDouble, listen: Any) -> None:
-    cluster.keepalive_interval = 0.05
-    stream = listen("events=s3:ObjectCreated:*")
-    assert stream.line() == b"\n"
-    assert stream.line() == b"\n"
+def test_nothing_not_even_headers_before_the_first_tick_or_event(cluster: ClusterDouble,
+                                                                 listen: Any) -> None:
+    cluster.keepalive_interval = 60.0  # no tick during this test
+    stream = listen("prefix=out/&events=s3:ObjectCreated:*", read_head=False)
+    wait_for(lambda: cluster.listen_connections == 1)  # subscribed...
+    assert stream.silent_for(0.3)  # ...and silent: no status line, no headers
+    cluster.put_object(BUCKET, "out/first.zip", b"x")
+    stream.read_head()  # the first event brings the headers with it
+    assert stream.status == 200
+    assert key_of(stream.event()) == "out/first.zip"
 
 
-def test_ping_sends_null_records(cluster: ClusterDouble, listen: Any) -> None:
-    stream = listen("events=s3:ObjectCreated:*&ping=0.05")
+def test_keepalives_are_single_spaces_every_half_second(cluster: ClusterDouble,
+                                                        listen: Any) -> None:
+    started = time.monotonic()
+    stream = listen("events=s3:ObjectCreated:*")  # the head comes with the first tick
+    assert time.monotonic() - started >= 0.4
+    assert stream.chunk() == b" "
+    assert stream.chunk() == b" "
+
+
+def test_ping_sends_null_records_every_whole_second(cluster: ClusterDouble,
+                                                    listen: Any) -> None:
+    stream = listen("events=s3:ObjectCreated:*&ping=1")
     assert json.loads(stream.line()) == {"Records": None}  # type: ignore[arg-type]
+    for bad in ("0.05", "0", "x"):  # strconv.Atoi, then at least 1
+        refused = listen(f"events=s3:ObjectCreated:*&ping={bad}")
+        assert refused.status == 400 and b"InvalidArgument" in refused.body
 
 
 def test_filters_by_prefix_suffix_and_event_name(cluster: ClusterDouble, listen: Any) -> None:
@@ -385,7 +420,7 @@ def test_drop_streams_ends_them_and_minio_reconnects(cluster: ClusterDouble,
 def test_stall_streams_silences_open_streams_only(cluster: ClusterDouble, listen: Any) -> None:
     cluster.keepalive_interval = 0.05
     stalled = listen("events=s3:ObjectCreated:*")
-    assert stalled.line() == b"\n"
+    assert stalled.chunk() == b" "
     cluster.stall_streams()
     fresh = listen("events=s3:ObjectCreated:*")
     cluster.put_object(BUCKET, "out/x.zip", b"x")
@@ -420,6 +455,45 @@ def test_lose_next_event(cluster: ClusterDouble, listen: Any) -> None:
     assert key_of(stream.event()) == "out/kept.zip"
 
 
+def test_lose_next_event_under_a_prefix_spares_other_keys(cluster: ClusterDouble,
+                                                          listen: Any) -> None:
+    stream = listen("events=s3:ObjectCreated:*")
+    cluster.lose_next_event("out/")
+    cluster.put_object(BUCKET, "in/job.json", b"x")  # an input: not the one to lose
+    cluster.put_object(BUCKET, "out/lost.zip", b"x")
+    cluster.put_object(BUCKET, "out/kept.zip", b"x")
+    keys = [key_of(stream.event()) for _ in range(2)]
+    assert keys[0] == "in/job.json"
+    assert "out/lost.zip" not in keys and "out/kept.zip" in keys
+
+
+def test_a_slow_reader_loses_events_silently(cluster: ClusterDouble, listen: Any) -> None:
+    stream = listen("prefix=out/&events=s3:ObjectCreated:*")
+    cluster.readers_fall_behind(queue_size=1)
+    for i in range(3):
+        cluster.put_object(BUCKET, f"out/{i}.zip", b"x")
+    assert cluster.storage.hub.dropped_total == 2
+    cluster.readers_catch_up()
+    assert key_of(stream.event()) == "out/0.zip"  # the one that fitted
+    cluster.put_object(BUCKET, "out/after.zip", b"x")
+    assert key_of(stream.event()) == "out/after.zip"  # healthy: 1 and 2 are simply gone
+    assert cluster.listen_connections == 1
+
+
+def test_a_server_without_the_listen_api(cluster: ClusterDouble, listen: Any) -> None:
+    cluster.listen_api = "not-implemented"  # MinIO without listen support
+    refused = listen("prefix=out/&events=s3:ObjectCreated:*")
+    assert refused.status == 501 and b"<Code>NotImplemented</Code>" in refused.body
+    cluster.listen_api = "ignored"  # AWS S3 ignores unknown parameters: a listing
+    cluster.put_object(BUCKET, "out/a.zip", b"x")
+    listed = listen("prefix=out/&events=s3:ObjectCreated:*")
+    assert listed.status == 200 and "xml" in listed.headers["content-type"]
+    body = listed.file.read(int(listed.headers.get("content-length", 0))) if not listed.body \
+        else listed.body
+    assert b"ListBucketResult" in body and b"out/a.zip" in body
+    assert cluster.listen_connections == 0
+
+
 def test_on_object_created_runs_before_the_event(cluster: ClusterDouble, listen: Any) -> None:
     seen: list[tuple[str, str, float]] = []
     cluster.on_object_created = lambda bucket, key, at: seen.append((bucket, key, at))
@@ -431,8 +505,7 @@ def test_on_object_created_runs_before_the_event(cluster: ClusterDouble, listen:
     assert seen[0][2] <= received
 
 
-def test_batch_records_packs_a_jobs_outputs_in_one_line(cluster: ClusterDouble,
-                                                        listen: Any) -> None:
+def test_each_event_is_its_own_line(cluster: ClusterDouble, listen: Any) -> None:
     def three_files(input_file: Path, output_dir: Path) -> None:
         for name in ("a.png", "b.png", "c.png"):
             (output_dir / name).write_bytes(b"png")
@@ -441,12 +514,9 @@ def test_batch_records_packs_a_jobs_outputs_in_one_line(cluster: ClusterDouble,
                         handler=three_files)
     stream = listen("prefix=out/&events=s3:ObjectCreated:*", bucket="multi")
     cluster.put_object("multi", "in/one.txt", b"p")
-    assert [key_of(stream.event()) for _ in range(3)] == ["out/a.png", "out/b.png", "out/c.png"]
-    cluster.batch_records = True
-    cluster.put_object("multi", "in/two.txt", b"p")
-    line = stream.event()
-    assert [r["s3"]["object"]["key"] for r in line["Records"]] == [
-        "out/a.png", "out/b.png", "out/c.png"]
+    lines = [stream.event() for _ in range(3)]
+    assert [len(line["Records"]) for line in lines] == [1, 1, 1]
+    assert [key_of(line) for line in lines] == ["out/a.png", "out/b.png", "out/c.png"]
 
 
 # -- jobs -----------------------------------------------------------------------------

@@ -1,17 +1,20 @@
-"""The notification hub on its own: matching, catch-up, retiring and closing."""
+"""The notification hub on its own: matching, catch-up, reconciliation, retiring, closing."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
-from pathlib import Path
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
 
 import anyio
 import anyio.to_thread
 import pytest
 
-from oscar_sd._hub import Backoff, NotificationHub, StreamAddress
+from oscar_sd._hub import Backoff, NotificationHub, StreamAddress, get_hub
 from oscar_sd._storage import MinioStorage
+from oscar_sd._stream import on_line
 from tests.double import ClusterDouble, escape_key
 
 pytestmark = pytest.mark.anyio
@@ -19,12 +22,16 @@ pytestmark = pytest.mark.anyio
 BUCKET = "stable-diffusion"
 
 
+def storage_for(cluster: ClusterDouble, access_key: str | None = None) -> MinioStorage:
+    return MinioStorage(
+        cluster.minio_endpoint, access_key or cluster.minio_access_key, cluster.minio_secret_key
+    )
+
+
 @pytest.fixture
 async def hub(cluster: ClusterDouble) -> AsyncIterator[NotificationHub]:
-    storage = MinioStorage(
-        cluster.minio_endpoint, cluster.minio_access_key, cluster.minio_secret_key
-    )
-    address = StreamAddress(storage.endpoint, BUCKET, "out/")
+    storage = storage_for(cluster)
+    address = StreamAddress(storage.endpoint, BUCKET, "out/", cluster.minio_access_key)
     hub = NotificationHub(address, storage, backoff=Backoff(0.01, 0.1), idle_timeout=60)
     yield hub
     await hub.aclose()
@@ -38,7 +45,20 @@ def line(*records: tuple[str, str]) -> bytes:
 
 async def feed(hub: NotificationHub, raw: bytes) -> None:
     """Hand the hub one line as its reader thread would."""
-    await anyio.to_thread.run_sync(hub._on_line, raw)
+    await anyio.to_thread.run_sync(on_line, hub, raw)
+
+
+async def until(predicate: Callable[[], bool], limit: float = 10.0) -> None:
+    """A deadline-bounded wait for state another thread changes (no event exists for it)."""
+
+    def poll() -> None:
+        deadline = time.monotonic() + limit
+        while not predicate():
+            assert time.monotonic() < deadline, "condition not reached"
+            time.sleep(0.01)
+
+    with anyio.fail_after(limit + 5):
+        await anyio.to_thread.run_sync(poll)
 
 
 async def test_every_record_of_a_line_is_matched_by_exact_key(hub: NotificationHub):
@@ -56,6 +76,7 @@ async def test_every_record_of_a_line_is_matched_by_exact_key(hub: NotificationH
     )
     assert first.key == "out/a.zip"
     assert second.key == "out/b.zip"
+    assert first.resolved_by == second.resolved_by == "event"
     assert not third.resolved
 
 
@@ -82,57 +103,143 @@ async def test_a_result_already_there_is_caught_up_on_connect(
     waiter = await hub.expect({"out/early.zip", "out/early.error.json"})
     with anyio.fail_after(10):
         assert await waiter.wait() == "out/early.zip"
+    assert waiter.resolved_by == "catch-up"
     assert hub.stats.caught_up == 1
 
 
-async def test_batched_records_from_one_job_all_resolve(
+async def test_a_cold_hub_is_ready_after_the_first_keepalive_not_a_ping(
     cluster: ClusterDouble, hub: NotificationHub
 ):
-    def three_outputs(input_file: Path, output_dir: Path) -> None:
-        for name in ("x", "y", "z"):
-            (output_dir / f"{name}.zip").write_bytes(b"zip")
+    # MinIO writes nothing before its first tick; with ping=N that is N seconds,
+    # without it a space after 500 ms. The hub asks for no ping, and is ready
+    # as soon as the response headers came (MinIO subscribed before that).
+    started = time.monotonic()
+    with anyio.fail_after(5):
+        await hub.expect({"out/first.zip"})
+    elapsed = time.monotonic() - started
+    (stream,) = cluster.storage.hub._each()
+    assert stream.ping is None
+    assert elapsed < 3.0  # the benchmark measures it; here only that no ping-length wait came
 
-    cluster.batch_records = True
-    cluster.add_service(
-        "batch", input_path=f"{BUCKET}/batch-in", output_path=f"{BUCKET}/out", handler=three_outputs
-    )
-    waiters = [await hub.expect({f"out/{name}.zip"}) for name in ("x", "y", "z")]
-    cluster.put_object(BUCKET, "batch-in/job.txt", b"go")
+
+async def test_events_a_slow_reader_lost_are_found_by_reconciliation(
+    cluster: ClusterDouble, hub: NotificationHub
+):
+    warm_up = await hub.expect({"out/warm-up.zip"})  # the first connect's catch-up is behind us
+    cluster.put_object(BUCKET, "out/warm-up.zip", b"zip")
     with anyio.fail_after(10):
-        keys = [await waiter.wait() for waiter in waiters]
-    assert keys == ["out/x.zip", "out/y.zip", "out/z.zip"]
+        await warm_up.wait()
+    keys = [f"out/slow-{i}.zip" for i in range(5)]
+    waiters = [await hub.expect({key}) for key in keys]
+    cluster.readers_fall_behind(queue_size=1)  # MinIO keeps one line; the rest are dropped
+    for key in keys:
+        cluster.put_object(BUCKET, key, b"zip")
+    assert cluster.storage.hub.dropped_total == 4
+    cluster.readers_catch_up()
+    with anyio.fail_after(10):  # the target: within 10 s of landing, never at a deadline
+        assert [await waiter.wait() for waiter in waiters] == keys
+    assert sorted(w.resolved_by or "" for w in waiters) == ["event"] + ["reconciliation"] * 4
+    assert hub.stats.reconciled == 4
+    assert hub.stats.reconcile_requests >= 1
+    assert hub.connected  # the stream stayed healthy throughout
 
 
-async def test_an_idle_hub_retires_its_stream_and_restarts_on_demand(
+@pytest.mark.parametrize("api", ["not-implemented", "ignored"])
+async def test_a_server_without_the_listen_api_runs_on_reconciliation_alone(
+    cluster: ClusterDouble, hub: NotificationHub, api: str, caplog: pytest.LogCaptureFixture
+):
+    cluster.listen_api = api
+    caplog.set_level(logging.WARNING, logger="oscar_sd.hub")
+    with anyio.fail_after(5):
+        first = await hub.expect({"out/one.zip"})
+        second = await hub.expect({"out/two.zip"})
+    cluster.put_object(BUCKET, "out/one.zip", b"1")
+    cluster.put_object(BUCKET, "out/two.zip", b"2")
+    with anyio.fail_after(10):
+        assert await first.wait() == "out/one.zip"
+        assert await second.wait() == "out/two.zip"
+    assert first.resolved_by == second.resolved_by == "reconciliation"
+    assert hub.stats.listen_unsupported
+    said = [r for r in caplog.records if "listen API" in r.getMessage()]
+    assert len(said) == 1  # said once, not once per request or retry
+    assert cluster.listen_connections == 0
+
+
+async def test_a_result_for_an_abandoned_request_is_deleted_when_it_lands(
     cluster: ClusterDouble, hub: NotificationHub
 ):
-    cluster.keepalive_interval = 0.05
+    waiter = await hub.expect({"out/late.zip", "out/late.error.json"})
+    hub.abandon(waiter)  # its request was cancelled or timed out
+    assert hub.pending == 0
+    cluster.put_object(BUCKET, "out/late.zip", b"nobody wants me")
+    await until(lambda: cluster.list_keys(BUCKET, "out/") == [])
+    assert hub.stats.late_results_deleted == 1
+
+
+async def test_a_late_result_whose_event_is_lost_is_deleted_by_reconciliation(
+    cluster: ClusterDouble, hub: NotificationHub
+):
+    waiter = await hub.expect({"out/late.zip"})
+    hub.abandon(waiter)
+    cluster.lose_next_event("out/")
+    cluster.put_object(BUCKET, "out/late.zip", b"nobody wants me")
+    await until(lambda: cluster.list_keys(BUCKET, "out/") == [], limit=15)
+    assert hub.stats.late_results_deleted == 1
+
+
+async def test_revoked_keys_of_one_user_never_stall_another(cluster: ClusterDouble):
+    bob_key = "bob-" + "k" * 12
+    cluster.storage.extra_access_keys.add(bob_key)
+    alice, bob = storage_for(cluster), storage_for(cluster, bob_key)
+    options = {"backoff": Backoff(0.01, 0.1)}
+    bob_hub = get_hub(StreamAddress(bob.endpoint, BUCKET, "out/", bob_key), bob, **options)
+    alice_hub = get_hub(
+        StreamAddress(alice.endpoint, BUCKET, "out/", cluster.minio_access_key), alice, **options
+    )
+    assert alice_hub is not bob_hub  # one hub per storage account
+    assert bob_key not in repr(bob_hub.address)
+    with anyio.fail_after(10):
+        bobs = await bob_hub.expect({"out/bob.zip"})
+        alices = await alice_hub.expect({"out/alice.zip"})
+    cluster.storage.extra_access_keys.discard(bob_key)  # revoked mid-flight
+    cluster.drop_streams()  # and every stream reconnects (a MinIO restart)
+    cluster.put_object(BUCKET, "out/alice.zip", b"a")
+    with anyio.fail_after(10):
+        assert await alices.wait() == "out/alice.zip"
+    await until(lambda: bob_hub.trouble is not None)
+    assert not bobs.resolved
+
+
+async def test_an_idle_hub_retires_its_threads_and_restarts_on_demand(
+    cluster: ClusterDouble, hub: NotificationHub
+):
     hub.idle_timeout = 0.0
     first = await hub.expect({"out/one.zip"})
     cluster.put_object(BUCKET, "out/one.zip", b"1")
     with anyio.fail_after(10):
         await first.wait()
-    reader = hub._thread
-    assert reader is not None
-    hub.discard(first)  # idle now: the reader retires at its next keep-alive
-    await anyio.to_thread.run_sync(reader.join, 10)
-    assert not reader.is_alive()
+    threads = list(hub._threads.values())
+    assert len(threads) == 2
+    hub.discard(first)  # idle now: each thread retires at its next keep-alive or round
+    for thread in threads:
+        await anyio.to_thread.run_sync(thread.join, 10)
+        assert not thread.is_alive()
     assert not hub.connected
 
-    second = await hub.expect({"out/two.zip"})  # a new reader starts
+    second = await hub.expect({"out/two.zip"})  # new threads start
     cluster.put_object(BUCKET, "out/two.zip", b"2")
     with anyio.fail_after(10):
         await second.wait()
     assert hub.stats.connects == 2
 
 
-async def test_closing_joins_the_reader_even_mid_read(hub: NotificationHub):
+async def test_closing_joins_the_threads_even_mid_read(hub: NotificationHub):
     waiter = await hub.expect({"out/never.zip"})
-    reader = hub._thread
-    assert reader is not None and reader.is_alive()
+    threads = list(hub._threads.values())
+    assert threads and all(thread.is_alive() for thread in threads)
     with anyio.fail_after(10):
         await hub.aclose()
-    assert not reader.is_alive()
+    assert not any(thread.is_alive() for thread in threads)
     assert not waiter.resolved
 
 
@@ -144,6 +251,46 @@ async def test_connecting_retries_with_backoff_while_storage_is_down(
         waiter = await hub.expect({"out/late.zip"})  # returns once a stream is open
     assert any("could not open" in error for error in hub.stats.errors)
     assert hub.connected
+    assert hub.trouble is None  # the outage is over, and the hub knows it
     cluster.put_object(BUCKET, "out/late.zip", b"late")
     with anyio.fail_after(10):
         assert await waiter.wait() == "out/late.zip"
+
+
+def test_abandoned_keys_are_bounded_and_expire() -> None:
+    from oscar_sd._waiters import Waiter, WaiterRegistry
+
+    async def main() -> None:
+        registry = WaiterRegistry(abandoned_limit=3)
+        for i in range(5):
+            registry.abandon(Waiter({f"out/{i}.zip"}), keep_for=60)
+        assert registry.abandoned == 3  # the oldest went first
+        _, abandoned = registry.match(["out/0.zip", "out/4.zip"])
+        assert abandoned == ["out/4.zip"]
+        registry.abandon(Waiter({"out/x.zip"}), keep_for=0)
+        assert registry.match(["out/x.zip"]) == ([], [])
+
+    anyio.run(main)
+
+
+def test_thread_safety_of_the_registry_under_many_threads() -> None:
+    from oscar_sd._waiters import Waiter, WaiterRegistry
+
+    async def main() -> None:
+        registry = WaiterRegistry()
+        waiters = [Waiter({f"out/{i}.zip"}) for i in range(400)]
+
+        def churn(part: list[Waiter]) -> None:
+            for waiter in part:
+                registry.add(waiter)
+                registry.match([next(iter(waiter.keys))])
+                registry.discard(waiter)
+
+        threads = [threading.Thread(target=churn, args=(waiters[i::4],)) for i in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert registry.pending == 0
+
+    anyio.run(main)

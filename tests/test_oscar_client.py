@@ -7,8 +7,10 @@ minio against its S3 API, and the notification hub on its listen stream.
 from __future__ import annotations
 
 import json
+import logging
 import socket
 import threading
+import time
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -33,6 +35,7 @@ from oscar_sd import (
     Stage,
 )
 from oscar_sd._hub import close_all_hubs
+from oscar_sd._reconcile import ReconcilePolicy
 from tests.double import ClusterDouble, services
 
 pytestmark = pytest.mark.anyio
@@ -88,6 +91,21 @@ async def wait_for_thread_event(event: threading.Event, limit: float = 10.0) -> 
     with anyio.fail_after(limit):
         while not await anyio.to_thread.run_sync(event.wait, 0.05):
             pass
+
+
+async def reconnected(sd: OscarSD, connects_before: int) -> None:
+    """Wait until the hub's stream has been opened again.
+
+    Results may all arrive before that: reconciliation also finds what landed
+    while the stream was down, so the reconnect is awaited, not assumed.
+    """
+    stats = sd._hub.stats
+
+    def poll() -> None:
+        while not (stats.connects > connects_before and sd._hub.connected):
+            time.sleep(0.01)
+
+    await anyio.to_thread.run_sync(poll, abandon_on_cancel=True)
 
 
 async def warm_up(sd: OscarSD) -> None:
@@ -250,7 +268,7 @@ async def test_the_services_own_error_report_is_passed_on(cluster: ClusterDouble
 async def test_the_deadline_raises_and_deletes_the_input(cluster: ClusterDouble):
     cluster.hold_jobs()
     try:
-        async with connect(cluster, timeout=0.5) as sd:
+        async with connect(cluster, timeout=2.0) as sd:  # a cold hub connects in ~0.5 s
             with pytest.raises(GenerationTimeout, match="No result"):
                 await sd.generate("too slow")
         assert objects_left(cluster) == []
@@ -351,8 +369,9 @@ async def test_a_stream_dropped_mid_wait_still_resolves_every_waiter(cluster: Cl
 
     async with connect(cluster) as sd:
         connects_before = sd._hub.stats.connects
-        results = await run_all([sd], requests, drop_then_release)
-        assert sd._hub.stats.connects > connects_before
+        with anyio.fail_after(30):
+            results = await run_all([sd], requests, drop_then_release)
+            await reconnected(sd, connects_before)
     assert_each_got_its_own(results, requests)
 
 
@@ -365,9 +384,10 @@ async def test_a_minio_restart_with_50_jobs_in_flight(cluster: ClusterDouble):
         cluster.release_jobs()  # results land while MinIO is "down" or reconnecting
 
     async with connect(cluster) as alice, connect(cluster) as bob:
-        results = await run_all([alice, bob], requests, restart_then_release)
-        assert alice._hub is bob._hub  # two users, one shared stream
-        assert alice._hub.stats.connects >= 2  # it was dropped and reconnected
+        with anyio.fail_after(30):
+            results = await run_all([alice, bob], requests, restart_then_release)
+            assert alice._hub is bob._hub  # two logins (one storage account), one shared stream
+            await reconnected(alice, 1)  # it was dropped and reconnected
     assert_each_got_its_own(results, requests)
 
 
@@ -379,12 +399,16 @@ async def test_a_stalled_stream_is_noticed_and_replaced(cluster: ClusterDouble):
         cluster.stall_streams()
         cluster.release_jobs()
 
-    # Pings come every second (MinIO takes whole seconds): 2 s of silence is a stall.
+    # Keep-alive spaces come every 0.1 s here: 2 s of silence is a stall.
     async with connect(cluster, stall_timeout=2.0) as sd:
         await warm_up(sd)
+        # Reconciliation would find the result too: keep it out of this test.
+        sd._hub.reconciler.policy = ReconcilePolicy(first_check=600, max_interval=600)
         cluster.hold_jobs()
-        results = await run_all([sd], requests, stall_then_release)
+        with anyio.fail_after(20):
+            results = await run_all([sd], requests, stall_then_release)
         assert any("dropped" in error for error in sd._hub.stats.errors), sd._hub.stats
+        assert sd._hub.stats.connects == 2 and sd._hub.stats.caught_up == 1
     assert_each_got_its_own(results, requests)
 
 
@@ -394,30 +418,227 @@ async def test_a_lost_event_is_recovered_by_the_catch_up_after_a_reconnect(
     request = GenerationRequest(prompt="lost", seed=3, num_images=1)
     async with connect(cluster, timeout=60) as sd:
         await warm_up(sd)
+        # Reconciliation would find it too, within seconds: keep it out of this test.
+        sd._hub.reconciler.policy = ReconcilePolicy(first_check=600, max_interval=600)
+        stats = sd._hub.stats
+        before = (stats.caught_up, stats.resolved_by_event, stats.reconciled)
         landed = threading.Event()
         cluster.on_object_created = lambda bucket, key, when: key.endswith(".zip") and landed.set()
-        cluster.lose_next_event()
-        async with anyio.create_task_group() as tasks:
-            results: list[Any] = []
+        cluster.lose_next_event("out/")  # the result's event, not the input's
+        with anyio.fail_after(20):
+            async with anyio.create_task_group() as tasks:
+                results: list[Any] = []
 
-            async def generate() -> None:
-                results.append(await sd.generate(request))
+                async def generate() -> None:
+                    results.append(await sd.generate(request))
 
-            tasks.start_soon(generate)
-            await wait_for_thread_event(landed)
-            assert not results  # its event was lost: nothing woke the request
-            cluster.drop_streams()  # the next reconnect's catch-up finds the result
+                tasks.start_soon(generate)
+                await wait_for_thread_event(landed)
+                assert not results  # its event was lost: nothing woke the request
+                cluster.drop_streams()  # the next reconnect's catch-up finds the result
+        after = (stats.caught_up, stats.resolved_by_event, stats.reconciled)
+    assert after == (before[0] + 1, before[1], before[2])
     assert_each_got_its_own(results, [request])
 
 
-async def test_a_lost_event_with_no_reconnect_is_recovered_at_the_deadline(
+async def test_a_lost_event_with_no_reconnect_is_recovered_by_reconciliation(
     cluster: ClusterDouble,
 ):
-    cluster.lose_next_event()
     request = GenerationRequest(prompt="lost too", seed=4, num_images=1)
-    async with connect(cluster, timeout=1.0) as sd:
-        result = await sd.generate(request)
+    async with connect(cluster, timeout=600) as sd:
+        await warm_up(sd)
+        stats = sd._hub.stats
+        before = (stats.caught_up, stats.resolved_by_event, stats.reconciled, stats.connects)
+        cluster.lose_next_event("out/")
+        with anyio.fail_after(15):  # within seconds, not at the 600 s deadline
+            result = await sd.generate(request)
+        after = (stats.caught_up, stats.resolved_by_event, stats.reconciled, stats.connects)
+    assert after == (before[0], before[1], before[2] + 1, before[3])
     assert_each_got_its_own([result], [request])
+
+
+async def test_results_a_slow_reader_lost_are_recovered_by_reconciliation(
+    cluster: ClusterDouble,
+):
+    requests = [GenerationRequest(prompt=f"slow {i}", seed=i, num_images=1) for i in range(6)]
+    landed: list[str] = []
+    all_landed = threading.Event()
+
+    def on_created(bucket: str, key: str, when: float) -> None:
+        if key.startswith("out/"):
+            landed.append(key)
+            if len(landed) == len(requests):
+                all_landed.set()
+
+    async with connect(cluster, timeout=600) as sd:
+        await warm_up(sd)
+        cluster.hold_jobs()
+        cluster.on_object_created = on_created
+
+        def fall_behind_then_release() -> None:
+            cluster.readers_fall_behind(queue_size=1)
+            cluster.release_jobs()
+
+        with anyio.fail_after(30):
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(wait_for_thread_event, all_landed)
+                results_box: list[Any] = []
+
+                async def go() -> None:
+                    results_box.extend(await run_all([sd], requests, fall_behind_then_release))
+
+                tasks.start_soon(go)
+                await wait_for_thread_event(all_landed)
+                dropped = cluster.storage.hub.dropped_total
+                cluster.readers_catch_up()
+        assert dropped >= len(requests) - 1
+        assert sd._hub.stats.reconciled >= dropped
+    assert_each_got_its_own(results_box, requests)
+
+
+async def test_a_storage_server_without_listen_still_completes_requests(
+    cluster: ClusterDouble, caplog: pytest.LogCaptureFixture
+):
+    cluster.listen_api = "not-implemented"
+    caplog.set_level(logging.WARNING, logger="oscar_sd.hub")
+    requests = [GenerationRequest(prompt=f"no listen {i}", seed=i, num_images=1) for i in range(3)]
+    async with connect(cluster, timeout=600) as sd:
+        with anyio.fail_after(20):
+            results = [await sd.generate(request) for request in requests]
+        assert sd._hub.stats.reconciled + sd._hub.stats.caught_up == 3
+    assert_each_got_its_own(results, requests)
+    assert len([r for r in caplog.records if "listen API" in r.getMessage()]) == 1
+
+
+# -- storage outages -------------------------------------------------------------------
+
+
+def kill_storage(cluster: ClusterDouble) -> None:
+    """MinIO's process is gone: its port refuses connections."""
+    cluster._s3_server.stop()
+
+
+@pytest.mark.parametrize("how", ["refused", "503"])
+async def test_storage_dying_while_waiting_says_so_then_raises_unreachable(
+    cluster: ClusterDouble, how: str
+):
+    messages: list[str] = []
+    uploads = Uploads(1)
+
+    def progress(report: Progress) -> None:
+        uploads(report)
+        messages.append(report.message)
+
+    cluster.hold_jobs()
+    try:
+        async with connect(cluster, timeout=600, outage_timeout=2.0) as sd:
+            with anyio.fail_after(15):
+                async with anyio.create_task_group() as tasks:
+                    caught: list[BaseException] = []
+
+                    async def generate() -> None:
+                        try:
+                            await sd.generate("into the void", progress)
+                        except Exception as exc:
+                            caught.append(exc)
+
+                    tasks.start_soon(generate)
+                    await uploads.all_uploaded.wait()
+                    if how == "refused":
+                        kill_storage(cluster)
+                    else:
+                        cluster.restart_minio(downtime=3600)
+    finally:
+        cluster.release_jobs()
+    (error,) = caught
+    assert isinstance(error, ClusterUnreachableError), repr(error)
+    assert "storage" in str(error)
+    assert any(m.startswith("Cannot reach the cluster's storage, retrying (") for m in messages)
+
+
+async def test_storage_dead_at_the_deadline_is_unreachable_not_a_raw_urllib3_error(
+    cluster: ClusterDouble,
+):
+    uploads = Uploads(1)
+    cluster.hold_jobs()
+    try:
+        async with connect(cluster, timeout=1.5, outage_timeout=600) as sd:
+            with anyio.fail_after(10):
+                async with anyio.create_task_group() as tasks:
+                    caught: list[BaseException] = []
+
+                    async def generate() -> None:
+                        try:
+                            await sd.generate("deadline in an outage", uploads)
+                        except Exception as exc:
+                            caught.append(exc)
+
+                    tasks.start_soon(generate)
+                    await uploads.all_uploaded.wait()
+                    kill_storage(cluster)
+    finally:
+        cluster.release_jobs()
+    (error,) = caught
+    assert isinstance(error, ClusterUnreachableError), repr(error)
+
+
+async def test_cancelling_during_an_outage_returns_at_once_and_cleans_up_later(
+    cluster: ClusterDouble,
+):
+    cluster.hold_jobs()
+    uploads = Uploads(1)
+    try:
+        async with connect(cluster, timeout=600) as sd:
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(sd.generate, "cancel me in an outage", uploads)
+                with anyio.fail_after(10):
+                    await uploads.all_uploaded.wait()
+                cluster.restart_minio(downtime=2.0)  # every request: 503, retried by urllib3
+                started = time.monotonic()
+                tasks.cancel_scope.cancel()
+            assert time.monotonic() - started < 1.0
+            assert objects_left(cluster) != []  # the input is still there...
+            with anyio.fail_after(20):  # ...until the background retry deletes it
+                while objects_left(cluster):
+                    await anyio.to_thread.run_sync(time.sleep, 0.05)
+    finally:
+        cluster.release_jobs()
+
+
+async def test_a_result_that_lands_after_cancelling_is_deleted_when_it_lands(
+    cluster: ClusterDouble,
+):
+    started, gate = threading.Event(), threading.Event()
+
+    def gated(input_file: Path, output_dir: Path) -> None:
+        started.set()
+        gate.wait(20)
+        services.fake_generator(input_file, output_dir)
+
+    cluster.add_service(SERVICE, input_path=f"{SERVICE}/in", output_path=f"{SERVICE}/out",
+                        handler=gated)
+    landed = threading.Event()
+    cluster.on_object_created = lambda bucket, key, when: key.startswith("out/") and landed.set()
+    async with connect(cluster, timeout=600) as sd:
+        with anyio.fail_after(20):
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(sd.generate, "too late")
+                await wait_for_thread_event(started)  # the job runs: it will write a result
+                tasks.cancel_scope.cancel()
+            gate.set()
+            await wait_for_thread_event(landed)
+            while objects_left(cluster):  # deleted when it landed, by the hub
+                await anyio.to_thread.run_sync(time.sleep, 0.05)
+        assert sd._hub.stats.late_results_deleted == 1
+
+
+async def test_the_storage_pool_holds_a_connection_for_every_worker_thread(
+    cluster: ClusterDouble,
+):
+    threads = anyio.to_thread.current_default_thread_limiter().total_tokens
+    async with connect(cluster) as sd:
+        pool_size = sd._storage._client._http.connection_pool_kw["maxsize"]
+    assert pool_size >= threads
 
 
 # -- many users at once ----------------------------------------------------------------------

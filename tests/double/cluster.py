@@ -31,7 +31,7 @@ class ClusterDouble:
 
     def __init__(self, admin: tuple[str, str] = ("oscar", "oscar-pw"),
                  oidc: OidcProviderDouble | None = None, *,
-                 cluster_id: str = "oscar-double", keepalive_interval: float = 1.0) -> None:
+                 cluster_id: str = "oscar-double", keepalive_interval: float = 0.5) -> None:
         # OSCAR has exactly one basic-auth account, the cluster admin
         # (grycap/oscar pkg/utils/auth/auth.go: gin.BasicAuth with one entry).
         self.admin = admin
@@ -182,15 +182,6 @@ class ClusterDouble:
         self.storage.hub.escape_keys = value
 
     @property
-    def batch_records(self) -> bool:
-        """Pack events that happen together (a job's outputs) as records of one line."""
-        return self.storage.hub.batch_records
-
-    @batch_records.setter
-    def batch_records(self, value: bool) -> None:
-        self.storage.hub.batch_records = value
-
-    @property
     def keepalive_interval(self) -> float:
         return self.storage.hub.keepalive_interval
 
@@ -218,9 +209,25 @@ class ClusterDouble:
         """Drop every stream; S3 answers 503 for ``downtime`` seconds.  Returns at once."""
         self.storage.restart(downtime)
 
-    def lose_next_event(self) -> None:
-        """The next ObjectCreated event reaches no stream."""
-        self.storage.hub.lose_next_event()
+    def lose_next_event(self, prefix: str = "") -> None:
+        """The next ObjectCreated event whose key starts with ``prefix`` reaches no stream."""
+        self.storage.hub.lose_next_event(prefix)
+
+    def readers_fall_behind(self, queue_size: int = 1) -> None:
+        """Open streams stop draining: beyond ``queue_size`` waiting events, MinIO drops them."""
+        self.storage.hub.fall_behind(queue_size)
+
+    def readers_catch_up(self) -> None:
+        self.storage.hub.catch_up()
+
+    @property
+    def listen_api(self) -> str:
+        """"minio", "not-implemented" (501) or "ignored" (a plain listing, as AWS S3)."""
+        return self.storage.hub.api
+
+    @listen_api.setter
+    def listen_api(self, value: str) -> None:
+        self.storage.hub.api = value
 
     def fail_next_job(self, message: str = "the job failed") -> None:
         """The service reports a failure: the next job skips its handler, writes

@@ -11,7 +11,7 @@ import itertools
 import json
 import time
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from urllib.parse import quote_plus
@@ -108,12 +108,7 @@ def build_record(event: ObjectEvent, *, escape: bool, endpoint: str) -> dict:
     }
 
 
-def encode_line(records: Iterable[dict], events: Sequence[ObjectEvent]) -> bytes:
-    """One listen line.  Like MinIO, a single-record line also carries EventName and Key."""
-    records = list(records)
-    payload: dict = {}
-    if len(events) == 1:
-        payload["EventName"] = events[0].name
-        payload["Key"] = f"{events[0].bucket}/{events[0].key}"
-    payload["Records"] = records
-    return json.dumps(payload, separators=(",", ":")).encode() + b"\n"
+def encode_line(record: dict) -> bytes:
+    """One listen line: ``{"Records":[<one event>]}`` and a newline, as Go's JSON encoder
+    writes ``struct{ Records []event.Event }`` (cmd/listen-notification-handlers.go)."""
+    return json.dumps({"Records": [record]}, separators=(",", ":")).encode() + b"\n"

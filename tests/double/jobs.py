@@ -350,8 +350,6 @@ class JobRunner:
                         log: list[str]) -> None:
         """faas-supervisor's upload: every file, its name kept, to every output path."""
         files = sorted(p for p in output_dir.rglob("*") if p.is_file())
-        together: list[ObjectEvent] = []
-        batch = self.storage.hub.batch_records
         for path in outputs:
             self.storage.make_bucket(path.bucket)
             for file in files:
@@ -361,12 +359,7 @@ class JobRunner:
                     continue
                 event = self.storage.put_object(path.bucket, key, file.read_bytes())
                 log.append(f"uploaded {path.bucket}/{key}\n")
-                if batch:
-                    together.append(event)
-                else:
-                    self.storage.written([event])
-        if together:
-            self.storage.written(together)
+                self.storage.written([event])
 
     def stop(self) -> None:
         with self._lock:

@@ -1,24 +1,35 @@
 """MinIO's listen extension: open streams and the fan-out of events to them.
 
-``GET /<bucket>?prefix=&suffix=&events=...`` answers 200 with a chunked body of
-JSON lines.  Each stream owns a queue that its own server thread drains, so a
-publisher never blocks on a slow reader and an event costs one queue hand-off
-(microseconds), not a polling interval.
+Follows minio/minio ``cmd/listen-notification-handlers.go`` (and
+``setEventStreamHeaders`` in ``cmd/api-headers.go``):
+
+* the handler subscribes first and then writes nothing, not even the response
+  headers (Go sends them with the first write), until the first event or tick;
+* without ``ping`` a single space ``" "`` is written every 500 ms; with
+  ``ping=N`` (whole seconds, at least 1) ``{"Records":null}`` every N seconds;
+* every event is its own line, ``{"Records":[<one event>]}``;
+* publishing never blocks: each stream has a bounded queue, and an event that
+  does not fit is dropped, silently, with the stream still healthy.
+
+Each stream's queue is drained by the server thread serving its request, so a
+publisher costs one hand-off per stream, never a wait.
 """
 
 from __future__ import annotations
 
-import queue
 import socket
 import threading
+import time
+from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 from .events import ObjectEvent, build_record, encode_line, event_matches
 
-_CLOSE = object()  # end the response cleanly: the client sees EOF and reconnects
-_WAKE = object()  # re-check the stream's state (stalled)
 PING_LINE = b'{"Records":null}\n'
+KEEPALIVE = b" "
+#: MinIO buffers ``getRequestsPoolCapacity()`` events per stream; a few thousand.
+DEFAULT_QUEUE_SIZE = 4000
 
 
 @dataclass(eq=False)
@@ -30,12 +41,16 @@ class ListenStream:
     suffix: str
     events: Sequence[str]
     keepalive_interval: float
-    keepalive_payload: bytes = b"\n"
-    ping: float | None = None
+    ping: int | None = None
+    queue_size: int = DEFAULT_QUEUE_SIZE
     sock: socket.socket | None = None
     stalled: bool = False
-    _queue: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)
-    _closed: threading.Event = field(default_factory=threading.Event)
+    #: The reader fell behind: nothing is written until it catches up.
+    behind: bool = False
+    dropped: int = 0
+    _lines: deque[bytes] = field(default_factory=deque)
+    _cond: threading.Condition = field(default_factory=threading.Condition)
+    _closed: bool = False
 
     def wants(self, event: ObjectEvent) -> bool:
         return (
@@ -46,17 +61,36 @@ class ListenStream:
         )
 
     def send(self, line: bytes) -> None:
-        if not self.stalled:
-            self._queue.put(line)
+        """MinIO's non-blocking send: a line that does not fit is dropped."""
+        with self._cond:
+            if self.stalled or self._closed:
+                return
+            if len(self._lines) >= self.queue_size:
+                self.dropped += 1
+                return
+            self._lines.append(line)
+            self._cond.notify()
 
     def stall(self) -> None:
-        self.stalled = True
-        self._queue.put(_WAKE)
+        with self._cond:
+            self.stalled = True
+            self._cond.notify()
+
+    def fall_behind(self, queue_size: int) -> None:
+        with self._cond:
+            self.behind, self.queue_size = True, queue_size
+            self._cond.notify()
+
+    def catch_up(self) -> None:
+        with self._cond:
+            self.behind = False
+            self._cond.notify()
 
     def close(self, abort: bool = False) -> None:
         """End the response; ``abort`` resets the TCP connection instead (a crash)."""
-        self._closed.set()
-        self._queue.put(_CLOSE)
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
         if abort and self.sock is not None:
             try:
                 self.sock.shutdown(socket.SHUT_RDWR)
@@ -64,24 +98,36 @@ class ListenStream:
                 pass
 
     def body(self) -> Iterator[bytes]:
-        """The chunked response body, run by the server thread serving this request."""
-        yield b""  # makes the server send the headers now: the stream is live
+        """The chunked response body, run by the server thread serving this request.
+
+        Nothing is yielded before the first event or tick: werkzeug, like Go,
+        sends the status line and headers with the first chunk.
+        """
         if self.ping:
-            idle_line, interval = PING_LINE, self.ping
+            tick_line, interval = PING_LINE, float(self.ping)
         else:
-            idle_line, interval = self.keepalive_payload, self.keepalive_interval
-        while not self._closed.is_set():
-            if self.stalled:
-                self._closed.wait()  # silent but open until dropped or the double stops
-                return
-            try:
-                item = self._queue.get(timeout=interval)
-            except queue.Empty:
-                item = idle_line
-            if item is _CLOSE:
-                return
-            if item is _WAKE or self.stalled:
-                continue
+            tick_line, interval = KEEPALIVE, self.keepalive_interval
+        next_tick = time.monotonic() + interval  # a ticker: ticks do not wait for events
+        while True:
+            with self._cond:
+                while True:
+                    if self._closed:
+                        return
+                    now = time.monotonic()
+                    if self.stalled or self.behind:
+                        self._cond.wait()  # silent but open
+                        next_tick = max(next_tick, time.monotonic())
+                        continue
+                    if self._lines:
+                        item = self._lines.popleft()
+                        break
+                    if now >= next_tick:
+                        item = tick_line
+                        next_tick += interval
+                        if next_tick <= now:  # late: Go's ticker drops missed ticks
+                            next_tick = now + interval
+                        break
+                    self._cond.wait(next_tick - now)
             yield item
 
 
@@ -91,18 +137,21 @@ class ListenHub:
     def __init__(self, endpoint: str) -> None:
         self.endpoint = endpoint
         self.escape_keys = False
-        self.batch_records = False
-        self.keepalive_interval = 1.0
-        self.keepalive_payload = b"\n"
+        self.keepalive_interval = 0.5
+        self.queue_size = DEFAULT_QUEUE_SIZE
+        #: "minio": served; "not-implemented": 501 NotImplemented (MinIO without
+        #: listen support); "ignored": the query is ignored and the bucket is
+        #: listed, as AWS S3 does with unknown parameters.
+        self.api = "minio"
         self._lock = threading.Lock()
         self._streams: list[ListenStream] = []
-        self._lose_next_created = 0
+        self._lose: list[str] = []  # key prefixes of the next created events to lose
         self.connects_total = 0
 
     # -- streams ----------------------------------------------------------------
 
     def open(self, stream: ListenStream) -> None:
-        """Register a stream; called before its response headers are sent."""
+        """Subscribe a stream; called before a single byte of its response is written."""
         with self._lock:
             self._streams.append(stream)
             self.connects_total += 1
@@ -117,6 +166,15 @@ class ListenHub:
         with self._lock:
             return len(self._streams)
 
+    @property
+    def dropped_total(self) -> int:
+        with self._lock:
+            return sum(stream.dropped for stream in self._streams)
+
+    def _each(self) -> list[ListenStream]:
+        with self._lock:
+            return list(self._streams)
+
     def drop_all(self, abort: bool = False) -> None:
         with self._lock:
             streams, self._streams = self._streams, []
@@ -124,37 +182,44 @@ class ListenHub:
             stream.close(abort=abort)
 
     def stall_all(self) -> None:
-        with self._lock:
-            streams = list(self._streams)
-        for stream in streams:
+        for stream in self._each():
             stream.stall()
 
-    def lose_next_event(self) -> None:
+    def fall_behind(self, queue_size: int = 1) -> None:
+        """Every open stream's reader falls behind: at most ``queue_size`` events wait, the
+        rest are dropped, until :meth:`catch_up`."""
+        for stream in self._each():
+            stream.fall_behind(queue_size)
+
+    def catch_up(self) -> None:
+        for stream in self._each():
+            stream.catch_up()
+
+    def lose_next_event(self, prefix: str = "") -> None:
+        """The next created event whose key starts with ``prefix`` reaches no stream."""
         with self._lock:
-            self._lose_next_created += 1
+            self._lose.append(prefix)
 
     # -- fan-out ----------------------------------------------------------------
 
     def publish(self, events: Sequence[ObjectEvent]) -> None:
-        """Deliver events that happened together to every stream that wants them."""
+        """Deliver events to every stream that wants them, one record per line."""
         with self._lock:
             streams = list(self._streams)
             kept = []
             for event in events:
-                if event.created and self._lose_next_created:
-                    self._lose_next_created -= 1
+                lost = next(
+                    (p for p in self._lose if event.created and event.key.startswith(p)), None
+                )
+                if lost is not None:
+                    self._lose.remove(lost)
                     continue
                 kept.append(event)
         if not kept or not streams:
             return
-        escape, batch = self.escape_keys, self.batch_records
-        records = {id(e): build_record(e, escape=escape, endpoint=self.endpoint) for e in kept}
-        for stream in streams:
-            wanted = [e for e in kept if stream.wants(e)]
-            if not wanted:
-                continue
-            if batch:
-                stream.send(encode_line([records[id(e)] for e in wanted], wanted))
-            else:
-                for e in wanted:
-                    stream.send(encode_line([records[id(e)]], [e]))
+        escape = self.escape_keys
+        for event in kept:
+            line = encode_line(build_record(event, escape=escape, endpoint=self.endpoint))
+            for stream in streams:
+                if stream.wants(event):
+                    stream.send(line)

@@ -229,7 +229,8 @@ class S3Front:
 
     def _error(self, start_response: Callable, environ: dict, status: int, code: str,
                message: str, resource: str, bucket: str, key: str) -> list[bytes]:
-        reason = {403: "Forbidden", 404: "Not Found", 503: "Service Unavailable"}[status]
+        reason = {400: "Bad Request", 403: "Forbidden", 404: "Not Found", 501: "Not Implemented",
+                  503: "Service Unavailable"}[status]
         body = b"" if environ["REQUEST_METHOD"] == "HEAD" else error_xml(
             code, message, resource, bucket, key)
         start_response(f"{status} {reason}", [
@@ -241,24 +242,36 @@ class S3Front:
 
     def _listen(self, environ: dict, start_response: Callable, bucket: str,
                 query: dict) -> Iterable[bytes]:
+        """MinIO's ListenNotificationHandler (cmd/listen-notification-handlers.go)."""
+        if self.hub.api == "not-implemented":  # MinIO without listen support answers so
+            return self._error(start_response, environ, 501, "NotImplemented",
+                               "A header you provided implies functionality that is not "
+                               "implemented", f"/{bucket}", bucket, "")
+        if self.hub.api == "ignored":  # AWS S3 ignores unknown parameters: a plain listing
+            return self._storage(environ, start_response, "GET", bucket, "", query)
         if bucket not in self.backend.buckets:
             return self._error(start_response, environ, 404, "NoSuchBucket",
                                "The specified bucket does not exist", f"/{bucket}", bucket, "")
         ping = query.get("ping", [""])[0]
+        if ping and (not ping.isdigit() or int(ping) < 1):  # strconv.Atoi, then >= 1
+            return self._error(start_response, environ, 400, "InvalidArgument",
+                               "Invalid query params", f"/{bucket}", bucket, "")
         stream = ListenStream(
             bucket=bucket,
             prefix=query.get("prefix", [""])[0],
             suffix=query.get("suffix", [""])[0],
             events=[e for e in query.get("events", []) if e],
             keepalive_interval=self.hub.keepalive_interval,
-            keepalive_payload=self.hub.keepalive_payload,
-            ping=float(ping) if ping else None,
+            ping=int(ping) if ping else None,
+            queue_size=self.hub.queue_size,
             sock=environ.get("werkzeug.socket"),
         )
-        # Registered before start_response: once the client holds the 200, no event is missed.
+        # Subscribed before a byte is written: once the client holds the 200, no event is
+        # missed. The headers themselves go out with the first keep-alive or event.
         self.hub.open(stream)
         start_response("200 OK", [
-            ("Content-Type", "application/json"), ("Server", "MinIO"),
+            ("Content-Type", "text/event-stream"), ("Cache-Control", "no-cache"),
+            ("X-Accel-Buffering", "no"), ("Server", "MinIO"),
             ("x-amz-request-id", uuid.uuid4().hex[:16].upper())])
         return self._stream_body(stream)
 

@@ -1,0 +1,91 @@
+"""Deletions that could not finish now, retried in the background.
+
+Cancelling a request must return at once, even while storage is unreachable,
+and a result that lands for a request nobody waits for any more must not stay
+in the bucket. Both hand their deletions here; the hub's maintenance thread
+retries them with backoff, a bounded number of times, and says so once.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+logger = logging.getLogger("oscar_sd.hub")
+
+Remove = Callable[[str, list[str]], list[str]]
+
+
+@dataclass
+class _Deletion:
+    bucket: str
+    keys: list[str]
+    attempts: int = 0
+    due: float = 0.0
+
+
+class Deletions:
+    """A bounded queue of pending deletions (thread-safe)."""
+
+    def __init__(self, *, max_attempts: int = 8, max_pending: int = 10_000,
+                 first_retry: float = 1.0, cap: float = 60.0) -> None:
+        self.max_attempts = max_attempts
+        self.max_pending = max_pending
+        self.first_retry = first_retry
+        self.cap = cap
+        self.deleted = 0
+        self.given_up = 0
+        self._pending: list[_Deletion] = []
+        self._lock = threading.Lock()
+        self._complained = False
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._pending)
+
+    def add(self, bucket: str, keys: list[str], *, now: bool = True) -> None:
+        """Queue ``keys`` for deletion: at the next round (``now``) or after a first retry delay."""
+        if not keys:
+            return
+        due = time.monotonic() + (0.0 if now else self.first_retry)
+        with self._lock:
+            if len(self._pending) >= self.max_pending:
+                self.given_up += len(keys)
+                return
+            self._pending.append(_Deletion(bucket, list(keys), due=due))
+
+    def run_due(self, remove: Remove) -> None:
+        """Try every deletion whose time came; called from the maintenance thread."""
+        now = time.monotonic()
+        with self._lock:
+            due = [item for item in self._pending if item.due <= now]
+            self._pending = [item for item in self._pending if item.due > now]
+        retry = []
+        for item in due:
+            try:
+                failed = remove(item.bucket, item.keys)
+                reason = "refused"
+            except Exception as exc:
+                failed, reason = item.keys, type(exc).__name__
+            self.deleted += len(item.keys) - len(failed)
+            if not failed:
+                continue
+            item.keys, item.attempts = failed, item.attempts + 1
+            if item.attempts >= self.max_attempts:
+                self.given_up += len(failed)
+                logger.warning("gave up deleting %d objects from %s (%s)",
+                               len(failed), item.bucket, reason)
+                continue
+            if not self._complained:  # once: an outage would otherwise flood the log
+                self._complained = True
+                logger.warning("could not delete %d objects from %s (%s); retrying in the "
+                               "background", len(failed), item.bucket, reason)
+            item.due = time.monotonic() + min(self.cap, self.first_retry * 2**item.attempts)
+            retry.append(item)
+        with self._lock:
+            self._pending.extend(retry)
+            if not self._pending:
+                self._complained = False

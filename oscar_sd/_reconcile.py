@@ -1,0 +1,139 @@
+"""Reconciliation: find results whose event never came.
+
+MinIO drops events for a reader that falls behind and never replays them; a
+storage server without the listen API sends none at all. So while requests
+wait, the hub's maintenance thread checks the overdue ones by listing:
+
+* each request is checked first ``first_check`` seconds after it registered,
+  then at doubling intervals capped at ``max_interval`` (which bounds how long
+  a silently landed result can go unnoticed);
+* a round with a few requests due lists each one's own keys (one request
+  each); with more due, one listing of the whole folder serves every waiter;
+* at most ``max_requests_per_minute`` storage requests a minute; past that,
+  only whole-folder listings.
+
+Its cost is counted in the hub's stats and logged every minute.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ._hub import NotificationHub
+    from ._waiters import Waiter
+
+logger = logging.getLogger("oscar_sd.hub")
+
+#: How many keys one page of an S3 listing returns.
+PAGE_SIZE = 1000
+
+
+@dataclass(frozen=True)
+class ReconcilePolicy:
+    """When the hub checks storage for results whose event did not come."""
+
+    first_check: float = 1.0
+    max_interval: float = 6.0
+    round_interval: float = 1.0
+    per_request_limit: int = 4
+    max_requests_per_minute: int = 120
+
+
+class Reconciler:
+    """The maintenance thread of one hub: reconciliation rounds and pending deletions."""
+
+    def __init__(self, hub: NotificationHub, policy: ReconcilePolicy) -> None:
+        self.hub = hub
+        self.policy = policy
+        self._schedule: dict[Waiter, tuple[float, float]] = {}  # waiter -> (due, interval)
+        self._recent: deque[float] = deque()  # when each storage request went out
+        self._last_folder_listing = 0.0
+        self._last_log = time.monotonic()
+
+    @property
+    def requests_last_minute(self) -> int:
+        self._forget_old(time.monotonic())
+        return len(self._recent)
+
+    def run(self, me: threading.Thread) -> None:
+        hub = self.hub
+        while hub.keep_running(me):
+            try:
+                self.round()
+                hub.deletions.run_due(hub.source.remove)
+            except Exception as exc:  # never let one bad round end the thread
+                hub.note_error("a reconciliation round failed", exc)
+            self._log_cost()
+            hub.stop_event.wait(self.policy.round_interval)
+
+    def round(self) -> None:
+        """Check the requests that are due; at most one folder listing."""
+        hub, policy, now = self.hub, self.policy, time.monotonic()
+        waiters = hub.registry.waiters()
+        for gone in set(self._schedule) - set(waiters):
+            del self._schedule[gone]
+        due = []
+        for waiter in waiters:
+            at, _ = self._schedule.setdefault(
+                waiter, (waiter.registered + policy.first_check, policy.first_check)
+            )
+            if at <= now:
+                due.append(waiter)
+        abandoned_due = (
+            hub.registry.abandoned > 0
+            and now - self._last_folder_listing >= policy.max_interval
+        )
+        if not due and not abandoned_due:
+            return
+        budget = policy.max_requests_per_minute - self.requests_last_minute
+        whole_folder = abandoned_due or len(due) > min(policy.per_request_limit, budget)
+        if whole_folder and budget < 1:
+            return  # over the budget: the next round tries again
+        try:
+            if whole_folder:
+                keys = self._list(hub.address.prefix)
+                self._last_folder_listing = now
+                checked = waiters
+            else:
+                keys = [key for waiter in due for key in self._list(waiter.prefix)]
+                checked = due
+        except Exception as exc:
+            hub.on_trouble("could not list the results folder", exc, 1)
+            return
+        hub.on_storage_ok()
+        for waiter in checked:
+            _, interval = self._schedule[waiter]
+            interval = min(policy.max_interval, interval * 2)
+            self._schedule[waiter] = (now + interval, interval)
+        if keys:
+            hub.on_landed(keys, via="reconciliation")
+
+    def _list(self, prefix: str) -> list[str]:
+        keys = list(self.hub.source.list_keys(self.hub.address.bucket, prefix))
+        pages = 1 + len(keys) // PAGE_SIZE
+        sent = time.monotonic()
+        self._recent.extend([sent] * pages)
+        self.hub.stats.reconcile_requests += pages
+        return keys
+
+    def _forget_old(self, now: float) -> None:
+        while self._recent and self._recent[0] < now - 60:
+            self._recent.popleft()
+
+    def _log_cost(self) -> None:
+        now = time.monotonic()
+        if now - self._last_log < 60:
+            return
+        self._last_log = now
+        stats = self.hub.stats
+        logger.info(
+            "%s: reconciliation made %d storage requests in the last minute "
+            "(%d results found by it so far, %d by events)",
+            self.hub.label, self.requests_last_minute, stats.reconciled, stats.resolved_by_event,
+        )

@@ -1,0 +1,178 @@
+"""The waiter registry: which request waits for which object keys.
+
+A request registers a :class:`Waiter` for the keys its result may land under.
+The hub's threads match landed keys against the registry and resolve the
+waiter on its own event loop. A request that gives up (cancelled, timed out)
+leaves its keys behind as *abandoned* for a while, so that a result landing
+late is deleted instead of staying in the bucket forever.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator
+from urllib.parse import unquote, unquote_plus
+
+import anyio
+import anyio.lowlevel
+
+
+class Waiter:
+    """The awaitable of one request: resolved with the first of its keys that lands."""
+
+    def __init__(self, keys: Iterable[str]) -> None:
+        self.keys = frozenset(keys)
+        #: What one listing of this request's results asks for: the keys' common prefix.
+        self.prefix = _common_prefix(self.keys)
+        self.key: str | None = None
+        self.resolved_by: str | None = None
+        self.registered = time.monotonic()
+        self.connected = anyio.Event()
+        self._landed = anyio.Event()
+        self._alarm = anyio.Event()
+        self._token = anyio.lowlevel.current_token()
+
+    @property
+    def resolved(self) -> bool:
+        return self.key is not None
+
+    async def wait(self) -> str:
+        """Wait until one of the keys lands and return it."""
+        await self._landed.wait()
+        assert self.key is not None
+        return self.key
+
+    async def wait_for_news(self) -> str | None:
+        """The landed key, or None when the hub raised an alarm (storage in trouble)."""
+        if self.key is None:
+            async with anyio.create_task_group() as tasks:
+
+                async def on(event: anyio.Event) -> None:
+                    await event.wait()
+                    tasks.cancel_scope.cancel()
+
+                tasks.start_soon(on, self._landed)
+                tasks.start_soon(on, self._alarm)
+            if self._alarm.is_set():
+                self._alarm = anyio.Event()
+        return self.key
+
+    # -- called on the waiter's event loop by the hub -------------------------
+
+    def resolve(self, key: str, via: str = "event") -> None:
+        """Mark ``key`` as landed; the first key wins."""
+        if self.key is None:
+            self.key, self.resolved_by = key, via
+            self._landed.set()
+
+    def raise_alarm(self) -> None:
+        self._alarm.set()
+
+
+class WaiterRegistry:
+    """Thread-safe: every key of every pending waiter, and the abandoned keys."""
+
+    def __init__(self, *, abandoned_limit: int = 10_000) -> None:
+        self.lock = threading.Lock()
+        self._by_key: dict[str, Waiter] = {}
+        self._abandoned: OrderedDict[str, float] = OrderedDict()  # key -> when to forget it
+        self._abandoned_limit = abandoned_limit
+        self.idle_since = time.monotonic()
+
+    def add(self, waiter: Waiter) -> None:
+        with self.lock:
+            for key in waiter.keys:
+                self._by_key[key] = waiter
+
+    def discard(self, waiter: Waiter) -> None:
+        with self.lock:
+            for key in waiter.keys:
+                if self._by_key.get(key) is waiter:
+                    del self._by_key[key]
+            if not self._by_key:
+                self.idle_since = time.monotonic()
+
+    def abandon(self, waiter: Waiter, keep_for: float) -> None:
+        """Forget ``waiter``, but remember its keys for ``keep_for`` seconds (bounded)."""
+        self.discard(waiter)
+        until = time.monotonic() + keep_for
+        with self.lock:
+            for key in waiter.keys:
+                self._abandoned[key] = until
+                self._abandoned.move_to_end(key)
+            while len(self._abandoned) > self._abandoned_limit:
+                self._abandoned.popitem(last=False)  # the oldest go first
+
+    def waiters(self) -> list[Waiter]:
+        with self.lock:
+            return list({id(w): w for w in self._by_key.values()}.values())
+
+    def keys(self) -> set[str]:
+        with self.lock:
+            return set(self._by_key)
+
+    @property
+    def pending(self) -> int:
+        return len(self.waiters())
+
+    @property
+    def abandoned(self) -> int:
+        self._expire()
+        with self.lock:
+            return len(self._abandoned)
+
+    def match(self, keys: Iterable[str]) -> tuple[list[tuple[Waiter, str]], list[str]]:
+        """The waiters these landed keys resolve, and the abandoned keys among them
+        (taken out: each is deleted once)."""
+        matches: list[tuple[Waiter, str]] = []
+        abandoned: list[str] = []
+        self._expire()
+        now = time.monotonic()
+        with self.lock:
+            for key in keys:
+                for candidate in spellings(key):
+                    waiter = self._by_key.get(candidate)
+                    if waiter is not None:
+                        matches.append((waiter, candidate))
+                        break
+                    until = self._abandoned.pop(candidate, None)
+                    if until is not None:
+                        if until > now:
+                            abandoned.append(candidate)
+                        break
+        first = {id(waiter): (waiter, key) for waiter, key in reversed(matches)}
+        return list(first.values()), abandoned
+
+    def _expire(self) -> None:
+        now = time.monotonic()
+        with self.lock:
+            while self._abandoned:
+                key, until = next(iter(self._abandoned.items()))
+                if until > now:
+                    break
+                del self._abandoned[key]
+
+    def is_idle(self, for_at_least: float) -> bool:
+        with self.lock:
+            empty = not self._by_key and not self._abandoned
+            return empty and time.monotonic() - self.idle_since > for_at_least
+
+
+def spellings(key: str) -> Iterator[str]:
+    """The raw key first, then its unescaped forms: servers and webhooks differ."""
+    yield key
+    yield unquote_plus(key)
+    yield unquote(key)
+
+
+def _common_prefix(keys: frozenset[str]) -> str:
+    """The longest string every key starts with (character by character, not by path)."""
+    if not keys:
+        return ""
+    first, last = min(keys), max(keys)
+    size = 0
+    while size < min(len(first), len(last)) and first[size] == last[size]:
+        size += 1
+    return first[:size]
