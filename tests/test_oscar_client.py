@@ -470,7 +470,9 @@ async def test_results_a_slow_reader_lost_are_recovered_by_reconciliation(
             if len(landed) == len(requests):
                 all_landed.set()
 
-    async with connect(cluster, timeout=600) as sd:
+    # A reader that falls behind goes silent; a long stall limit keeps the hub from
+    # replacing the stream (whose catch-up would then deliver) before reconciliation does.
+    async with connect(cluster, timeout=600, stall_timeout=60) as sd:
         await warm_up(sd)
         cluster.hold_jobs()
         cluster.on_object_created = on_created

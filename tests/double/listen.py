@@ -147,6 +147,7 @@ class ListenHub:
         self._streams: list[ListenStream] = []
         self._lose: list[str] = []  # key prefixes of the next created events to lose
         self.connects_total = 0
+        self._dropped_by_closed = 0  # events dropped by streams already closed
 
     # -- streams ----------------------------------------------------------------
 
@@ -160,6 +161,7 @@ class ListenHub:
         with self._lock:
             if stream in self._streams:
                 self._streams.remove(stream)
+                self._dropped_by_closed += stream.dropped
 
     @property
     def open_count(self) -> int:
@@ -168,8 +170,9 @@ class ListenHub:
 
     @property
     def dropped_total(self) -> int:
+        """Events dropped for readers that fell behind, by every stream so far."""
         with self._lock:
-            return sum(stream.dropped for stream in self._streams)
+            return self._dropped_by_closed + sum(stream.dropped for stream in self._streams)
 
     def _each(self) -> list[ListenStream]:
         with self._lock:
@@ -178,6 +181,7 @@ class ListenHub:
     def drop_all(self, abort: bool = False) -> None:
         with self._lock:
             streams, self._streams = self._streams, []
+            self._dropped_by_closed += sum(stream.dropped for stream in streams)
         for stream in streams:
             stream.close(abort=abort)
 
