@@ -127,7 +127,7 @@ def test_generate_returns_six_pngs_with_their_metadata(web: WebApp, tmp_path: Pa
 def test_random_seed_is_reported(web: WebApp, tmp_path: Path) -> None:
     api = client(web, tmp_path, auth=ADMIN)
     images, seed, status = generate(api, PROMPT, num_images=2)
-    assert isinstance(seed, int) and f"seed {seed}" in status
+    assert seed.isdigit() and f"seed {seed}" in status
     assert len(images) == 2
     assert_own_images([Path(image["image"]) for image in images], PROMPT, int(seed))
 
@@ -350,11 +350,12 @@ def test_progress_reports_the_stage(cluster: ClusterDouble, web: WebApp, tmp_pat
 
         def waiting_is_shown() -> bool:
             progress = job.status().progress_data or []
-            return any("Waiting for the cluster" in (unit.desc or "") for unit in progress)
+            return any("Waiting for a GPU" in (unit.desc or "") for unit in progress)
 
         wait_until(waiting_is_shown, what="the waiting stage in the progress")
-        desc = job.status().progress_data[0].desc
-        assert desc.endswith(" s"), f"elapsed seconds are shown: {desc!r}"
+        (unit,) = job.status().progress_data
+        # A level goes with the words: without one Gradio's page shows the timer only.
+        assert (unit.index, unit.length, unit.unit) == (2, 4, "stages")
     finally:
         cluster.release_jobs()
     images, _, _ = job.result(timeout=30)

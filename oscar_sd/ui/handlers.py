@@ -145,12 +145,9 @@ class Handlers:
             if session.token is not None:  # renewed now if it has under 60 s left
                 await session.token.fresh()
             async with self._sessions.using(session) as backend:
-                async with anyio.create_task_group() as counting:
-                    counting.start_soon(display.keep_counting)
-                    try:
-                        result = await cancellable(backend.generate, generation, display)
-                    finally:
-                        counting.cancel_scope.cancel()
+                result = await cancellable(
+                    backend.generate, generation, display, alongside=display.keep_counting
+                )
         except AuthenticationError as exc:
             log.info("the backend refused the session's credentials; closing the session")
             said = message_for(exc)
@@ -220,23 +217,33 @@ class Handlers:
         )
 
 
-async def cancellable(function: Callable[..., Awaitable[T]], *args: Any) -> T:
+async def cancellable(
+    function: Callable[..., Awaitable[T]],
+    *args: Any,
+    alongside: Callable[[], Awaitable[None]] | None = None,
+) -> T:
     """Await ``function(*args)`` in a task group, so that Cancel reaches it wherever it waits.
 
     Gradio's Cancel is a plain asyncio cancellation of the handler's task; an
     anyio task group turns it into a cancellation of its scope, which work in
     a worker thread hears too (the local model stops at its next step).
+    ``alongside`` runs while ``function`` does, and is stopped when it ends.
     """
     outcome: list[T] = []
     failure: list[Exception] = []
 
-    async def run() -> None:
-        try:
-            outcome.append(await function(*args))
-        except Exception as exc:  # re-raised below as itself, not in an ExceptionGroup
-            failure.append(exc)
-
     async with anyio.create_task_group() as tasks:
+
+        async def run() -> None:
+            try:
+                outcome.append(await function(*args))
+            except Exception as exc:  # re-raised below as itself, not in an ExceptionGroup
+                failure.append(exc)
+            finally:
+                tasks.cancel_scope.cancel()  # stops ``alongside``
+
+        if alongside is not None:
+            tasks.start_soon(alongside)
         tasks.start_soon(run)
     if failure:
         raise failure[0]
