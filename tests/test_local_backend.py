@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import time
-
 import io
 import json
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 

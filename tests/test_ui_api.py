@@ -228,7 +228,8 @@ def test_job_failed_shows_the_services_message(
     cluster.fail_next_job("CUDA out of memory")
     with pytest.raises(AppError) as failure:
         generate(api, PROMPT)
-    assert "CUDA out of memory. It ran out of memory: ask for fewer or smaller images." in str(failure.value)
+    said = str(failure.value)
+    assert "CUDA out of memory. It ran out of memory: ask for fewer or smaller images." in said
     # The next request works again.
     images, _, _ = generate(api, PROMPT, num_images=1)
     assert len(images) == 1

@@ -72,7 +72,10 @@ def test_progress_shows_steps_and_place_in_line_and_cancel_lets_the_next_go(tmp_
             timeout=120,
             what="the first request's step progress",
         )
-        step = next(unit for unit in first.status().progress_data if unit.desc.startswith("Generating: step"))
+        step = next(
+            unit for unit in first.status().progress_data
+            if unit.desc.startswith("Generating: step")
+        )
         assert step.length == 150 and step.index is not None
         second = second_tab.submit("a patient fox", api_name="/generate", **SMALL)
         wait_until(

@@ -44,13 +44,19 @@ def test_every_report_carries_a_level_so_that_gradio_shows_its_words() -> None:
 @pytest.mark.anyio
 async def test_the_seconds_on_the_gpu_go_on_counting() -> None:
     shown: list[str] = []
-    display = StageDisplay(lambda level, desc, unit: shown.append(desc))
+    counted_twice = anyio.Event()
+
+    def show(level: Any, desc: str, unit: str) -> None:
+        shown.append(desc)
+        if len(shown) == 4:  # the start, the first report, then one each second
+            counted_twice.set()
+
+    display = StageDisplay(show)
     display(Progress(Stage.RUNNING, "running"))
     with anyio.fail_after(5):
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(display.keep_counting)
-            while len(shown) < 4:  # the start, the first report, then one each second
-                await anyio.sleep(0.05)
+            await counted_twice.wait()
             tasks.cancel_scope.cancel()
     assert shown[1] == "Running on the GPU (0 s)"
     assert shown[3] == "Running on the GPU (2 s)"

@@ -168,4 +168,6 @@ FORM_ORDER = (
 
 def _text(value: float | None) -> str:
     """A number as its form field shows it: empty when not set."""
-    return "" if value is None else f"{value:g}"
+    if value is None:
+        return ""
+    return str(int(value)) if float(value).is_integer() else str(value)
