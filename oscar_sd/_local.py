@@ -31,6 +31,7 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -39,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.from_thread
+import anyio.lowlevel
 import anyio.to_thread
 
 from ._errors import JobFailedError, OscarSDError
@@ -186,6 +188,7 @@ class LocalSD:
         started = time.monotonic()
         ticket = _Ticket()
         self._line.append(ticket)
+        leaves_later = False
         try:
             await self._wait_for_turn(ticket, report)
             if self._label is None:
@@ -193,19 +196,25 @@ class LocalSD:
             await self.load()
             report(Stage.GENERATING, f"Generating with {self._label}", step=0)
             directory = self._results_dir() / job_id
+            render = _Render(self, request, directory, report, ticket)
             try:
-                images = await anyio.to_thread.run_sync(
-                    self._render, request, directory, report.from_thread
-                )
+                # Abandoned on cancel: the caller is free at once (Gradio's Cancel waits
+                # for the handler to end, and the page takes no new click until then),
+                # while the thread stops at its next step and only then gives up its
+                # place in line, so the next request still waits for the pipeline.
+                images = await anyio.to_thread.run_sync(render.run, abandon_on_cancel=True)
             except BaseException:
-                shutil.rmtree(directory, ignore_errors=True)
+                leaves_later = render.stop()
+                if not leaves_later:
+                    shutil.rmtree(directory, ignore_errors=True)
                 raise
         except ServiceError as exc:
             # ModelLoadError, GenerationError: reported as the OSCAR backend reports a
             # job's error object, so the front ends handle both alike.
             raise JobFailedError(str(exc), job_id, exc.kind) from exc
         finally:
-            self._leave(ticket)
+            if not leaves_later:
+                self._leave(ticket)
         elapsed = time.monotonic() - started
         paths = [directory / f"{image.index}.png" for image in images]
         report(Stage.DONE, f"{len(paths)} image(s) in {elapsed:.1f} s")
@@ -241,29 +250,87 @@ class LocalSD:
             self._results_root = Path(tempfile.mkdtemp(prefix="oscar-sd-results-"))
         return self._results_root
 
-    def _render(
-        self, request: GenerationRequest, directory: Path, on_step: Any
-    ) -> list[GeneratedImage]:
-        """Runs in a worker thread: generate, then write ``1.png … N.png``."""
+class _Stopped(Exception):
+    """Raised in the pipeline's thread at its next step once its request was cancelled."""
+
+
+class _Render:
+    """One generation in a worker thread, which may outlive the task that started it.
+
+    When the awaiting task is cancelled it is not held up until the current
+    step ends: :meth:`stop` asks the thread to stop, and the thread, once it
+    has, deletes the request's folder and gives up its place in line.
+    """
+
+    def __init__(
+        self,
+        backend: LocalSD,
+        request: GenerationRequest,
+        directory: Path,
+        report: _Reporter,
+        ticket: _Ticket,
+    ) -> None:
+        self._backend = backend
+        self._request = request
+        self._directory = directory
+        self._report = report
+        self._ticket = ticket
+        self._token = anyio.lowlevel.current_token()
+        self._lock = threading.Lock()
+        self._stopping = False
+        self._finished = False
+
+    def stop(self) -> bool:
+        """Ask the thread to stop; True when it still runs and will clean up after itself."""
+        with self._lock:
+            self._stopping = True
+            return not self._finished
+
+    def run(self) -> list[GeneratedImage]:
+        """In the worker thread: generate, then write ``1.png … N.png``."""
         from .service import generate_images
 
-        images = generate_images(request, model=self._model, device=self._device, on_step=on_step)
-        directory.mkdir(parents=True)
-        for image in images:
-            (directory / f"{image.index}.png").write_bytes(image.png)
-        return images
+        backend = self._backend
+        try:
+            images = generate_images(
+                self._request, model=backend._model, device=backend._device, on_step=self._step
+            )
+            with self._lock:
+                if self._stopping:
+                    raise _Stopped
+            self._directory.mkdir(parents=True)
+            for image in images:
+                (self._directory / f"{image.index}.png").write_bytes(image.png)
+            return images
+        finally:
+            with self._lock:
+                self._finished = True
+                abandoned = self._stopping
+            if abandoned:
+                shutil.rmtree(self._directory, ignore_errors=True)
+                self._leave_line()
+
+    def _step(self, step: int, total: int) -> None:
+        """The pipeline's step callback: stop here when cancelled, else report the step."""
+        if self._stopping:
+            raise _Stopped
+        self._report.from_thread(step, total, self._token)
+
+    def _leave_line(self) -> None:
+        try:
+            anyio.from_thread.run_sync(self._backend._leave, self._ticket, token=self._token)
+        except RuntimeError:  # the event loop is gone: so is the line
+            pass
 
 
 class _Reporter(ProgressReporter):
     """The shared reporter, plus the step callback of the pipeline's thread."""
 
-    def from_thread(self, step: int, total: int) -> None:
-        """The step callback, called in the pipeline's thread after each step."""
-        # Raises the cancellation in this thread when the awaiting task was
-        # cancelled: the pipeline stops here, before its next step.
-        anyio.from_thread.check_cancelled()
+    def from_thread(self, step: int, total: int, token: Any) -> None:
+        """Report a step from the pipeline's thread (called after each step)."""
         anyio.from_thread.run_sync(
-            lambda: self(Stage.GENERATING, f"Step {step} of {total}", step=step, total_steps=total)
+            lambda: self(Stage.GENERATING, f"Step {step} of {total}", step=step, total_steps=total),
+            token=token,
         )
 
 

@@ -133,6 +133,8 @@ class Stage(str, enum.Enum):
     QUEUED = "queued"
     UPLOADED = "uploaded"
     WAITING = "waiting"
+    #: The job runs on the cluster's GPU (its pod started); reported by backends that know it.
+    RUNNING = "running"
     GENERATING = "generating"
     DOWNLOADING = "downloading"
     DONE = "done"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -165,17 +166,40 @@ async def test_cancelling_a_running_request_stops_it_and_removes_its_folder(
             await recorder.wait_for(is_step(2))
             group.cancel_scope.cancel()
 
-        # Stopped at the next step or so, not after all 150.
+        # The next request waits only for the cancelled one's current step, then runs.
+        after = Recorder()
+        with anyio.fail_after(60):
+            result = await sd.generate(small_request(num_images=1), after)
+        assert after.queue_positions() in ([0], [1, 0])
+        assert result.images[0].is_file()
+        # The cancelled one stopped at the next step or so, not after all 150.
         last_step = max(p.step or 0 for p in recorder.reports)
         assert last_step < 20
         assert not any(p.stage is Stage.DONE for p in recorder.reports)
-        assert not results.exists() or list(results.iterdir()) == []
+        assert [path.parent for path in result.images] == [result.directory]
+        assert list(results.iterdir()) == [result.directory]
 
-        # The line is free again: the next request starts at once and finishes.
-        after = Recorder()
-        result = await sd.generate(small_request(num_images=1), after)
-        assert after.queue_positions() == [0]
-        assert result.images[0].is_file()
+
+@pytest.mark.anyio
+async def test_a_cancelled_request_frees_its_caller_before_the_step_ends(
+    results: Path,
+) -> None:
+    """Gradio's Cancel waits for the handler: a slow step must not hold up the page."""
+    recorder = Recorder()
+    slow = small_request(steps=150, num_images=4, width=512, height=512)
+    async with LocalSD(model="tiny", results_dir=results, device="cpu") as sd:
+        async with anyio.create_task_group() as group:
+            group.start_soon(sd.generate, slow, recorder)
+            with anyio.fail_after(120):
+                await recorder.wait_for(is_step(2))
+            step_began = time.monotonic()
+            group.cancel_scope.cancel()
+        freed_after = time.monotonic() - step_began
+        with anyio.fail_after(120):
+            await sd.generate(small_request(num_images=1), Recorder())
+        reports = [p for p in recorder.reports if p.step]
+        step_seconds = (reports[-1].elapsed - reports[0].elapsed) / max(1, len(reports) - 1)
+        assert freed_after < min(0.5, step_seconds / 2), (freed_after, step_seconds)
 
 
 @pytest.mark.anyio

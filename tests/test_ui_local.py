@@ -33,7 +33,7 @@ def test_local_mode_makes_six_images_without_login(tmp_path: Path) -> None:
         images, seed, status = api.predict(
             "a red fox", seed=7, randomize_seed=False, api_name="/generate", **SMALL
         )
-        assert seed == 7
+        assert seed == "7"
         assert "6 images" in status and "tiny" in status
         assert app.local_backend is not None
         assert "noise" in app.local_backend.description
@@ -68,15 +68,18 @@ def test_progress_shows_steps_and_place_in_line_and_cancel_lets_the_next_go(tmp_
         # Long enough to still be generating when the second request arrives.
         first = first_tab.submit("a slow fox", size="256x256", steps=150, api_name="/generate")
         wait_until(
-            lambda: any(desc.startswith("Step ") for desc in descriptions(first)),
+            lambda: any(desc.startswith("Generating: step ") for desc in descriptions(first)),
             timeout=120,
             what="the first request's step progress",
         )
-        step = next(unit for unit in first.status().progress_data if unit.desc.startswith("Step"))
+        step = next(
+            unit for unit in first.status().progress_data
+            if unit.desc.startswith("Generating: step")
+        )
         assert step.length == 150 and step.index is not None
         second = second_tab.submit("a patient fox", api_name="/generate", **SMALL)
         wait_until(
-            lambda: any("1 request(s) ahead" in desc for desc in descriptions(second)),
+            lambda: any("1 ahead of you" in desc for desc in descriptions(second)),
             timeout=60,
             what="the second request's place in line",
         )

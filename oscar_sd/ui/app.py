@@ -35,7 +35,7 @@ from .._backend import Backend
 from .._local import LocalSD
 from .._settings import Settings
 from .handlers import Handlers
-from .http import FileGuard, health_route
+from .http import FileGuard, PageMeta, health_route
 from .login import ClusterLogin, LocalLogin
 from .oidc import OidcSignIn
 from .page import CSS, build_page
@@ -43,6 +43,9 @@ from .sessions import Sessions
 from .signin import LoginRedirect, SignIn
 
 log = logging.getLogger("oscar_sd.ui")
+
+PAGE_TITLE = "oscar-sd: text to image"
+PAGE_DESCRIPTION = "Type a prompt, get six images made by Stable Diffusion on an OSCAR cluster."
 
 #: A session nobody has used for this long is closed and its images deleted.
 IDLE_TIMEOUT = 8 * 3600.0
@@ -135,7 +138,10 @@ class WebApp:
 
     def _middleware(self) -> list[Middleware]:
         identify = self.signin.identify if self.signin else (lambda connection: None)
-        middleware = [Middleware(FileGuard, sessions=self.sessions, identify=identify)]
+        middleware = [
+            Middleware(FileGuard, sessions=self.sessions, identify=identify),
+            Middleware(PageMeta, title=PAGE_TITLE, description=PAGE_DESCRIPTION),
+        ]
         if self.signin is not None:
             middleware.append(Middleware(LoginRedirect, signin=self.signin))
         return middleware

@@ -42,17 +42,43 @@ def parse_size(size: str) -> tuple[int, int]:
         raise InvalidRequestError("size", "must be width x height, e.g. 768x512") from None
 
 
-def _optional_int(value: float | None) -> int | None:
-    return None if value is None else round(value)
+#: What an empty field means, for the message about a field that is not a number.
+EMPTY_MEANS = {
+    "seed": "or empty for a random one",
+    "steps": "or empty for the model's default",
+    "guidance_scale": "or empty for the model's default",
+}
+
+#: A form field: typed text, or a number from an API caller; empty means "not set".
+FieldValue = str | float | None
+
+
+def _optional_number(field: str, value: FieldValue) -> float | None:
+    """The number in a form field, None when it is empty; the error names the field."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        raise InvalidRequestError(field, f"must be a number, {EMPTY_MEANS[field]}") from None
+
+
+def _optional_int(field: str, value: FieldValue) -> int | None:
+    number = _optional_number(field, value)
+    if number is None:
+        return None
+    if not number.is_integer():
+        raise InvalidRequestError(field, f"must be a whole number, {EMPTY_MEANS[field]}")
+    return int(number)
 
 
 def build_request(
     prompt: str,
     negative_prompt: str,
-    seed: float | None,
+    seed: FieldValue,
     randomize_seed: bool,
-    steps: float | None,
-    guidance_scale: float | None,
+    steps: FieldValue,
+    guidance_scale: FieldValue,
     size: str,
     num_images: float | None,
 ) -> GenerationRequest:
@@ -61,10 +87,10 @@ def build_request(
     return GenerationRequest(
         prompt=prompt or "",
         negative_prompt=negative_prompt or "",
-        seed=None if randomize_seed else _optional_int(seed),
-        # Empty or 0 means "the model's default", as the form's hints say.
-        steps=_optional_int(steps) or None,
-        guidance_scale=guidance_scale,
+        seed=None if randomize_seed else _optional_int("seed", seed),
+        # Empty (or 0, as earlier pages sent) means "the model's default", as the hint says.
+        steps=_optional_int("steps", steps) or None,
+        guidance_scale=_optional_number("guidance_scale", guidance_scale),
         width=width,
         height=height,
         num_images=6 if num_images is None else round(num_images),
@@ -118,10 +144,10 @@ class HistoryEntry:
         return (
             self.prompt,
             self.negative_prompt,
-            self.seed,
+            _text(self.seed),
             False,
-            self.steps,
-            self.guidance_scale,
+            _text(self.steps),
+            _text(self.guidance_scale),
             self.size,
             self.num_images,
         )
@@ -138,3 +164,10 @@ FORM_ORDER = (
     "size",
     "num_images",
 )
+
+
+def _text(value: float | None) -> str:
+    """A number as its form field shows it: empty when not set."""
+    if value is None:
+        return ""
+    return str(int(value)) if float(value).is_integer() else str(value)

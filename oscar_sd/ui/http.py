@@ -10,9 +10,12 @@ whichever route they are asked for.
 
 from __future__ import annotations
 
+import html
 import os
+import re
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import anyio
 from starlette.requests import HTTPConnection, Request
@@ -120,3 +123,72 @@ class FileGuard:
 def _normalised(path: str) -> Path:
     """``path`` with ``.``, ``..`` and doubled slashes folded away: string work, no disk."""
     return Path(os.path.normpath(path))
+
+
+#: Gradio's page template (templates/frontend/index.html) carries its own social
+#: tags ("Gradio", "Click to try out the app!", its header image); link previews
+#: show the first ones found, so they are taken out and the app's own put first.
+_GRADIO_META = re.compile(
+    rb'\s*<meta\s+(?:property="og:[a-z]+"|name="twitter:[a-z]+")\s+content="[^"]*"\s*/>'
+)
+
+
+def page_meta(title: str, description: str) -> bytes:
+    """The app's own title and social tags, for the head of the main page."""
+    title_text, said = html.escape(title), html.escape(description)
+    return (
+        f'<meta property="og:title" content="{title_text}" />'
+        f'<meta property="og:description" content="{said}" />'
+        '<meta property="og:type" content="website" />'
+        '<meta name="twitter:card" content="summary" />'
+        f'<meta name="twitter:title" content="{title_text}" />'
+        f'<meta name="twitter:description" content="{said}" />'
+    ).encode()
+
+
+class PageMeta:
+    """Puts the app's title and description in the main page's social tags.
+
+    Only a GET of the page itself (an HTML answer) is rewritten; everything
+    else passes straight through.
+    """
+
+    def __init__(self, app: ASGIApp, title: str, description: str) -> None:
+        self.app = app
+        self.meta = page_meta(title, description)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "GET" or not _is_page(scope):
+            await self.app(scope, receive, send)
+            return
+        start: dict[str, Any] = {}
+        body: list[bytes] = []
+
+        async def hold(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                start.update(message)
+                return
+            if message["type"] != "http.response.body":
+                await send(message)
+                return
+            body.append(message.get("body", b""))
+            if message.get("more_body"):
+                return
+            headers = dict(start.get("headers", []))
+            page = b"".join(body)
+            if headers.get(b"content-type", b"").startswith(b"text/html"):
+                page = _GRADIO_META.sub(b"", page).replace(b"<head>", b"<head>" + self.meta, 1)
+            start["headers"] = [
+                (name, str(len(page)).encode() if name == b"content-length" else value)
+                for name, value in start.get("headers", [])
+            ]
+            await send(start)
+            await send({"type": "http.response.body", "body": page})
+
+        await self.app(scope, receive, hold)
+
+
+def _is_page(scope: Scope) -> bool:
+    root = scope.get("root_path", "").rstrip("/")
+    path = scope["path"]
+    return path in ("/", "") or path in (root, root + "/")

@@ -13,6 +13,32 @@ import gradio as gr
 from .form import DEFAULT_SIZE, SIZE_PRESETS
 from .handlers import Handlers, history_gallery
 
+EXAMPLE_PROMPTS = [
+    ["a lighthouse on a cliff at dusk, oil painting"],
+    ["a red fox in fresh snow, morning light, photograph"],
+    ["a cosy reading nook with plants, watercolour"],
+    ["an astronaut riding a horse on the moon, digital art"],
+]
+
+#: Runs in the browser after a run's images arrived: when the tab is in the background
+#: its title says so (and changes back once the tab is seen again). Returns its input
+#: unchanged, as a js= step before a Python function must.
+NOTIFY_WHEN_HIDDEN = """
+(history) => {
+  if (document.hidden) {
+    const title = document.title.replace(/^\\(✓\\) /, "");
+    document.title = "(✓) " + title;
+    document.addEventListener("visibilitychange", function back() {
+      if (!document.hidden) {
+        document.title = title;
+        document.removeEventListener("visibilitychange", back);
+      }
+    });
+  }
+  return history;
+}
+"""
+
 # The gallery keeps 3 columns on wide screens and 2 on a phone, and grows to
 # show all its images instead of scrolling inside a fixed box.
 CSS = """
@@ -59,6 +85,14 @@ def build_page(
                     autofocus=True,
                     elem_id="prompt",
                 )
+                # For a new user facing an empty box: a click fills the prompt.
+                gr.Examples(
+                    examples=EXAMPLE_PROMPTS,
+                    inputs=prompt,
+                    label="Try one of these",
+                    examples_per_page=len(EXAMPLE_PROMPTS),
+                    elem_id="examples",
+                )
                 with gr.Row():
                     generate = gr.Button(
                         "From Text to Image",
@@ -78,30 +112,18 @@ def build_page(
                         lines=1,
                     )
                     with gr.Row():
-                        seed = gr.Number(
-                            label="Seed",
-                            value=None,
-                            precision=0,
-                            minimum=0,
-                            placeholder="random",
-                        )
+                        # Text fields, not gr.Number: Gradio's Number shows "0" for an
+                        # empty value (which reads as guidance off) and checks ranges
+                        # itself without naming the field ("Value 200 is greater than
+                        # maximum value 150."); build_request checks them, by name.
+                        seed = gr.Textbox(label="Seed", value="", placeholder="random")
                         randomize_seed = gr.Checkbox(label="Randomize seed", value=True)
                     with gr.Row():
-                        steps = gr.Number(
-                            label="Steps",
-                            value=None,
-                            precision=0,
-                            minimum=0,
-                            maximum=150,
-                            placeholder="model default",
+                        steps = gr.Textbox(
+                            label="Steps", value="", placeholder="model default (1–150)"
                         )
-                        guidance_scale = gr.Number(
-                            label="Guidance",
-                            value=None,
-                            minimum=0,
-                            maximum=30,
-                            step=0.5,
-                            placeholder="model default",
+                        guidance_scale = gr.Textbox(
+                            label="Guidance", value="", placeholder="model default (0–30)"
                         )
                     size = gr.Dropdown(
                         label="Size (width × height)",
@@ -125,12 +147,12 @@ def build_page(
                     elem_id="results",
                 )
                 with gr.Row(equal_height=True):
-                    seed_used = gr.Number(
-                        label="Seed used", precision=0, interactive=False, scale=0, min_width=160
+                    seed_used = gr.Textbox(
+                        label="Seed used", value="", interactive=False, scale=0, min_width=160
                     )
                     status = gr.Markdown(elem_id="status")
 
-        with gr.Accordion("History (this session)", open=True):
+        with gr.Accordion("History (this session)", open=True, visible=False) as history_box:
             past_runs = gr.Gallery(
                 columns=6,
                 fit_columns=False,  # one earlier run is a thumbnail, not a banner
@@ -163,9 +185,22 @@ def build_page(
             show_progress_on=[results],
         )
         making.success(
-            history_gallery, history, past_runs, api_visibility="private", show_progress="hidden"
+            history_gallery,
+            history,
+            [past_runs, history_box],
+            api_visibility="private",
+            show_progress="hidden",
+            # Heard when the tab is in the background: the title says the images are ready.
+            js=NOTIFY_WHEN_HIDDEN,
         )
-        cancel.click(None, cancels=[making], api_visibility="private")
+        # The status line shows the error of a failed run, in place of the last success.
+        making.failure(
+            handlers.last_error, None, status, api_visibility="private", show_progress="hidden"
+        )
+        # In the browser, at once: the server's part (stopping the run) follows.
+        cancel.click(
+            None, None, status, js="() => 'Cancelled'", cancels=[making], api_visibility="private"
+        )
         past_runs.select(
             handlers.choose_from_history,
             inputs=history,

@@ -1,0 +1,103 @@
+"""What the page writes while a request waits: the stage, in words, beside the timer.
+
+Gradio shows a progress ``desc`` only together with a progress level (its
+status tracker renders the text in the progress bar's row, which exists only
+when some level is known; ``progress(None, desc=...)`` shows the timer alone:
+"5.0s"). So each report goes out with a level: the denoising steps when the
+backend reports them, else the stage's place among the stages ("2/4 stages"
+beside the timer) and its name as the description.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import anyio
+
+from .._models import Progress, Stage
+
+#: The stages a request passes through on its way, for "N/4 stages".
+ORDER = (Stage.UPLOADED, Stage.WAITING, Stage.RUNNING, Stage.DOWNLOADING)
+
+#: How the page names each stage (the backend's own message is shown for the rest).
+LABELS = {
+    Stage.UPLOADED: "Sending",
+    Stage.WAITING: "Waiting for a GPU",
+    Stage.RUNNING: "Running on the GPU",
+    Stage.DOWNLOADING: "Downloading",
+    Stage.DONE: "Done",
+}
+
+#: Where the page is before the backend says anything.
+SENDING = Progress(Stage.UPLOADED, "Sending")
+
+#: (level, description, unit) as gr.Progress takes them.
+Shown = tuple[tuple[int, int], str, str]
+
+
+def stage_text(report: Progress, running_for: float | None = None) -> str:
+    """The words for ``report``: its stage, its place in line, how long it has run."""
+    stage = report.stage
+    if stage is Stage.QUEUED:
+        ahead = report.queue_position
+        if not ahead:
+            return "Starting"
+        return f"Waiting for a GPU · {ahead} ahead of you"
+    if stage is Stage.GENERATING:
+        if report.step is not None and report.total_steps:
+            return f"Generating: step {report.step} of {report.total_steps}"
+        return report.message
+    if stage is Stage.WAITING and not report.message.startswith("Waiting"):
+        # A problem while waiting ("Cannot reach the cluster's storage, retrying (12 s)").
+        return report.message
+    text = LABELS.get(stage, report.message)
+    if stage is Stage.WAITING and report.queue_position:
+        text += f" · {report.queue_position} ahead of you"
+    if stage is Stage.RUNNING and running_for is not None:
+        text += f" ({running_for:.0f} s)"
+    return text
+
+
+class StageDisplay:
+    """Turns a backend's progress reports into gr.Progress calls, kept current each second.
+
+    ``show`` is a ``gr.Progress`` (or anything called like it). While the job
+    runs on the GPU the seconds beside "Running on the GPU" go on counting:
+    :meth:`keep_counting` shows the stage again every second.
+    """
+
+    def __init__(self, show: Callable[..., object]) -> None:
+        self._show = show
+        self._last = SENDING
+        self._running_since: float | None = None
+        self(SENDING)
+
+    def __call__(self, report: Progress) -> None:
+        if report.stage is Stage.RUNNING and self._last.stage is not Stage.RUNNING:
+            self._running_since = time.monotonic()
+        self._last = report
+        level, text, unit = self.shown()
+        self._show(level, desc=text, unit=unit)
+
+    def shown(self) -> Shown:
+        """What is on the page now: level, description and unit."""
+        report = self._last
+        running_for = (
+            time.monotonic() - self._running_since if self._running_since is not None else None
+        )
+        text = stage_text(report, running_for)
+        if report.step is not None and report.total_steps:
+            return (report.step, report.total_steps), text, "steps"
+        if report.stage is Stage.DONE:
+            place = len(ORDER)
+        else:  # QUEUED (the local line) counts as the first stage
+            place = ORDER.index(report.stage) + 1 if report.stage in ORDER else 1
+        return (place, len(ORDER)), text, "stages"
+
+    async def keep_counting(self) -> None:
+        """Every second, while the job runs: the same stage, with its seconds counted."""
+        while True:
+            await anyio.sleep(1)
+            if self._last.stage is Stage.RUNNING:
+                self(self._last)

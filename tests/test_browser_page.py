@@ -1,0 +1,163 @@
+"""What a person sees while waiting, when something fails, and on Cancel (Chromium).
+
+The cluster double's service waits a few seconds per job here, so the stage
+text has time to be seen; the local tests use the tiny model with large
+images so that one denoising step takes seconds, as a real model's does.
+docs/screenshot-progress.png is saved while a cluster job waits (when it is
+missing, or with OSCAR_SD_UPDATE_SCREENSHOT=1).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Browser, Page, expect
+
+from oscar_sd.ui import WebApp
+from tests.conftest import ADMIN, SERVICE
+from tests.double import ClusterDouble, services
+from tests.test_browser import browser, log_in, make_six_images, pytestmark  # noqa: F401
+from tests.ui_fixtures import cluster_settings, running_app
+
+PROGRESS_SHOT = Path(__file__).resolve().parent.parent / "docs" / "screenshot-progress.png"
+
+
+@pytest.fixture
+def slow_app() -> Iterator[WebApp]:
+    """The app on a cluster whose jobs take 3 s each."""
+    with ClusterDouble(admin=ADMIN) as double:
+        double.add_service(SERVICE, input_path=f"{SERVICE}/in", output_path=f"{SERVICE}/out",
+                           handler=services.fake_generator, job_delay=3.0)
+        with running_app(cluster_settings(double.oscar_endpoint)) as app:
+            yield app
+
+
+def advanced(page: Page) -> None:
+    page.get_by_text("Advanced", exact=True).click()
+
+
+def test_the_stage_is_written_while_a_cluster_job_waits(
+    browser: Browser, slow_app: WebApp  # noqa: F811
+) -> None:
+    page = browser.new_page(viewport={"width": 1000, "height": 620})
+    try:
+        assert slow_app.url is not None
+        log_in(page, slow_app.url)
+        page.get_by_label("Prompt", exact=True).fill("a lighthouse at dusk, oil painting")
+        page.get_by_role("button", name="From Text to Image").click()
+        overlay = page.locator("#results")
+        expect(overlay).to_contain_text("Waiting for a GPU", timeout=10_000)
+        expect(overlay).to_contain_text("2/4 stages")
+        if not PROGRESS_SHOT.exists() or os.environ.get("OSCAR_SD_UPDATE_SCREENSHOT") == "1":
+            page.screenshot(path=str(PROGRESS_SHOT), scale="css")
+        expect(page.locator("#results img")).to_have_count(6, timeout=30_000)
+    finally:
+        page.close()
+
+
+def test_the_status_line_shows_the_last_error_with_the_fields_name(
+    browser: Browser, cluster: ClusterDouble  # noqa: F811
+) -> None:
+    with running_app(cluster_settings(cluster.oscar_endpoint)) as app:
+        page = browser.new_page(viewport={"width": 1100, "height": 900})
+        try:
+            assert app.url is not None
+            log_in(page, app.url)
+            make_six_images(page, "a red fox")
+            advanced(page)
+            page.get_by_label("Steps").fill("200")
+            page.get_by_role("button", name="From Text to Image").click()
+            status = page.locator("#status")
+            expect(status).to_contain_text("Steps must be between 1 and 150")
+            expect(status).not_to_contain_text("6 images")
+
+            page.get_by_label("Steps").fill("")
+            cluster.fail_next_job("CUDA out of memory")
+            page.get_by_role("button", name="From Text to Image").click()
+            expect(status).to_contain_text("ask for fewer or smaller images")
+        finally:
+            page.close()
+
+
+def test_a_refused_prompt_is_not_told_to_try_again(
+    browser: Browser, cluster: ClusterDouble  # noqa: F811
+) -> None:
+    cluster.add_service("refusing", input_path="refusing/in", output_path="refusing/out",
+                        handler=services.error_writer("the prompt was refused", "InvalidRequest"))
+    with running_app(cluster_settings(cluster.oscar_endpoint, service="refusing")) as app:
+        page = browser.new_page()
+        try:
+            assert app.url is not None
+            log_in(page, app.url)
+            page.get_by_label("Prompt", exact=True).fill("something not allowed")
+            page.get_by_role("button", name="From Text to Image").click()
+            status = page.locator("#status")
+            expect(status).to_contain_text("the prompt was refused. Change the request")
+            expect(status).not_to_contain_text("Try again")
+        finally:
+            page.close()
+
+
+def test_the_advanced_panel_shows_hints_and_the_page_its_own_name(
+    browser: Browser, cluster: ClusterDouble  # noqa: F811
+) -> None:
+    with running_app(cluster_settings(cluster.oscar_endpoint)) as app:
+        page = browser.new_page()
+        try:
+            assert app.url is not None
+            log_in(page, app.url)
+            assert "Gradio" not in page.title()
+            for tag in page.locator('meta[property^="og:"], meta[name^="twitter:"]').all():
+                content = tag.get_attribute("content") or ""
+                assert "Gradio" not in content and "Click to try" not in content, content
+            advanced(page)
+            for label, hint in [("Seed", "random"), ("Steps", "model default"),
+                                ("Guidance", "model default")]:
+                field = page.get_by_label(label, exact=True)
+                expect(field).to_have_value("")
+                assert hint in (field.get_attribute("placeholder") or "")
+            expect(page.get_by_label("Seed used")).to_have_value("")
+            # No empty history box before the first run.
+            expect(page.get_by_text("History (this session)")).to_be_hidden()
+            # An example fills the prompt.
+            page.locator("#examples").get_by_text("a red fox in fresh snow").click()
+            expect(page.get_by_label("Prompt", exact=True)).to_have_value(
+                "a red fox in fresh snow, morning light, photograph"
+            )
+        finally:
+            page.close()
+
+
+def test_cancel_says_cancelled_and_the_next_generate_works(browser: Browser) -> None:  # noqa: F811
+    pytest.importorskip("diffusers", reason="the local backend needs the [local] extra")
+    from tests.test_ui_local import local_settings
+
+    with running_app(local_settings()) as app:
+        page = browser.new_page(viewport={"width": 1100, "height": 900})
+        try:
+            assert app.url is not None
+            page.goto(app.url)
+            advanced(page)
+            # Large noise images: one step of the tiny model takes seconds here.
+            page.get_by_label("Steps").fill("150")
+            page.get_by_label("Size (width × height)").fill("1024x1024")
+            page.get_by_label("Prompt", exact=True).fill("a slow fox")
+            page.get_by_role("button", name="From Text to Image").click()
+            expect(page.locator("#results")).to_contain_text("Generating: step", timeout=120_000)
+
+            page.get_by_role("button", name="Cancel").click()
+            expect(page.locator("#status")).to_have_text("Cancelled")
+            # Free at once: the progress is gone while the step still runs.
+            expect(page.locator("#results")).not_to_contain_text("steps", timeout=1_500)
+            expect(page.locator("#results")).not_to_contain_text("Error")
+
+            page.get_by_label("Steps").fill("2")
+            page.get_by_label("Size (width × height)").fill("64x64")
+            page.get_by_role("button", name="From Text to Image").click()
+            expect(page.locator("#results img")).to_have_count(6, timeout=120_000)
+            expect(page.locator("#status")).to_contain_text("6 images")
+        finally:
+            page.close()
