@@ -16,8 +16,9 @@ grycap/faas-supervisor ``faassupervisor/storage/config.py`` and ``utils.py``):
 - the endpoint and the output path: the service's own definition, which OSCAR
   mounts at ``/oscar/config/function_config.yaml`` (faas-supervisor falls back
   to ``$FUNCTION_CONFIG``, base64 YAML; so do we): ``storage_providers.minio.
-  default.{endpoint, verify, region}`` (faas-supervisor's default endpoint is
-  ``http://minio-service.minio:9000``) and the first ``output[]`` entry on
+  default.{endpoint, verify, region}`` (OSCAR writes its keys there as
+  ``hidden``, ``pkg/handlers/create.go``; faas-supervisor's default endpoint
+  is ``http://minio-service.minio:9000``) and the first ``output[]`` entry on
   ``minio.default``, ``<bucket>/<folder>``: the very folder faas-supervisor
   uploads the results to. ``OSCAR_SD_OUTPUT_PATH`` overrides it (the warm
   service, which has no per-upload job, sets it in its FDL).
