@@ -97,8 +97,8 @@ def test_every_unet_forward_sees_the_same_micro_batch(
     # What makes the pixels batch-invariant: the kernels always see the same shapes.
     unet_sizes: list[int] = []
     vae_sizes: list[int] = []
-    unet_forward = tiny.pipeline.unet.forward.__wrapped__
-    vae_decode = tiny.pipeline.vae.decode.__wrapped__
+    unet_forward = tiny.pipeline.unet.forward.unchunked
+    vae_decode = tiny.pipeline.vae.decode.unchunked
 
     def record_unet(sample: Any, *args: Any, **kwargs: Any) -> Any:
         unet_sizes.append(sample.shape[0])

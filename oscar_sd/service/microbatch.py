@@ -55,11 +55,17 @@ def install_micro_batching(pipeline: Any, size: int) -> None:
 
     Patches the two modules' instances (not their classes): the pipeline keeps
     calling ``self.unet(...)`` and ``self.vae.decode(...)`` as it always does.
+    Calling it again replaces the earlier setting (``size`` 0 restores the UNet).
     """
-    if size > 0 and hasattr(pipeline, "unet"):
-        pipeline.unet.forward = _chunked(pipeline.unet.forward, size, _unet_output)
+    if hasattr(pipeline, "unet"):
+        forward = _unwrapped(pipeline.unet.forward)
+        pipeline.unet.forward = _chunked(forward, size, _unet_output) if size > 0 else forward
     if hasattr(pipeline, "vae"):
-        pipeline.vae.decode = _chunked(pipeline.vae.decode, 1, _decoder_output)
+        pipeline.vae.decode = _chunked(_unwrapped(pipeline.vae.decode), 1, _decoder_output)
+
+
+def _unwrapped(call: Callable[..., Any]) -> Callable[..., Any]:
+    return getattr(call, "unchunked", call)
 
 
 def _chunked(call: Callable[..., Any], size: int, wrap: Callable[[Any, bool], Any]) -> Any:
@@ -83,7 +89,7 @@ def _chunked(call: Callable[..., Any], size: int, wrap: Callable[[Any, bool], An
             pieces.append(out[:used])
         return wrap(torch.cat(pieces), return_dict)
 
-    run.__wrapped__ = call  # type: ignore[attr-defined]
+    run.unchunked = call  # type: ignore[attr-defined]
     return run
 
 
