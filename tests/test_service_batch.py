@@ -190,3 +190,23 @@ def test_random_seeds_are_drawn_per_request(tiny: LoadedModel) -> None:
     seeds = [first.images[0].seed, second.images[0].seed]
     assert seeds[0] != seeds[1]
     assert [image.seed for image in first.images] == [seeds[0], (seeds[0] + 1) % 2**32]
+
+
+def test_settings_that_are_not_numbers_are_refused_with_what_to_do(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from oscar_sd.service.batch import max_batch_images_from_env
+    from oscar_sd.service.microbatch import micro_batch_from_env
+
+    monkeypatch.setenv("OSCAR_SD_MAX_BATCH_IMAGES", "lots")
+    with pytest.raises(ValueError, match="unset it for 24"):
+        max_batch_images_from_env()
+    monkeypatch.setenv("OSCAR_SD_MICRO_BATCH", "-1")
+    with pytest.raises(ValueError, match="unset it for 4"):
+        micro_batch_from_env()
+    monkeypatch.setenv("OSCAR_SD_MICRO_BATCH", "0")
+    assert micro_batch_from_env() == 0
+    # A bad cap fails the requests with the sentence, not as an unexplained bug.
+    monkeypatch.setenv("OSCAR_SD_MAX_BATCH_IMAGES", "0")
+    (outcome,) = generate_batch([small_request()], model="tiny", device="cpu")
+    assert "OSCAR_SD_MAX_BATCH_IMAGES='0'" in str(outcome.error)

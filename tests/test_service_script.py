@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -124,3 +127,34 @@ async def test_a_crashed_job_fails_the_request_at_once(
                 await sd.generate(REQUEST)
     assert caught.value.error_type == "WorkerCrashed"
     assert "out of memory" in str(caught.value)
+
+
+def test_a_stopped_pod_passes_the_signal_on_and_reports_it(tmp_path: Path) -> None:
+    # The pod's SIGTERM reaches the script (not exec'd any more): it must reach the
+    # worker too, and the script must still report the stop.
+    hold = tmp_path / "hold"
+    hold.mkdir()
+    ready = tmp_path / "worker-started"
+    (hold / "sitecustomize.py").write_text(
+        f"import pathlib, time\npathlib.Path({str(ready)!r}).touch()\ntime.sleep(120)\n")
+    (tmp_path / "in").mkdir()
+    (tmp_path / "out").mkdir()
+    (tmp_path / "in" / "stop01.json").write_text(json.dumps(REQUEST.to_payload()))
+    env = {"PATH": f"{VENV_BIN}{os.pathsep}/usr/bin:/bin", "PYTHONPATH": str(hold),
+           "INPUT_FILE_PATH": str(tmp_path / "in" / "stop01.json"),
+           "TMP_OUTPUT_DIR": str(tmp_path / "out")}
+    script = subprocess.Popen(["/bin/sh", str(SCRIPT)], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 30
+        while not ready.exists():  # no event to wait on: a file the worker makes
+            assert time.monotonic() < deadline, "the worker never started"
+            assert script.poll() is None, script.stdout.read() if script.stdout else ""
+            time.sleep(0.05)
+        script.send_signal(signal.SIGTERM)
+        code = script.wait(timeout=20)  # the worker sleeps 120 s unless the signal reached it
+    finally:
+        script.kill()
+    assert code == 128 + signal.SIGTERM
+    error = json.loads((tmp_path / "out" / "stop01.error.json").read_text())
+    assert error["type"] == "WorkerCrashed" and "stopped by signal 15" in str(error["error"])
