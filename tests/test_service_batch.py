@@ -210,3 +210,4 @@ def test_settings_that_are_not_numbers_are_refused_with_what_to_do(
     monkeypatch.setenv("OSCAR_SD_MAX_BATCH_IMAGES", "0")
     (outcome,) = generate_batch([small_request()], model="tiny", device="cpu")
     assert "OSCAR_SD_MAX_BATCH_IMAGES='0'" in str(outcome.error)
+    assert type(outcome.error).__name__ == "ConfigurationError"

@@ -32,7 +32,7 @@ from .batch import (
     run_batch,
     shape_key,
 )
-from .errors import ServiceError
+from .errors import ConfigurationError, ServiceError
 from .metadata import (
     JSON_KEY,
     PARAMETERS_KEY,
@@ -135,7 +135,7 @@ def generate_batch(
         limit = max_images if max_images is not None else max_batch_images_from_env()
     except (ServiceError, ValueError) as exc:
         # A setting the operator got wrong (ValueError) is told as it is, not as a bug.
-        failure = exc if isinstance(exc, ServiceError) else ServiceError(str(exc))
+        failure = exc if isinstance(exc, ServiceError) else ConfigurationError(str(exc))
         for index, request in enumerate(requests):
             settle(index, RequestOutcome(request, error=failure))
         return [outcome for outcome in outcomes if outcome is not None]
