@@ -205,7 +205,7 @@ def run_round(mode: str, requests: list[GenerationRequest], device: str) -> None
 
 
 def bench_batching(device: str, repeats: int, sizes: tuple[int, ...]) -> list[tuple[str, ...]]:
-    """Rows of (size, mode, s per round, images/s, ratio to sequential).
+    """Rows of (size, mode, s per round, images/s, ratio, CPU ms per image, CPU ratio).
 
     The modes take turns round by round on one loaded model (the micro-batch is
     switched in place), so a noisy neighbour slows them all alike.
@@ -218,33 +218,42 @@ def bench_batching(device: str, repeats: int, sizes: tuple[int, ...]) -> list[tu
         requests = batching_requests(size)
         images = BATCH_REQUESTS * NUM_IMAGES
         timed: dict[str, list[float]] = {mode: [] for mode, _ in modes}
+        cpu: dict[str, list[float]] = {mode: [] for mode, _ in modes}
         for round_number in range(repeats + 1):  # round 0 warms up
             for mode, micro in modes:
                 install_micro_batching(loaded.pipeline, micro)
-                started = time.perf_counter()
+                started, cpu_started = time.perf_counter(), time.process_time()
                 run_round(mode, requests, device)
                 if round_number:
                     timed[mode].append(time.perf_counter() - started)
+                    cpu[mode].append(time.process_time() - cpu_started)
         install_micro_batching(loaded.pipeline, loaded.micro_batch)
         seconds = {mode: statistics.median(values) for mode, values in timed.items()}
+        cpu_seconds = {mode: statistics.median(values) for mode, values in cpu.items()}
         for mode, _ in modes:
             rows.append((f"{size}x{size}", mode, f"{seconds[mode]:.3f}",
                          f"{images / seconds[mode]:.1f}",
-                         f"{seconds['sequential'] / seconds[mode]:.2f}x"))
+                         f"{seconds['sequential'] / seconds[mode]:.2f}x",
+                         f"{1000 * cpu_seconds[mode] / images:.1f}",
+                         f"{cpu_seconds['sequential'] / cpu_seconds[mode]:.2f}x"))
     return rows
 
 
 def print_batching(rows: list[tuple[str, ...]], device: str) -> None:
     print(f"\nCross-request batching: tiny model on {device}, {BATCH_REQUESTS} requests x "
           f"{NUM_IMAGES} images, {WORKLOADS['tiny'].steps} steps, PNGs included")
-    header = f"{'size':<9} {'mode':<28} {'s/round':>8} {'images/s':>9} {'vs seq':>7}"
+    header = (f"{'size':<9} {'mode':<28} {'s/round':>8} {'images/s':>9} {'vs seq':>7} "
+              f"{'CPU ms/img':>10} {'CPU vs seq':>10}")
     print(header)
     print("-" * len(header))
-    for size, mode, per_round, rate, ratio in rows:
-        print(f"{size:<9} {mode:<28} {per_round:>8} {rate:>9} {ratio:>7}")
+    for size, mode, per_round, rate, ratio, cpu_ms, cpu_ratio in rows:
+        print(f"{size:<9} {mode:<28} {per_round:>8} {rate:>9} {ratio:>7} {cpu_ms:>10} "
+              f"{cpu_ratio:>10}")
     print("sequential: generate_images per request; one batch: generate_batch, one pipeline "
           "call, each image identical to its lone run (UNet micro-batch 4, VAE per image); "
-          "micro-batch off: one forward for the whole batch, not pixel-identical.")
+          "micro-batch off: one forward for the whole batch, not pixel-identical. "
+          "Wall: median of interleaved rounds; CPU: process time (all threads), steadier "
+          "on a shared machine.")
 
 
 # --- one job's start-up, split --------------------------------------------------------
