@@ -19,6 +19,11 @@ rows that is not a multiple of 4 differently). Hence the default of 4, which
 also wastes nothing for the common 6-image request with guidance (12 samples)
 and 2 slots of 8 without.
 
+On a GPU this is not verified yet: cuBLAS and cuDNN also choose kernels by
+shape, so fixed shapes should give the same property as long as autotuning
+(``torch.backends.cudnn.benchmark``) stays off, as it is by default; run the
+pixel test there before relying on it.
+
 ``OSCAR_SD_MICRO_BATCH`` sets the size; ``0`` runs every forward on the whole
 batch (fastest on a big GPU, but batched images may then differ from the same
 request run alone by a few pixel values).
