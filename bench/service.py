@@ -2,7 +2,16 @@
 
 Default: the tiny random model on the CPU through the service's own code path
 (``load_pipeline`` + ``generate_images``: PNG encoding included), so it runs
-anywhere in seconds:
+anywhere in seconds, followed by two more tables (issue 9):
+
+- images per second with and without cross-request batching: 4 requests of 6
+  images run one after another (``generate_images`` each) and as one batch
+  (``generate_batch``: one pipeline call, pixel-identical to the lone runs),
+  and the same batch without fixed micro-batches (``OSCAR_SD_MICRO_BATCH=0``:
+  faster where big batches pay, but no longer pixel-identical);
+- one OSCAR job's start-up, split: ``python -m oscar_sd.service`` in a
+  subprocess with the tiny model saved to a folder (so its weights are read
+  from disk as a real model's are), timed by the worker's own log line.
 
     .venv/bin/python bench/service.py
 
@@ -29,9 +38,13 @@ tiny row.
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import resource
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,8 +55,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from oscar_sd import GenerationRequest
-from oscar_sd.service import generate_images, load_pipeline
+from oscar_sd.service import generate_batch, generate_images, load_pipeline
+from oscar_sd.service.microbatch import install_micro_batching
 from oscar_sd.service.pipeline import forget_pipelines
+
+REPO = Path(__file__).resolve().parents[1]
 
 UNET_TFLOP_PER_SAMPLE = 0.86  # one SD 1.5 UNet pass, 64x64 latents
 VAE_TFLOP_PER_IMAGE = 2.5  # one VAE decode to 512x512
@@ -161,6 +177,145 @@ def bench_tiny(device: str, repeats: int) -> list[Row]:
         Row("tiny", device, dtype, "eager", loaded.load_seconds, statistics.median(seconds),
             statistics.median(rates), peak_memory_gib(device), None, None)
     ]
+
+
+# --- cross-request batching (tiny model) ------------------------------------------
+
+
+BATCH_REQUESTS = 4
+
+
+def batching_requests(size: int) -> list[GenerationRequest]:
+    workload = WORKLOADS["tiny"]
+    return [
+        GenerationRequest(prompt=f"{PROMPT}, take {i}", seed=1000 * i, width=size, height=size,
+                          steps=workload.steps, guidance_scale=workload.guidance,
+                          num_images=NUM_IMAGES)
+        for i in range(BATCH_REQUESTS)
+    ]
+
+
+def run_round(mode: str, requests: list[GenerationRequest], device: str) -> None:
+    if mode == "sequential":
+        for request in requests:
+            generate_images(request, model="tiny", device=device)
+    else:
+        outcomes = generate_batch(requests, model="tiny", device=device)
+        assert all(outcome.error is None for outcome in outcomes)
+
+
+def bench_batching(device: str, repeats: int, sizes: tuple[int, ...]) -> list[tuple[str, ...]]:
+    """Rows of (size, mode, s per round, images/s, ratio, CPU ms per image, CPU ratio).
+
+    The modes take turns round by round on one loaded model (the micro-batch is
+    switched in place), so a noisy neighbour slows them all alike.
+    """
+    loaded = load_pipeline("tiny", device)
+    modes: list[tuple[str, int]] = [("sequential", loaded.micro_batch), ("one batch",
+                                    loaded.micro_batch), ("one batch, micro-batch off", 0)]
+    rows = []
+    for size in sizes:
+        requests = batching_requests(size)
+        images = BATCH_REQUESTS * NUM_IMAGES
+        timed: dict[str, list[float]] = {mode: [] for mode, _ in modes}
+        cpu: dict[str, list[float]] = {mode: [] for mode, _ in modes}
+        for round_number in range(repeats + 1):  # round 0 warms up
+            for mode, micro in modes:
+                install_micro_batching(loaded.pipeline, micro)
+                started, cpu_started = time.perf_counter(), time.process_time()
+                run_round(mode, requests, device)
+                if round_number:
+                    timed[mode].append(time.perf_counter() - started)
+                    cpu[mode].append(time.process_time() - cpu_started)
+        install_micro_batching(loaded.pipeline, loaded.micro_batch)
+        seconds = {mode: statistics.median(values) for mode, values in timed.items()}
+        cpu_seconds = {mode: statistics.median(values) for mode, values in cpu.items()}
+        for mode, _ in modes:
+            rows.append((f"{size}x{size}", mode, f"{seconds[mode]:.3f}",
+                         f"{images / seconds[mode]:.1f}",
+                         f"{seconds['sequential'] / seconds[mode]:.2f}x",
+                         f"{1000 * cpu_seconds[mode] / images:.1f}",
+                         f"{cpu_seconds['sequential'] / cpu_seconds[mode]:.2f}x"))
+    return rows
+
+
+def print_batching(rows: list[tuple[str, ...]], device: str) -> None:
+    print(f"\nCross-request batching: tiny model on {device}, {BATCH_REQUESTS} requests x "
+          f"{NUM_IMAGES} images, {WORKLOADS['tiny'].steps} steps, PNGs included")
+    header = (f"{'size':<9} {'mode':<28} {'s/round':>8} {'images/s':>9} {'vs seq':>7} "
+              f"{'CPU ms/img':>10} {'CPU vs seq':>10}")
+    print(header)
+    print("-" * len(header))
+    for size, mode, per_round, rate, ratio, cpu_ms, cpu_ratio in rows:
+        print(f"{size:<9} {mode:<28} {per_round:>8} {rate:>9} {ratio:>7} {cpu_ms:>10} "
+              f"{cpu_ratio:>10}")
+    print("sequential: generate_images per request; one batch: generate_batch, one pipeline "
+          "call, each image identical to its lone run (UNet micro-batch 4, VAE per image); "
+          "micro-batch off: one forward for the whole batch, not pixel-identical. "
+          "Wall: median of interleaved rounds; CPU: process time (all threads), steadier "
+          "on a shared machine.")
+
+
+# --- one job's start-up, split --------------------------------------------------------
+
+
+def bench_startup(repeats: int) -> list[tuple[str, float]]:
+    """Median seconds of each phase of ``python -m oscar_sd.service`` (tiny, from disk)."""
+    from oscar_sd.service.tiny import build_tiny_pipeline
+
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OSCAR_SD_DEVICE": "cpu",
+           "OSCAR_SD_MODEL_NAME": "tiny"}
+    env.pop("OSCAR_SD_MICRO_BATCH", None)
+    phases: dict[str, list[float]] = {}
+    with tempfile.TemporaryDirectory(prefix="oscar-sd-bench-") as work:
+        folder = Path(work) / "tiny-model"
+        build_tiny_pipeline().save_pretrained(folder)
+        env["OSCAR_SD_MODEL"] = str(folder)
+        request = GenerationRequest(prompt=PROMPT, seed=1, width=64, height=64, steps=2,
+                                    guidance_scale=0.0, num_images=NUM_IMAGES)
+        (Path(work) / "in").mkdir()
+        input_file = Path(work) / "in" / "bench.json"
+        input_file.write_text(json.dumps(request.to_payload()))
+
+        def wall(command: list[str], extra: dict[str, str] | None = None) -> tuple[float, str]:
+            started = time.perf_counter()
+            done = subprocess.run(command, env={**env, **(extra or {})}, capture_output=True,
+                                  text=True, check=True, cwd=work)
+            return time.perf_counter() - started, done.stderr
+
+        for _ in range(repeats):
+            bare, _ = wall([sys.executable, "-c", "pass"])
+            imported, _ = wall([sys.executable, "-c", "import oscar_sd.service"])
+            out = Path(work) / "out"
+            out.mkdir(exist_ok=True)
+            total, log = wall([sys.executable, "-m", "oscar_sd.service"],
+                              {"INPUT_FILE_PATH": str(input_file), "TMP_OUTPUT_DIR": str(out)})
+            line = next(x for x in log.splitlines() if "Job timings (s):" in x)
+            inside = json.loads(line.split("Job timings (s):", 1)[1])
+            accounted = bare + (imported - bare) + sum(inside.values())
+            for name, value in (
+                ("interpreter start and exit (python -c pass)", bare),
+                ("import oscar_sd.service", imported - bare),
+                ("imports for generation (torch, diffusers)", inside["imports"]),
+                ("weights from disk", inside["weights"]),
+                ("move to the device", inside["to_device"]),
+                ("generation (6 images, PNGs, zip)", inside["generate"]),
+                ("the rest (marker, input, torch teardown)", total - accounted),
+                ("total: python -m oscar_sd.service", total),
+            ):
+                phases.setdefault(name, []).append(value)
+    return [(name, statistics.median(values)) for name, values in phases.items()]
+
+
+def print_startup(rows: list[tuple[str, float]]) -> None:
+    total = rows[-1][1]
+    print("\nOne job's start-up: python -m oscar_sd.service, tiny model saved to a folder, cpu")
+    header = f"{'phase':<46} {'seconds':>8} {'share':>6}"
+    print(header)
+    print("-" * len(header))
+    for name, seconds in rows:
+        print(f"{name:<46} {seconds:>8.3f} {seconds / total:>6.0%}")
+    print("Medians of the runs; the worker reports its own phases (log line 'Job timings').")
 
 
 # --- full-size models from configs, random weights ----------------------------------
@@ -312,15 +467,22 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true",
                         help="full-size configs: also time with torch.compile")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per row")
+    parser.add_argument("--batch-sizes", default="64,256",
+                        help="tiny: image sizes of the batching table (comma-separated)")
     arguments = parser.parse_args()
 
     torch.manual_seed(0)
     if arguments.config == "tiny":
         rows = bench_tiny(arguments.device, arguments.repeats)
-    else:
-        dtype = arguments.dtype or ("fp16" if arguments.device.startswith("cuda") else "fp32")
-        rows = bench_full_size(arguments.config, arguments.device, dtype, arguments.compile,
-                               arguments.repeats)
+        print_table(rows)
+        sizes = tuple(int(size) for size in arguments.batch_sizes.split(",") if size)
+        print_batching(bench_batching(arguments.device, max(arguments.repeats, 5), sizes),
+                       arguments.device)
+        print_startup(bench_startup(arguments.repeats))
+        return
+    dtype = arguments.dtype or ("fp16" if arguments.device.startswith("cuda") else "fp32")
+    rows = bench_full_size(arguments.config, arguments.device, dtype, arguments.compile,
+                           arguments.repeats)
     print_table(rows)
 
 

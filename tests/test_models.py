@@ -109,3 +109,13 @@ async def test_an_async_with_block_frees_the_files_even_when_cancelled(tmp_path:
             scope.cancel()
             await anyio.sleep_forever()
     assert scope.cancelled_caught and not cancelled.directory.exists()
+
+
+def test_every_public_name_resolves_and_has_a_home() -> None:
+    # The names are imported on first use: a name added to __all__ without its
+    # module in _HOMES would only fail when a user first touches it.
+    import oscar_sd
+
+    assert set(oscar_sd.__all__) == set(oscar_sd._HOMES)
+    for name in oscar_sd.__all__:
+        assert getattr(oscar_sd, name) is not None

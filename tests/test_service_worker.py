@@ -116,8 +116,9 @@ def test_image_i_alone_is_remade_from_its_own_seed() -> None:
     third = batch[2]
     assert third.seed == 502
     alone = generate_images(small_request(seed=502, num_images=1), model="tiny", device="cpu")
-    # A batch of 3 and a batch of 1 round differently in the last bit at most.
-    assert np.abs(pixels(third.png) - pixels(alone[0].png)).max() <= 2
+    # Fixed-size micro-batches (service/microbatch.py): a batch of 3 and a batch of 1
+    # run the same kernels on the same shapes, so the pixels are the same.
+    assert np.array_equal(pixels(third.png), pixels(alone[0].png))
 
 
 def test_threads_sharing_the_cached_pipeline_each_get_their_own_images() -> None:

@@ -21,16 +21,33 @@ PosixPath('out/3f2a.zip')
 b'\\x89PNG'
 
 Modules, one idea each: :mod:`.pipeline` (which model, loading once),
-:mod:`.tiny` (the download-free test model), :mod:`.generate` (request → PNGs),
+:mod:`.tiny` (the download-free test model), :mod:`.generate` (requests → PNGs),
+:mod:`.batch` (several requests in one pipeline call), :mod:`.microbatch`
+(batch-invariant forwards), :mod:`.marker` (``<job>.started.json``),
 :mod:`.metadata` (what each PNG carries), :mod:`.job` (input file → zip or
 error object), :mod:`.errors` (error types and exit codes), :mod:`.download`
 (weights into the image at build time).
 """
 
 from .errors import GenerationError, ModelLoadError, ServiceError
-from .generate import GeneratedImage, StepCallback, generate_images, resolve_request
+from .generate import (
+    GeneratedImage,
+    RequestOutcome,
+    StepCallback,
+    generate_batch,
+    generate_images,
+    resolve_request,
+)
 from .job import JobOutcome, execute_job, read_request, run_job
-from .pipeline import DEFAULT_MODEL, TINY_MODEL, LoadedModel, ModelProfile, load_pipeline
+from .marker import StartedMarker, write_started_marker
+from .pipeline import (
+    DEFAULT_MODEL,
+    TINY_MODEL,
+    LoadedModel,
+    LoadTimings,
+    ModelProfile,
+    load_pipeline,
+)
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -38,15 +55,20 @@ __all__ = [
     "GeneratedImage",
     "GenerationError",
     "JobOutcome",
+    "LoadTimings",
     "LoadedModel",
     "ModelLoadError",
     "ModelProfile",
+    "RequestOutcome",
     "ServiceError",
+    "StartedMarker",
     "StepCallback",
     "execute_job",
+    "generate_batch",
     "generate_images",
     "load_pipeline",
     "read_request",
     "resolve_request",
     "run_job",
+    "write_started_marker",
 ]

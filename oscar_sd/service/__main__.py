@@ -15,6 +15,7 @@ request, 3 model load, 4 generation, 5 environment, 1 anything else).
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -50,8 +51,27 @@ def main() -> int:
         # Writing the error object itself failed (a read-only or missing folder).
         logger.exception("Could not write the job's output to %s", output_dir)
         return EXIT_INTERNAL
+    if outcome.load is not None:
+        # One machine-readable line: bench/service.py splits a job's start-up with it.
+        timings = {"imports": outcome.load.imports, "weights": outcome.load.weights,
+                   "to_device": outcome.load.to_device, "generate": outcome.generate_seconds}
+        logger.info("Job timings (s): %s", json.dumps({k: round(v, 4) for k, v in timings.items()}))
     return outcome.exit_code
 
 
+def exit_now(code: int) -> None:
+    """End the process without tearing down its modules, once everything is written.
+
+    A normal exit garbage-collects PyTorch, diffusers and transformers object by
+    object: ~1.0 s of CPU per job measured here (``python -c "import
+    oscar_sd.service.tiny"``: 4.6 s user with a normal exit, 3.6 s with this).
+    The outputs are closed files by now; logs and stdio are flushed first.
+    """
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_now(main())

@@ -14,7 +14,8 @@ Exit codes of ``python -m oscar_sd.service``:
 4   the model loaded but generating failed: ``type`` is ``GenerationError``
 5   the job's environment is incomplete (``INPUT_FILE_PATH`` or
     ``TMP_OUTPUT_DIR`` unset): no error object (there is no job name or no
-    folder to write it to), the log says which variable is missing
+    folder to write it to), the log says which variable is missing; or a
+    setting of the service is wrong: ``type`` is ``ConfigurationError``
 ==  =====================================================================
 """
 
@@ -49,6 +50,13 @@ class GenerationError(ServiceError):
 
     kind = "GenerationError"
     exit_code = EXIT_GENERATION
+
+
+class ConfigurationError(ServiceError):
+    """A setting of the service (an ``OSCAR_SD_*`` variable of its FDL) is wrong."""
+
+    kind = "ConfigurationError"
+    exit_code = EXIT_ENVIRONMENT
 
 
 def error_kind(exc: BaseException) -> str:

@@ -1,4 +1,5 @@
-"""Turn a request into PNGs: the one code path of the OSCAR job and the local backend.
+"""Turn requests into PNGs: the one code path of the OSCAR job, the local backend and
+the warm worker.
 
 >>> from oscar_sd import GenerationRequest
 >>> images = generate_images(GenerationRequest(prompt="a red fox", num_images=2,
@@ -6,25 +7,32 @@
 >>> [(image.index, image.seed) for image in images]
 [(1, 7), (2, 8)]
 
-All images come from ONE batched pipeline call (``num_images_per_prompt``).
-Each image has its own ``torch.Generator`` seeded ``seed + i - 1`` (see
+:func:`generate_batch` runs several requests, those of one shape in one
+pipeline call (:mod:`.batch`); :func:`generate_images` is a batch of one. Each
+image has its own ``torch.Generator`` seeded ``seed + i - 1`` (see
 :mod:`.metadata`), created on the CPU so the starting noise is the same on any
-hardware; the same request on the same hardware gives the same images.
+hardware; a request makes the same images alone or batched with others, and
+the same request on the same hardware gives the same images.
 """
 
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
-
-import torch
 
 from .._errors import InvalidRequestError
 from .._models import GenerationRequest
-from .errors import GenerationError
+from .batch import (
+    StepCallback,
+    embeds_guidance,
+    max_batch_images_from_env,
+    plan_batches,
+    run_batch,
+    shape_key,
+)
+from .errors import ConfigurationError, ServiceError
 from .metadata import (
     JSON_KEY,
     PARAMETERS_KEY,
@@ -37,9 +45,14 @@ from .pipeline import LoadedModel, ModelProfile, load_pipeline
 
 logger = logging.getLogger("oscar_sd.service")
 
-#: Called after each denoising step with (steps done, total steps). It may raise
-#: to stop the generation at that step (the local backend does, on cancellation).
-StepCallback = Callable[[int, int], None]
+__all__ = [
+    "GeneratedImage",
+    "RequestOutcome",
+    "StepCallback",
+    "generate_batch",
+    "generate_images",
+    "resolve_request",
+]
 
 
 @dataclass(frozen=True)
@@ -75,6 +88,82 @@ def resolve_request(request: GenerationRequest, profile: ModelProfile) -> Genera
     return request.model_copy(update={"steps": steps, "guidance_scale": guidance})
 
 
+@dataclass(frozen=True)
+class RequestOutcome:
+    """What :func:`generate_batch` made of one request: its images, or why there are none."""
+
+    #: The request as given.
+    request: GenerationRequest
+    images: list[GeneratedImage] = field(default_factory=list)
+    #: An :class:`~oscar_sd.InvalidRequestError` or a :class:`.ServiceError`, else None.
+    error: Exception | None = None
+
+
+#: Told each request's outcome (its index in the list) as soon as its call ends.
+OutcomeCallback = Callable[[int, RequestOutcome], None]
+
+
+def generate_batch(
+    requests: Sequence[GenerationRequest],
+    *,
+    model: str | None = None,
+    device: str | None = None,
+    max_images: int | None = None,
+    on_step: StepCallback | None = None,
+    on_outcome: OutcomeCallback | None = None,
+) -> list[RequestOutcome]:
+    """Make the images of every request, those of one shape in one pipeline call.
+
+    ``model`` and ``device`` as for :func:`generate_images`; ``max_images``
+    (default ``$OSCAR_SD_MAX_BATCH_IMAGES``, 24) caps the images of one call.
+    Returns one :class:`RequestOutcome` per request, in order; a request the
+    model cannot run, a model that cannot load or a call that fails becomes
+    that request's ``error``, so one bad request never fails the others.
+    ``on_outcome`` hears each outcome as soon as its call ends. Whatever
+    ``on_step`` raises (it is called for every call) stops everything and
+    propagates unchanged.
+    """
+    outcomes: list[RequestOutcome | None] = [None] * len(requests)
+
+    def settle(index: int, outcome: RequestOutcome) -> None:
+        outcomes[index] = outcome
+        if on_outcome is not None:
+            on_outcome(index, outcome)
+
+    try:
+        loaded = load_pipeline(model, device)
+        limit = max_images if max_images is not None else max_batch_images_from_env()
+    except (ServiceError, ValueError) as exc:
+        # A setting the operator got wrong (ValueError) is told as it is, not as a bug.
+        failure = exc if isinstance(exc, ServiceError) else ConfigurationError(str(exc))
+        for index, request in enumerate(requests):
+            settle(index, RequestOutcome(request, error=failure))
+        return [outcome for outcome in outcomes if outcome is not None]
+    resolved: dict[int, GenerationRequest] = {}
+    for index, request in enumerate(requests):
+        try:
+            resolved[index] = resolve_request(request, loaded.profile)
+        except InvalidRequestError as exc:
+            settle(index, RequestOutcome(request, error=exc))
+    order = sorted(resolved)
+    guidance_input = embeds_guidance(loaded)
+    plan = plan_batches(
+        [resolved[i] for i in order], limit, lambda r: shape_key(r, guidance_input)
+    )
+    for members in plan:
+        indices = [order[member] for member in members]
+        try:
+            pictures = run_batch(loaded, [resolved[i] for i in indices], on_step)
+        except ServiceError as exc:
+            for index in indices:
+                settle(index, RequestOutcome(requests[index], error=exc))
+            continue
+        for index, made in zip(indices, pictures, strict=True):
+            images = encode_images(loaded, resolved[index], made)
+            settle(index, RequestOutcome(requests[index], images))
+    return [outcome for outcome in outcomes if outcome is not None]
+
+
 def generate_images(
     request: GenerationRequest,
     *,
@@ -89,79 +178,24 @@ def generate_images(
     run, :class:`.ModelLoadError` and :class:`.GenerationError`. Whatever
     ``on_step`` raises stops the generation and propagates unchanged.
     """
-    loaded = load_pipeline(model, device)
-    resolved = resolve_request(request, loaded.profile)
-    pictures = _run_pipeline(loaded, resolved, on_step)
+    (outcome,) = generate_batch([request], model=model, device=device, on_step=on_step)
+    if outcome.error is not None:
+        raise outcome.error
+    return outcome.images
+
+
+def encode_images(
+    loaded: LoadedModel, request: GenerationRequest, pictures: list[Any]
+) -> list[GeneratedImage]:
+    """The PNGs of resolved ``request``'s ``pictures``, each carrying its parameters."""
     sampler = type(loaded.pipeline.scheduler).__name__
     images = []
     for index, picture in enumerate(pictures, start=1):
-        seed = image_seed(resolved.seed, index)  # type: ignore[arg-type]
-        parameters = parameters_text(resolved, seed, sampler, loaded.profile.label)
+        seed = image_seed(request.seed, index)  # type: ignore[arg-type]
+        parameters = parameters_text(request, seed, sampler, loaded.profile.label)
         png = encode_png(
             picture,
-            {PARAMETERS_KEY: parameters, JSON_KEY: metadata_json(resolved, index, seed)},
+            {PARAMETERS_KEY: parameters, JSON_KEY: metadata_json(request, index, seed)},
         )
-        images.append(GeneratedImage(index, seed, png, resolved, parameters))
+        images.append(GeneratedImage(index, seed, png, request, parameters))
     return images
-
-
-def _run_pipeline(
-    loaded: LoadedModel, request: GenerationRequest, on_step: StepCallback | None
-) -> list[Any]:
-    generators = [
-        torch.Generator("cpu").manual_seed(image_seed(request.seed, index))  # type: ignore[arg-type]
-        for index in range(1, request.num_images + 1)
-    ]
-
-    # What on_step raised, so it propagates as itself rather than as a GenerationError.
-    stopped_by: list[BaseException] = []
-
-    def step_end(pipe: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
-        if on_step is not None:
-            try:
-                on_step(step + 1, pipe.num_timesteps)
-            except BaseException as exc:
-                stopped_by.append(exc)
-                raise
-        return tensors
-
-    logger.info(
-        "Generating %d image(s) of %dx%d, %d step(s), guidance %s, seed %d",
-        request.num_images,
-        request.width,
-        request.height,
-        request.steps,
-        request.guidance_scale,
-        request.seed,
-    )
-    started = time.perf_counter()
-    try:
-        with loaded.run_lock, torch.inference_mode():
-            output = loaded.pipeline(
-                prompt=request.prompt,
-                negative_prompt=request.negative_prompt or None,
-                num_inference_steps=request.steps,
-                guidance_scale=request.guidance_scale,
-                width=request.width,
-                height=request.height,
-                num_images_per_prompt=request.num_images,
-                generator=generators,
-                callback_on_step_end=step_end,
-            )
-    except torch.OutOfMemoryError as exc:
-        raise GenerationError(
-            f"The {loaded.device} ran out of memory making {request.num_images} image(s) of "
-            f"{request.width}x{request.height}; ask for fewer images or a smaller size."
-        ) from exc
-    except Exception as exc:
-        if exc in stopped_by:
-            raise
-        logger.exception("Generation failed")
-        raise GenerationError(
-            f"The model failed while making the images ({type(exc).__name__}); "
-            "try again, and if it fails again try fewer images or a smaller size."
-        ) from exc
-    seconds = time.perf_counter() - started
-    logger.info("Generated %d image(s) in %.2f s", request.num_images, seconds)
-    return list(output.images)
-

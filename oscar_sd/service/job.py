@@ -15,6 +15,8 @@ from __future__ import annotations
 import io
 import json
 import logging
+import threading
+import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +25,8 @@ from .._errors import InvalidRequestError
 from .._models import GenerationRequest
 from .errors import EXIT_OK, error_kind, exit_code_for
 from .generate import GeneratedImage, generate_images
+from .marker import write_started_marker
+from .pipeline import LoadTimings, load_pipeline
 
 logger = logging.getLogger("oscar_sd.service")
 
@@ -36,6 +40,10 @@ class JobOutcome:
     exit_code: int
     #: The ``type`` of the error object, ``None`` on success.
     error_type: str | None = None
+    #: Where loading the model went (imports, weights, device); None if it failed.
+    load: LoadTimings | None = None
+    #: Seconds from the request read to the images encoded, loading excluded.
+    generate_seconds: float = 0.0
 
 
 def job_name(input_file: Path) -> str:
@@ -85,22 +93,34 @@ def execute_job(
 ) -> JobOutcome:
     """Run the job of ``input_file`` and report what it wrote and its exit code.
 
-    Never raises for a job failure: every failure becomes ``<job>.error.json``.
+    First it writes ``<job>.started.json`` to the output bucket (:mod:`.marker`),
+    in a thread, so that it overlaps loading the model. Never raises for a job
+    failure: every failure becomes ``<job>.error.json``.
     """
     input_file, output_dir = Path(input_file), Path(output_dir)
     job = job_name(input_file)
+    marker = threading.Thread(target=write_started_marker, args=(job,),
+                              name="started-marker", daemon=True)
+    marker.start()
     try:
         request = read_request(input_file)
+        loaded = load_pipeline(model, device)
+        started = time.perf_counter()
         images = generate_images(request, model=model, device=device)
         archive = zip_images(images)
         output = output_dir / f"{job}.zip"
         # One write of finished bytes: every file in the folder gets uploaded, so
         # a half-written zip must never sit there.
         output.write_bytes(archive)
+        seconds = time.perf_counter() - started
     except Exception as exc:
         return _fail(job, output_dir, exc)
-    logger.info("Job %s: wrote %s (%d images)", job, output, len(images))
-    return JobOutcome(output, EXIT_OK)
+    finally:
+        # The marker must land before the result, which is uploaded after we exit.
+        marker.join(timeout=30)
+    logger.info("Job %s: wrote %s (%d images, generated in %.2f s; model %s)",
+                job, output, len(images), seconds, loaded.timings.describe())
+    return JobOutcome(output, EXIT_OK, load=loaded.timings, generate_seconds=seconds)
 
 
 def run_job(
