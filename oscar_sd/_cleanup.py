@@ -25,6 +25,14 @@ class _Deletion:
     keys: list[str]
     attempts: int = 0
     due: float = 0.0
+    #: Not before this is set (an upload still in flight), or until ``after_until``.
+    after: threading.Event | None = None
+    after_until: float = 0.0
+
+    def ready(self, now: float) -> bool:
+        if self.due > now:
+            return False
+        return self.after is None or self.after.is_set() or now >= self.after_until
 
 
 class Deletions:
@@ -46,23 +54,28 @@ class Deletions:
         with self._lock:
             return len(self._pending)
 
-    def add(self, bucket: str, keys: list[str], *, now: bool = True) -> None:
-        """Queue ``keys`` for deletion: at the next round (``now``) or after a first retry delay."""
+    def add(self, bucket: str, keys: list[str], *, now: bool = True,
+            after: threading.Event | None = None, after_limit: float = 0.0) -> None:
+        """Queue ``keys`` for deletion: at the next round (``now``) or after a first retry
+        delay; with ``after``, only once that event is set (at most ``after_limit`` s on)."""
         if not keys:
             return
-        due = time.monotonic() + (0.0 if now else self.first_retry)
+        moment = time.monotonic()
+        due = moment if now or after is not None else moment + self.first_retry
+        item = _Deletion(bucket, list(keys), due=due, after=after,
+                         after_until=moment + after_limit)
         with self._lock:
             if len(self._pending) >= self.max_pending:
                 self.given_up += len(keys)
                 return
-            self._pending.append(_Deletion(bucket, list(keys), due=due))
+            self._pending.append(item)
 
     def run_due(self, remove: Remove) -> None:
         """Try every deletion whose time came; called from the maintenance thread."""
         now = time.monotonic()
         with self._lock:
-            due = [item for item in self._pending if item.due <= now]
-            self._pending = [item for item in self._pending if item.due > now]
+            due = [item for item in self._pending if item.ready(now)]
+            self._pending = [item for item in self._pending if not item.ready(now)]
         retry = []
         for item in due:
             try:
@@ -73,7 +86,7 @@ class Deletions:
             self.deleted += len(item.keys) - len(failed)
             if not failed:
                 continue
-            item.keys, item.attempts = failed, item.attempts + 1
+            item.keys, item.attempts, item.after = failed, item.attempts + 1, None
             if item.attempts >= self.max_attempts:
                 self.given_up += len(failed)
                 logger.warning("gave up deleting %d objects from %s (%s)",
