@@ -151,6 +151,7 @@ async def run(double: Double, client: str, mode: str, n: int, generate: Generate
     """Drive ``n`` requests through ``generate``; measure from landing to the caller."""
     stats_before = _paths(sd)
     dropped_before = double.ask("dropped")
+    double_cpu_before = double.ask("cpu")
     double.ask("landed")
     double.ask("counters")
     if mode == "burst":
@@ -194,7 +195,8 @@ async def run(double: Double, client: str, mode: str, n: int, generate: Generate
     landed = double.ask("landed")
     counters = double.ask("counters")
     latencies = [done_at[job] - landed[f"out/{job}.zip"] for job in done_at]
-    note = f"{len(failures)} failed ({type(failures[0]).__name__})" if failures else ""
+    note = f"{len(failures)} failed ({type(failures[0]).__name__}); " if failures else ""
+    note += f"double CPU {(double.ask('cpu') - double_cpu_before) / n * 1000:.1f} ms/r; "
     if sd is not None and fetch_seconds:
         note += f"fetch+unpack p50 {statistics.median(fetch_seconds) * 1000:.1f} ms; "
         fetch_seconds.clear()

@@ -9,6 +9,7 @@ line per command read from stdin:
   last ``landed`` (CLOCK_MONOTONIC: comparable across processes on Linux);
 - ``listeners``: how many listen streams are open; ``dropped``: events dropped so far
   for readers that fell behind;
+- ``cpu``: the double's own CPU seconds so far;
 - ``counters``: storage connections and requests by method since the last ``counters``;
 - ``quit``.
 """
@@ -16,6 +17,7 @@ line per command read from stdin:
 from __future__ import annotations
 
 import json
+import resource
 import sys
 import threading
 from collections import Counter
@@ -88,6 +90,9 @@ def main() -> None:
                     answer, landed = dict(landed), {}
             elif command == "listeners":
                 answer = double.listen_connections
+            elif command == "cpu":  # this process's CPU seconds so far
+                usage = resource.getrusage(resource.RUSAGE_SELF)
+                answer = usage.ru_utime + usage.ru_stime
             elif command == "dropped":
                 answer = double.storage.hub.dropped_total
             elif command == "counters":
