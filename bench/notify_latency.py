@@ -150,6 +150,7 @@ async def run(double: Double, client: str, mode: str, n: int, generate: Generate
               sd: OscarSD | None = None) -> Row:
     """Drive ``n`` requests through ``generate``; measure from landing to the caller."""
     stats_before = _paths(sd)
+    fetch_seconds.clear()
     dropped_before = double.ask("dropped")
     double_cpu_before = double.ask("cpu")
     double.ask("landed")

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 logger = logging.getLogger("oscar_sd.hub")
 
 Remove = Callable[[str, list[str]], list[str]]
+#: The most keys one S3 multi-object delete may name.
+BATCH = 1000
 
 
 @dataclass
@@ -76,13 +78,11 @@ class Deletions:
         with self._lock:
             due = [item for item in self._pending if item.ready(now)]
             self._pending = [item for item in self._pending if not item.ready(now)]
+        outcome = self._remove_in_batches(due, remove)
         retry = []
         for item in due:
-            try:
-                failed = remove(item.bucket, item.keys)
-                reason = "refused"
-            except Exception as exc:
-                failed, reason = item.keys, type(exc).__name__
+            failed = [key for key in item.keys if outcome[(item.bucket, key)]]
+            reason = outcome[(item.bucket, failed[0])] if failed else ""
             self.deleted += len(item.keys) - len(failed)
             if not failed:
                 continue
@@ -102,3 +102,24 @@ class Deletions:
             self._pending.extend(retry)
             if not self._pending:
                 self._complained = False
+
+    @staticmethod
+    def _remove_in_batches(due: list[_Deletion], remove: Remove) -> dict[tuple[str, str], str]:
+        """Delete every due key with as few requests as S3 allows (1,000 keys each,
+        per bucket): a burst of finished requests costs a handful of requests, not one
+        each. Returns, per (bucket, key), "" when deleted, else why not."""
+        by_bucket: dict[str, list[str]] = {}
+        for item in due:
+            by_bucket.setdefault(item.bucket, []).extend(item.keys)
+        outcome: dict[tuple[str, str], str] = {}
+        for bucket, keys in by_bucket.items():
+            unique = list(dict.fromkeys(keys))
+            for start in range(0, len(unique), BATCH):
+                chunk = unique[start:start + BATCH]
+                try:
+                    failed, reason = set(remove(bucket, chunk)), "refused"
+                except Exception as exc:
+                    failed, reason = set(chunk), type(exc).__name__
+                for key in chunk:
+                    outcome[(bucket, key)] = reason if key in failed else ""
+        return outcome

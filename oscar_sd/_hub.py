@@ -144,11 +144,13 @@ class NotificationHub:
 
     def delete_later(
         self, bucket: str, keys: list[str], *,
-        after: threading.Event | None = None, after_limit: float = 0.0,
+        after: threading.Event | None = None, after_limit: float = 0.0, soon: bool = False,
     ) -> None:
-        """Retry a deletion in the background (bounded), e.g. after a cancelled clean-up;
-        with ``after``, not before that event is set (or ``after_limit`` seconds passed)."""
-        self.deletions.add(bucket, keys, now=False, after=after, after_limit=after_limit)
+        """Delete in the background (bounded retries, batched with other deletions):
+        ``soon`` at the next round, else after a first retry delay (a cancelled
+        clean-up); with ``after``, not before that event is set (or ``after_limit``
+        seconds passed)."""
+        self.deletions.add(bucket, keys, now=soon, after=after, after_limit=after_limit)
         with self._lock:
             self._start_threads()
 

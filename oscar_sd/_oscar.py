@@ -418,6 +418,11 @@ class OscarSD:
             doomed.setdefault(self.output_path.bucket, []).append(landed)
         lane = self.limits.requests if landed is None else self.limits.results
         for bucket, keys in doomed.items():
+            if lane.available_tokens < 1:
+                # Busy (a burst): never make a finished request queue for a thread to
+                # delete; the hub deletes these with the others, 1,000 keys a request.
+                self._hub.delete_later(bucket, keys, soon=True)
+                continue
             failed: list[str] = keys
             with anyio.move_on_after(TIDY_LIMIT):
                 try:

@@ -150,8 +150,9 @@ async def test_a_cancelled_upload_that_ends_after_the_clean_up_is_deleted_once_i
             cluster.resume_uploads()  # the abandoned upload completes after the clean-up
             while not await anyio.to_thread.run_sync(stored.wait, 0.05):
                 pass
-            await until(lambda: objects_left(cluster) == [])  # deleted once it ended
-        assert sd._hub.deletions.deleted == 1
+            # Deleted once it ended, by the hub's background clean-up (counted after
+            # the delete request returns: wait for both).
+            await until(lambda: objects_left(cluster) == [] and sd._hub.deletions.deleted == 1)
 
 
 # -- a burst ---------------------------------------------------------------------------
