@@ -149,6 +149,10 @@ async def run(double: Double, client: str, mode: str, n: int, generate: Generate
               *, before_release: Callable[[], Awaitable[None]] | None = None,
               sd: OscarSD | None = None) -> Row:
     """Drive ``n`` requests through ``generate``; measure from landing to the caller."""
+    # Start clean: the previous row's background deletions have finished.
+    with anyio.fail_after(120):
+        while double.ask("objects"):  # noqa: ASYNC110 (state of another process)
+            await anyio.sleep(0.1)
     stats_before = _paths(sd)
     fetch_seconds.clear()
     dropped_before = double.ask("dropped")

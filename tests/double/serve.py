@@ -9,7 +9,7 @@ line per command read from stdin:
   last ``landed`` (CLOCK_MONOTONIC: comparable across processes on Linux);
 - ``listeners``: how many listen streams are open; ``dropped``: events dropped so far
   for readers that fell behind;
-- ``cpu``: the double's own CPU seconds so far;
+- ``cpu``: the double's own CPU seconds so far; ``objects``: objects in the bucket;
 - ``counters``: storage connections and requests by method since the last ``counters``;
 - ``quit``.
 """
@@ -93,6 +93,8 @@ def main() -> None:
             elif command == "cpu":  # this process's CPU seconds so far
                 usage = resource.getrusage(resource.RUSAGE_SELF)
                 answer = usage.ru_utime + usage.ru_stime
+            elif command == "objects":  # how many objects the service's bucket holds
+                answer = len(double.list_keys(SERVICE))
             elif command == "dropped":
                 answer = double.storage.hub.dropped_total
             elif command == "counters":
