@@ -88,7 +88,7 @@ class Workload:
 
 
 WORKLOADS = {
-    "tiny": Workload(width=64, height=64, steps=2, guidance=0.0),
+    "tiny": Workload(width=512, height=512, steps=2, guidance=0.0),  # the page's default size
     "sd15": Workload(width=512, height=512, steps=25, guidance=7.5),
     "sd-turbo": Workload(width=512, height=512, steps=1, guidance=0.0),
 }
@@ -466,7 +466,7 @@ def main() -> None:
                         help="default: fp16 on cuda, fp32 on cpu (tiny: the service's choice)")
     parser.add_argument("--compile", action="store_true",
                         help="full-size configs: also time with torch.compile")
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs per row")
+    parser.add_argument("--repeats", type=int, default=7, help="timed runs per row (median)")
     parser.add_argument("--batch-sizes", default="64,256",
                         help="tiny: image sizes of the batching table (comma-separated)")
     arguments = parser.parse_args()

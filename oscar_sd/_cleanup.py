@@ -17,6 +17,8 @@ from dataclasses import dataclass
 logger = logging.getLogger("oscar_sd.hub")
 
 Remove = Callable[[str, list[str]], list[str]]
+#: The most keys one S3 multi-object delete may name.
+BATCH = 1000
 
 
 @dataclass
@@ -25,6 +27,14 @@ class _Deletion:
     keys: list[str]
     attempts: int = 0
     due: float = 0.0
+    #: Not before this is set (an upload still in flight), or until ``after_until``.
+    after: threading.Event | None = None
+    after_until: float = 0.0
+
+    def ready(self, now: float) -> bool:
+        if self.due > now:
+            return False
+        return self.after is None or self.after.is_set() or now >= self.after_until
 
 
 class Deletions:
@@ -46,34 +56,37 @@ class Deletions:
         with self._lock:
             return len(self._pending)
 
-    def add(self, bucket: str, keys: list[str], *, now: bool = True) -> None:
-        """Queue ``keys`` for deletion: at the next round (``now``) or after a first retry delay."""
+    def add(self, bucket: str, keys: list[str], *, now: bool = True,
+            after: threading.Event | None = None, after_limit: float = 0.0) -> None:
+        """Queue ``keys`` for deletion: at the next round (``now``) or after a first retry
+        delay; with ``after``, only once that event is set (at most ``after_limit`` s on)."""
         if not keys:
             return
-        due = time.monotonic() + (0.0 if now else self.first_retry)
+        moment = time.monotonic()
+        due = moment if now or after is not None else moment + self.first_retry
+        item = _Deletion(bucket, list(keys), due=due, after=after,
+                         after_until=moment + after_limit)
         with self._lock:
             if len(self._pending) >= self.max_pending:
                 self.given_up += len(keys)
                 return
-            self._pending.append(_Deletion(bucket, list(keys), due=due))
+            self._pending.append(item)
 
     def run_due(self, remove: Remove) -> None:
         """Try every deletion whose time came; called from the maintenance thread."""
         now = time.monotonic()
         with self._lock:
-            due = [item for item in self._pending if item.due <= now]
-            self._pending = [item for item in self._pending if item.due > now]
+            due = [item for item in self._pending if item.ready(now)]
+            self._pending = [item for item in self._pending if not item.ready(now)]
+        outcome = self._remove_in_batches(due, remove)
         retry = []
         for item in due:
-            try:
-                failed = remove(item.bucket, item.keys)
-                reason = "refused"
-            except Exception as exc:
-                failed, reason = item.keys, type(exc).__name__
+            failed = [key for key in item.keys if outcome[(item.bucket, key)]]
+            reason = outcome[(item.bucket, failed[0])] if failed else ""
             self.deleted += len(item.keys) - len(failed)
             if not failed:
                 continue
-            item.keys, item.attempts = failed, item.attempts + 1
+            item.keys, item.attempts, item.after = failed, item.attempts + 1, None
             if item.attempts >= self.max_attempts:
                 self.given_up += len(failed)
                 logger.warning("gave up deleting %d objects from %s (%s)",
@@ -89,3 +102,24 @@ class Deletions:
             self._pending.extend(retry)
             if not self._pending:
                 self._complained = False
+
+    @staticmethod
+    def _remove_in_batches(due: list[_Deletion], remove: Remove) -> dict[tuple[str, str], str]:
+        """Delete every due key with as few requests as S3 allows (1,000 keys each,
+        per bucket): a burst of finished requests costs a handful of requests, not one
+        each. Returns, per (bucket, key), "" when deleted, else why not."""
+        by_bucket: dict[str, list[str]] = {}
+        for item in due:
+            by_bucket.setdefault(item.bucket, []).extend(item.keys)
+        outcome: dict[tuple[str, str], str] = {}
+        for bucket, keys in by_bucket.items():
+            unique = list(dict.fromkeys(keys))
+            for start in range(0, len(unique), BATCH):
+                chunk = unique[start:start + BATCH]
+                try:
+                    failed, reason = set(remove(bucket, chunk)), "refused"
+                except Exception as exc:
+                    failed, reason = set(chunk), type(exc).__name__
+                for key in chunk:
+                    outcome[(bucket, key)] = reason if key in failed else ""
+        return outcome

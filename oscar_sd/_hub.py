@@ -31,10 +31,10 @@ from dataclasses import dataclass, field
 from functools import partial
 
 import anyio
-import anyio.from_thread
 import anyio.to_thread
 
 from ._cleanup import Deletions
+from ._loops import LoopGone
 from ._reconcile import ReconcilePolicy, Reconciler
 from ._stream import Backoff, ListenResponse, NotificationSource, read_stream
 from ._waiters import Waiter, WaiterRegistry
@@ -142,17 +142,26 @@ class NotificationHub:
         """Forget a waiter that gave up; a result landing for it later is deleted."""
         self.registry.abandon(waiter, self.abandoned_for)
 
-    def delete_later(self, bucket: str, keys: list[str]) -> None:
-        """Retry a deletion in the background (bounded), e.g. after a cancelled clean-up."""
-        self.deletions.add(bucket, keys, now=False)
+    def delete_later(
+        self, bucket: str, keys: list[str], *,
+        after: threading.Event | None = None, after_limit: float = 0.0, soon: bool = False,
+    ) -> None:
+        """Delete in the background (bounded retries, batched with other deletions):
+        ``soon`` at the next round, else after a first retry delay (a cancelled
+        clean-up); with ``after``, not before that event is set (or ``after_limit``
+        seconds passed)."""
+        self.deletions.add(bucket, keys, now=soon, after=after, after_limit=after_limit)
         with self._lock:
             self._start_threads()
 
-    async def look_now(self, waiter: Waiter) -> str | None:
-        """List ``waiter``'s keys once: the last look before a deadline."""
+    async def look_now(
+        self, waiter: Waiter, limiter: anyio.CapacityLimiter | None = None
+    ) -> str | None:
+        """List ``waiter``'s keys once (in one of ``limiter``'s threads): the last look
+        before a deadline."""
         keys = await anyio.to_thread.run_sync(
             lambda: set(self.source.list_keys(self.address.bucket, waiter.prefix)),
-            abandon_on_cancel=True,
+            abandon_on_cancel=True, limiter=limiter,
         )
         found = sorted(keys & waiter.keys)
         return found[0] if found else None
@@ -280,8 +289,7 @@ class NotificationHub:
         keys = list(keys)
         if via == "event":
             self.stats.events += len(keys)
-        matches, abandoned = self.registry.match(keys)
-        matches = [(w, key) for w, key in matches if not w.resolved]  # counted once
+        matches, abandoned = self.registry.match(keys)  # each waiter matched once
         counter = {"event": "resolved_by_event", "catch-up": "caught_up",
                    "reconciliation": "reconciled"}[via]
         setattr(self.stats, counter, getattr(self.stats, counter) + len(matches))
@@ -312,14 +320,18 @@ class NotificationHub:
         logger.log(logging.WARNING if loud else logging.DEBUG, "%s: %s", self.label, detail)
 
     def _on_loops(self, calls: list[tuple[Waiter, Callable[[], object]]]) -> None:
-        """Run each call on its waiter's own event loop, one hop per loop."""
-        by_loop: dict[int, list[tuple[Waiter, Callable[[], object]]]] = {}
+        """Post each call to its waiter's own event loop, one batch per loop.
+
+        Never waits for a loop: a busy or blocked loop only delays its own
+        waiters, never the reader thread or another loop's results.
+        """
+        by_inbox: dict[int, list[tuple[Waiter, Callable[[], object]]]] = {}
         for waiter, call in calls:
-            by_loop.setdefault(id(waiter._token.native_token), []).append((waiter, call))
-        for group in by_loop.values():
+            by_inbox.setdefault(id(waiter.inbox), []).append((waiter, call))
+        for group in by_inbox.values():
             try:
-                anyio.from_thread.run_sync(_run_all, group, token=group[0][0]._token)
-            except RuntimeError:  # that event loop has ended: its waiters are gone
+                group[0][0].inbox.post([call for _, call in group])
+            except LoopGone:  # that event loop has ended: its waiters are gone
                 for waiter, _ in group:
                     self.discard(waiter)
 
@@ -334,11 +346,6 @@ class NotificationHub:
                 self._response.shutdown()
             except Exception:
                 pass
-
-
-def _run_all(calls: list[tuple[Waiter, Callable[[], object]]]) -> None:
-    for _, call in calls:
-        call()
 
 
 _hubs: dict[StreamAddress, NotificationHub] = {}

@@ -18,6 +18,7 @@ import json
 import logging
 import shutil
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable, Generator
@@ -38,6 +39,7 @@ from ._errors import (
     ServiceMisconfiguredError,
 )
 from ._hub import Backoff, NotificationHub, StreamAddress, get_hub
+from ._limits import DEFAULT_STORAGE_THREADS, StorageLimits
 from ._models import (
     GenerationRequest,
     GenerationResult,
@@ -61,6 +63,9 @@ T = TypeVar("T")
 RESULT_SUFFIXES = (".zip", ".error.json", ".png", ".txt.png", ".json.png")
 #: How long a request's own clean-up may take before the hub's background retries take over.
 TIDY_LIMIT = 0.5
+#: How long the background clean-up waits for an abandoned upload to end before deleting
+#: its input anyway (longer than the storage client's connect + read timeouts).
+UPLOAD_END_LIMIT = 150.0
 
 
 class OscarSD:
@@ -83,8 +88,11 @@ class OscarSD:
         results_dir: Path,
         keep_objects: bool,
         outage_timeout: float = 60.0,
+        limits: StorageLimits | None = None,
     ) -> None:
         self.outage_timeout = outage_timeout
+        #: The library's own worker threads for storage (never anyio's process-wide default).
+        self.limits = limits or StorageLimits.create()
         self.service = service
         self.user = user
         #: The bearer token, renewing itself; None with basic auth.
@@ -125,6 +133,7 @@ class OscarSD:
         stall_timeout: float = 5.0,
         outage_timeout: float = 60.0,
         backoff: Backoff | None = None,
+        storage_threads: int = DEFAULT_STORAGE_THREADS,
     ) -> _Connecting:
         """Log in to the cluster, find ``service`` and its storage.
 
@@ -149,12 +158,17 @@ class OscarSD:
         progress and raise :class:`ClusterUnreachableError` after
         ``outage_timeout`` seconds; ``stall_timeout`` is how long the
         notification stream may stay silent before it is replaced.
+        Storage calls run on the client's own worker threads, in two lanes of
+        ``storage_threads`` each: one uploads new prompts, the other fetches and
+        unpacks finished results, so new requests never hold up finished ones.
 
         Raises :class:`AuthenticationError`, :class:`ServiceNotFoundError`,
         :class:`ServiceMisconfiguredError` or :class:`ClusterUnreachableError`.
         """
         if input_format not in ("json", "text"):
             raise ValueError("input_format must be 'json' or 'text'")
+        if storage_threads < 1:
+            raise ValueError("storage_threads must be at least 1")
         bearer = token
         if isinstance(token, str) and refresh_token:
             bearer = OidcToken(
@@ -196,12 +210,14 @@ class OscarSD:
                 region=provider.get("region") or None,
                 verify=bool(provider.get("verify", True)) and verify_ssl,
                 stall_timeout=stall_timeout,
-                pool_size=_threads_using_storage(),
+                pool_size=StorageLimits.pool_size(storage_threads),
             )
+            limits = StorageLimits.create(storage_threads)
             try:
                 with anyio.fail_after(connect_timeout):
                     exists = await anyio.to_thread.run_sync(
-                        storage.check_bucket, output_path.bucket, abandon_on_cancel=True
+                        storage.check_bucket, output_path.bucket, abandon_on_cancel=True,
+                        limiter=limits.requests,
                     )
             except TimeoutError:
                 raise ClusterUnreachableError(
@@ -223,7 +239,9 @@ class OscarSD:
             )
             hub = get_hub(address, storage, **({"backoff": backoff} if backoff else {}))
             results = Path(results_dir or Path(tempfile.gettempdir()) / "oscar-sd-results")
-            await anyio.to_thread.run_sync(partial(results.mkdir, parents=True, exist_ok=True))
+            await anyio.to_thread.run_sync(
+                partial(results.mkdir, parents=True, exist_ok=True), limiter=limits.results
+            )
             return cls(
                 cluster=cluster,
                 storage=storage,
@@ -239,6 +257,7 @@ class OscarSD:
                 results_dir=results,
                 keep_objects=keep_objects,
                 outage_timeout=outage_timeout,
+                limits=limits,
             )
 
         return _Connecting(open_client())
@@ -280,14 +299,18 @@ class OscarSD:
         result_keys = {self.output_path.key(job_id + suffix) for suffix in RESULT_SUFFIXES}
         waiter = self._hub.register(result_keys, self._storage)
         landed: str | None = None
-        uploaded_input = False
+        upload: threading.Event | None = None
         directory: Path | None = None
+        lanes = self.limits
         try:
             await until_ready(self._hub, waiter, deadline, self._outage(report))
             upload_started = time.monotonic()
-            uploaded_input = True  # from here on, a job may run: its input must be tidied
+            # From here on a job may run: its input must be tidied. A cancelled
+            # upload's thread runs on; ``upload`` tells the clean-up when it ended.
+            upload = threading.Event()
             await self._storage_call(
-                self._storage.put, self.input_path.bucket, input_key, body, content_type
+                _then_set, upload, self._storage.put,
+                self.input_path.bucket, input_key, body, content_type, limiter=lanes.requests,
             )
             uploaded = time.monotonic()
             report(Stage.UPLOADED, "Prompt uploaded to the cluster")
@@ -297,7 +320,9 @@ class OscarSD:
             if landed is None:
                 # The deadline also takes one last look, but it is never the recovery
                 # path for a lost event: reconciliation finds those within seconds.
-                landed = await self._storage_call(self._hub.look_now, waiter, run=False)
+                landed = await self._storage_call(
+                    self._hub.look_now, waiter, lanes.requests, run=False
+                )
             if landed is None:
                 raise GenerationTimeout(
                     f"No result from service {self.service!r} after {self.timeout:g} s. "
@@ -307,11 +332,16 @@ class OscarSD:
             waited = time.monotonic()
 
             report(Stage.DOWNLOADING, "Downloading the images")
-            data = await self._storage_call(self._storage.get, self.output_path.bucket, landed)
+            data = await self._storage_call(
+                self._storage.get, self.output_path.bucket, landed, limiter=lanes.results
+            )
             if landed.endswith(".error.json"):
                 raise _job_failure(data, job_id)
             directory = self.results_dir / job_id
-            images = await anyio.to_thread.run_sync(_unpack, landed, data, directory)
+            # Not abandoned on cancel: the clean-up below must not race the writes.
+            images = await anyio.to_thread.run_sync(
+                _unpack, landed, data, directory, limiter=lanes.results
+            )
             finished = time.monotonic()
             report(Stage.DONE, f"{len(images)} images ready")
             return GenerationResult(
@@ -329,17 +359,18 @@ class OscarSD:
             if directory is not None:
                 with anyio.CancelScope(shield=True):
                     await anyio.to_thread.run_sync(
-                        partial(shutil.rmtree, directory, ignore_errors=True)
+                        partial(shutil.rmtree, directory, ignore_errors=True),
+                        limiter=lanes.results,
                     )
             raise
         finally:
-            if landed is None and uploaded_input:
+            if landed is None and upload is not None:
                 self._hub.abandon(waiter)  # a result that lands later is deleted then
             else:
                 self._hub.discard(waiter)
-            if uploaded_input:
+            if upload is not None:
                 with anyio.CancelScope(shield=True):
-                    await self._tidy(input_key, landed)
+                    await self._tidy(input_key, landed, upload)
 
     def _input_object(self, job_id: str, request: GenerationRequest) -> tuple[str, bytes, str]:
         if self.input_format == "text":
@@ -350,36 +381,54 @@ class OscarSD:
     def _outage(self, report: ProgressReporter) -> Outage:
         return Outage(self._hub, self._storage.endpoint, self.outage_timeout, report)
 
-    async def _storage_call(self, function: Callable[..., T], *args: Any, run: bool = True) -> T:
-        """Call storage (in a thread, or ``function`` is itself async when not ``run``);
-        every failure becomes an :class:`OscarSDError`."""
+    async def _storage_call(
+        self, function: Callable[..., T], *args: Any,
+        limiter: anyio.CapacityLimiter | None = None, run: bool = True,
+    ) -> T:
+        """Call storage (in one of ``limiter``'s threads, or ``function`` is itself
+        async when not ``run``); every failure becomes an :class:`OscarSDError`."""
         try:
             if run:
-                return await anyio.to_thread.run_sync(function, *args, abandon_on_cancel=True)
+                return await anyio.to_thread.run_sync(
+                    function, *args, abandon_on_cancel=True, limiter=limiter
+                )
             return await function(*args)  # type: ignore[no-any-return]
         except OscarSDError:
             raise
         except Exception as exc:
             raise storage_error(exc, self._storage.endpoint) from None
 
-    async def _tidy(self, input_key: str, landed: str | None) -> None:
+    async def _tidy(self, input_key: str, landed: str | None, upload: threading.Event) -> None:
         """Delete the input when no result came (so no job starts late for nobody),
-        and both objects once used unless asked to keep them.
+        and both objects once used unless asked to keep them: one request where
+        they share a bucket.
 
         Bounded, so that cancelling returns at once even while storage is
         unreachable: what does not finish in time is retried in the background.
+        An upload still in flight (cancelled mid-way) could land after a delete,
+        so its input is deleted in the background once the upload has ended.
         """
         doomed: dict[str, list[str]] = {}
-        if landed is None or not self.keep_objects:
+        if not upload.is_set():
+            self._hub.delete_later(self.input_path.bucket, [input_key], after=upload,
+                                   after_limit=UPLOAD_END_LIMIT)
+        elif landed is None or not self.keep_objects:
             doomed.setdefault(self.input_path.bucket, []).append(input_key)
         if landed is not None and not self.keep_objects:
             doomed.setdefault(self.output_path.bucket, []).append(landed)
+        lane = self.limits.requests if landed is None else self.limits.results
         for bucket, keys in doomed.items():
+            if lane.available_tokens < 1:
+                # Busy (a burst): never make a finished request queue for a thread to
+                # delete; the hub deletes these with the others, 1,000 keys a request.
+                self._hub.delete_later(bucket, keys, soon=True)
+                continue
             failed: list[str] = keys
             with anyio.move_on_after(TIDY_LIMIT):
                 try:
                     failed = await anyio.to_thread.run_sync(
-                        self._storage.remove, bucket, keys, abandon_on_cancel=True
+                        self._storage.remove, bucket, keys, abandon_on_cancel=True,
+                        limiter=lane,
                     )
                 except Exception:  # tidying is best effort; the result stands
                     failed = keys
@@ -410,9 +459,12 @@ class _Connecting:
             await self._client.aclose()
 
 
-def _threads_using_storage() -> int:
-    """Worker threads that may use the storage pool at once, plus the hub's own two."""
-    return max(32, int(anyio.to_thread.current_default_thread_limiter().total_tokens) + 4)
+def _then_set(done: threading.Event, function: Callable[..., T], *args: Any) -> T:
+    """Call ``function``, then set ``done`` however it ended (even after its caller left)."""
+    try:
+        return function(*args)
+    finally:
+        done.set()
 
 
 def _job_failure(data: bytes, job_id: str) -> JobFailedError:

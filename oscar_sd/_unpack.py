@@ -8,11 +8,14 @@ and only images that Pillow can open.
 
 from __future__ import annotations
 
+import contextlib
 import io
+import os
 import re
 import stat
 import warnings
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 
 from PIL import Image
@@ -21,7 +24,8 @@ from ._errors import InvalidResultError
 
 MAX_ENTRIES = 64
 MAX_TOTAL_BYTES = 64 * 1024 * 1024
-_CHUNK = 1024 * 1024
+#: A new file only (O_EXCL: an archive naming one twice fails), never through a link.
+_NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0)
 
 
 def unpack_images(archive: bytes, destination: Path) -> list[Path]:
@@ -42,14 +46,16 @@ def unpack_images(archive: bytes, destination: Path) -> list[Path]:
                     f"at most {MAX_ENTRIES} are accepted."
                 )
             budget = MAX_TOTAL_BYTES
-            for info in sorted(entries, key=lambda entry: _natural_key(entry.filename)):
-                target = _safe_target(info, destination)
-                data = _read_bounded(zipped, info, budget)
-                budget -= len(data)
-                check_image(data, info.filename)
-                target.parent.mkdir(parents=True, exist_ok=True)
-                target.write_bytes(data)
-                written.append(target)
+            with _bombs_are_errors():
+                for info in sorted(entries, key=lambda entry: _natural_key(entry.filename)):
+                    target = _safe_target(info, destination)
+                    data = _read_bounded(zipped, info, budget)
+                    budget -= len(data)
+                    _check_image(data, info.filename)
+                    if target.parent != destination:
+                        target.parent.mkdir(parents=True, exist_ok=True)
+                    _write_new(target, data, info.filename)
+                    written.append(target)
     except InvalidResultError:
         _remove(written)
         raise
@@ -61,14 +67,40 @@ def unpack_images(archive: bytes, destination: Path) -> list[Path]:
 
 def check_image(data: bytes, name: str) -> None:
     """Raise :class:`InvalidResultError` unless ``data`` is an image Pillow can open."""
+    with _bombs_are_errors():
+        _check_image(data, name)
+
+
+@contextlib.contextmanager
+def _bombs_are_errors() -> Iterator[None]:
+    """A decompression bomb is an attack, not a warning (set once per archive: not free)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        yield
+
+
+def _check_image(data: bytes, name: str) -> None:
+    """Pillow's ``verify``: it reads the image's structure and checksums (a PNG's chunks
+    and CRCs) without decoding its pixels, so each image is read once, never decoded."""
     try:
-        with warnings.catch_warnings():
-            # A decompression bomb is an attack, not a warning.
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as image:
-                image.verify()
+        with Image.open(io.BytesIO(data)) as image:
+            image.verify()
     except Exception:
         raise InvalidResultError(f"{name!r} in the result is not an image.") from None
+
+
+def _write_new(target: Path, data: bytes, name: str) -> None:
+    """Write ``data`` to a file that must not exist yet: one open, unbuffered writes."""
+    try:
+        descriptor = os.open(target, _NEW_FILE, 0o600)
+    except FileExistsError:
+        raise InvalidResultError(f"The result archive names {name!r} twice.") from None
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(descriptor, view):]
+    finally:
+        os.close(descriptor)
 
 
 def _safe_target(info: zipfile.ZipInfo, destination: Path) -> Path:
@@ -85,10 +117,7 @@ def _safe_target(info: zipfile.ZipInfo, destination: Path) -> Path:
     mode = info.external_attr >> 16
     if stat.S_ISLNK(mode):
         raise InvalidResultError(f"The result archive has a link: {name!r}.")
-    target = destination.joinpath(*path.parts)
-    if target.exists():
-        raise InvalidResultError(f"The result archive names {name!r} twice.")
-    return target
+    return destination.joinpath(*path.parts)  # one named twice fails on writing (O_EXCL)
 
 
 def _read_bounded(zipped: zipfile.ZipFile, info: zipfile.ZipInfo, budget: int) -> bytes:
@@ -98,13 +127,13 @@ def _read_bounded(zipped: zipfile.ZipFile, info: zipfile.ZipInfo, budget: int) -
     )
     if info.file_size > budget:
         raise too_big
-    data = bytearray()
     with zipped.open(info) as entry:
-        while chunk := entry.read(_CHUNK):
-            data += chunk
-            if len(data) > budget:
-                raise too_big
-    return bytes(data)
+        # One read of at most budget + 1 bytes: inflating stops there, and one more
+        # byte than allowed proves the entry too big whatever its header claims.
+        data = entry.read(budget + 1)
+    if len(data) > budget:
+        raise too_big
+    return data
 
 
 def _natural_key(name: str) -> list[object]:

@@ -16,7 +16,8 @@ from collections.abc import Iterable, Iterator
 from urllib.parse import unquote, unquote_plus
 
 import anyio
-import anyio.lowlevel
+
+from ._loops import Inbox, current_inbox
 
 
 class Waiter:
@@ -27,12 +28,16 @@ class Waiter:
         #: What one listing of this request's results asks for: the keys' common prefix.
         self.prefix = _common_prefix(self.keys)
         self.key: str | None = None
+        #: Set by the registry (under its lock) when a landed key is matched: the
+        #: resolution is on its way to the waiter's loop, and is counted once.
+        self.claimed = False
         self.resolved_by: str | None = None
         self.registered = time.monotonic()
         self.connected = anyio.Event()
         self._landed = anyio.Event()
         self._alarm = anyio.Event()
-        self._token = anyio.lowlevel.current_token()
+        #: Where the hub's threads post this waiter's updates (its own event loop).
+        self.inbox: Inbox = current_inbox()
 
     @property
     def resolved(self) -> bool:
@@ -124,8 +129,8 @@ class WaiterRegistry:
             return len(self._abandoned)
 
     def match(self, keys: Iterable[str]) -> tuple[list[tuple[Waiter, str]], list[str]]:
-        """The waiters these landed keys resolve, and the abandoned keys among them
-        (taken out: each is deleted once)."""
+        """The waiters these landed keys resolve (each waiter once, ever), and the
+        abandoned keys among them (taken out: each is deleted once)."""
         matches: list[tuple[Waiter, str]] = []
         abandoned: list[str] = []
         self._expire()
@@ -135,15 +140,16 @@ class WaiterRegistry:
                 for candidate in spellings(key):
                     waiter = self._by_key.get(candidate)
                     if waiter is not None:
-                        matches.append((waiter, candidate))
+                        if not waiter.claimed:
+                            waiter.claimed = True
+                            matches.append((waiter, candidate))
                         break
                     until = self._abandoned.pop(candidate, None)
                     if until is not None:
                         if until > now:
                             abandoned.append(candidate)
                         break
-        first = {id(waiter): (waiter, key) for waiter, key in reversed(matches)}
-        return list(first.values()), abandoned
+        return matches, abandoned
 
     def _expire(self) -> None:
         now = time.monotonic()

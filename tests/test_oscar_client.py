@@ -623,10 +623,11 @@ async def test_a_result_that_lands_after_cancelling_is_deleted_when_it_lands(
 async def test_the_storage_pool_holds_a_connection_for_every_worker_thread(
     cluster: ClusterDouble,
 ):
-    threads = anyio.to_thread.current_default_thread_limiter().total_tokens
-    async with connect(cluster) as sd:
+    async with connect(cluster, storage_threads=24) as sd:
         pool_size = sd._storage._client._http.connection_pool_kw["maxsize"]
-    assert pool_size >= threads
+        threads = sd.limits.requests.total_tokens + sd.limits.results.total_tokens
+    assert threads == 48
+    assert pool_size >= threads + 2  # and the hub's own two threads
 
 
 # -- many users at once ----------------------------------------------------------------------

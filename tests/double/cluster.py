@@ -63,6 +63,7 @@ class ClusterDouble:
         return self
 
     def stop(self) -> None:
+        self.storage.resume_uploads()
         self.storage.hub.drop_all()
         self.runner.stop()
         self._oscar_server.stop()
@@ -237,6 +238,18 @@ class ClusterDouble:
     def kill_next_job(self) -> None:
         """The next job's pod is killed (out of memory, evicted): Failed, nothing written."""
         self.runner.kill_next()
+
+    def stall_uploads(self, prefix: str) -> None:
+        """Uploads of keys under ``prefix`` (in any bucket) stay in flight, not stored,
+        until :meth:`resume_uploads`; ``stalled_uploads`` counts those that arrived."""
+        self.storage.stall_uploads(prefix)
+
+    def resume_uploads(self) -> None:
+        self.storage.resume_uploads()
+
+    @property
+    def stalled_uploads(self) -> int:
+        return self.storage.stalled_uploads
 
     def hold_jobs(self) -> None:
         """Jobs stay Pending until :meth:`release_jobs`."""

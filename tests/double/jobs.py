@@ -22,6 +22,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import os
+import random
 import secrets
 import shutil
 import subprocess
@@ -125,6 +126,13 @@ class DeployedService:
     definition: dict[str, Any]
     handler: Handler
     job_delay: float = 0.0
+    #: With a larger maximum, each job waits a random time in [job_delay, job_delay_max].
+    job_delay_max: float = 0.0
+
+    def delay(self) -> float:
+        if self.job_delay_max > self.job_delay:
+            return random.uniform(self.job_delay, self.job_delay_max)
+        return self.job_delay
 
     @property
     def name(self) -> str:
@@ -261,8 +269,9 @@ class JobRunner:
                   bucket=bucket, key=key, data=data)
         with self._lock:
             self._jobs.setdefault(service.name, {})[name] = job
-            if service.job_delay > 0:
-                when = time.monotonic() + service.job_delay
+            delay = service.delay()
+            if delay > 0:
+                when = time.monotonic() + delay
                 heapq.heappush(self._timers, (when, next(self._tie), job))
                 self._timer_cond.notify()
                 return job

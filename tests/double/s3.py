@@ -137,6 +137,12 @@ class S3Front:
         self.on_object_created: Callable[[str, str, float], None] | None = None
         self._write_listeners: list[WriteListener] = []
         self._down_until = 0.0
+        # Uploads held in flight (stall_uploads): MinIO stores an object only once its
+        # whole body has arrived (cmd/object-handlers.go, PutObjectHandler), so until
+        # then the key does not exist, and a delete of it finds nothing.
+        self._upload_gate: tuple[str, threading.Event] | None = None
+        self._stalled_lock = threading.Lock()
+        self.stalled_uploads = 0
         self._moto = _shared_moto_app()
 
     # -- switches ---------------------------------------------------------------
@@ -149,6 +155,22 @@ class S3Front:
         """Drop every stream; refuse S3 requests for ``downtime`` seconds."""
         self._down_until = time.monotonic() + downtime
         self.hub.drop_all()
+
+    def stall_uploads(self, prefix: str) -> None:
+        """PUTs of keys under ``prefix`` stay in flight (not stored) until resumed."""
+        self._upload_gate = (prefix, threading.Event())
+
+    def resume_uploads(self) -> None:
+        gate, self._upload_gate = self._upload_gate, None
+        if gate is not None:
+            gate[1].set()
+
+    def _maybe_stall(self, method: str, key: str) -> None:
+        gate = self._upload_gate
+        if gate is not None and method == "PUT" and key.startswith(gate[0]):
+            with self._stalled_lock:
+                self.stalled_uploads += 1
+            gate[1].wait(60)
 
     @property
     def down(self) -> bool:
@@ -290,6 +312,7 @@ class S3Front:
             body = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
             environ["wsgi.input"] = io.BytesIO(body)
             deleted_keys = _keys_in_delete_request(body)
+        self._maybe_stall(method, key)
         captured: dict[str, Any] = {}
 
         def capture(status: str, headers: list, exc_info: Any = None) -> None:
