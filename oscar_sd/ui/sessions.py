@@ -115,7 +115,7 @@ class Sessions:
         # Resolved, so that paths in requests compare with it after resolving.
         self.root = root.resolve()
         self.idle_timeout = idle_timeout
-        self.budget = budget or ResultsBudget(512 * MB, 100 * MB)
+        self.budget = budget if budget is not None else ResultsBudget(512 * MB, 100 * MB)
         self._sessions: dict[str, UserSession] = {}
         self._directories: dict[Path, UserSession] = {}
         # key -> why it ended, for sessions ended by the app (not by their own logout).
