@@ -20,7 +20,7 @@ from oscar_sd.ui import WebApp
 from tests.conftest import ADMIN, SERVICE
 from tests.double import ClusterDouble, services
 from tests.test_browser import browser, log_in, make_six_images, pytestmark  # noqa: F401
-from tests.ui_fixtures import cluster_settings, running_app
+from tests.ui_fixtures import cluster_settings, running_app, wait_until
 
 PROGRESS_SHOT = Path(__file__).resolve().parent.parent / "docs" / "screenshot-progress.png"
 
@@ -161,3 +161,34 @@ def test_cancel_says_cancelled_and_the_next_generate_works(browser: Browser) -> 
             expect(page.locator("#status")).to_contain_text("6 images")
         finally:
             page.close()
+
+
+def test_cancel_of_a_cluster_job_says_cancelled_not_error(
+    browser: Browser, slow_app: WebApp  # noqa: F811
+) -> None:
+    page = browser.new_page(viewport={"width": 1100, "height": 900})
+    try:
+        assert slow_app.url is not None
+        log_in(page, slow_app.url)
+        page.get_by_label("Prompt", exact=True).fill("a lighthouse, cancelled")
+        page.get_by_role("button", name="From Text to Image").click()
+        results = page.locator("#results")
+        expect(results).to_contain_text("Waiting for a GPU", timeout=10_000)
+
+        page.get_by_role("button", name="Cancel").click()
+        expect(page.locator("#status")).to_have_text("Cancelled")
+        expect(results).not_to_contain_text("Waiting for a GPU", timeout=2_000)
+        # Gradio's pill for a failed event says "Error": a cancel is no error. It came
+        # once the server had ended the run: look after that.
+        (session,) = slow_app.sessions.of_account(ADMIN[0])
+        wait_until(lambda: not session.busy, what="the server ended the cancelled run")
+        expect(results.get_by_text("Error", exact=True)).to_be_hidden()
+        expect(page.locator("#status")).to_have_text("Cancelled")
+        expect(page.locator(".toast-body.error")).to_have_count(0)
+
+        page.get_by_role("button", name="From Text to Image").click()
+        expect(page.locator("#results img")).to_have_count(6, timeout=30_000)
+        expect(page.locator("#status")).to_contain_text("6 images")
+        expect(results.get_by_text("Error", exact=True)).to_be_hidden()
+    finally:
+        page.close()

@@ -20,7 +20,8 @@ from tests.ui_fixtures import cluster_settings, png_metadata, running_app
 def pick(page: Page, index: int) -> None:
     """Click image ``index`` of the results (it opens in the gallery's preview)."""
     count = page.locator("#results img").count() or 6
-    page.locator("#results").get_by_role("button", name=f"Thumbnail {index + 1} of {count}").first.click()
+    thumbnail = f"Thumbnail {index + 1} of {count}"
+    page.locator("#results").get_by_role("button", name=thumbnail).first.click()
 
 
 def test_use_an_images_seed_and_copy_its_parameters(

@@ -37,7 +37,6 @@ from .._local import LocalSD
 from .._settings import Settings
 from .budget import MB, ResultsBudget
 from .downloads import download_route
-from .gallery import ResultsGallery
 from .handlers import Handlers
 from .http import FileGuard, PageMeta, health_route
 from .login import ClusterLogin, LocalLogin
@@ -70,7 +69,6 @@ class WebApp:
             per_session_bytes=settings.session_budget_mb * MB,
         )
         self.sessions = Sessions(root, idle_timeout, budget)
-        ResultsGallery.results_home = str(self.sessions.root.parent)
         self.local = settings.local
         # The local backend is made on the server's event loop, at startup.
         self.local_backend: LocalSD | None = None
@@ -100,6 +98,7 @@ class WebApp:
             describe_backend=self._describe_backend,
             login_enabled=self.login is not None,
             concurrency=settings.concurrency,
+            results_home=self.sessions.root,
         )
         self.url: str | None = None
 

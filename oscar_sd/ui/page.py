@@ -7,11 +7,12 @@ them; the advanced parameters sit in a closed accordion, history below.
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import gradio as gr
 
 from .form import DEFAULT_SIZE, SIZE_PRESETS
-from .gallery import ResultsGallery
+from .gallery import serving_results_as_they_are
 from .handlers import Handlers
 
 EXAMPLE_PROMPTS = [
@@ -57,6 +58,10 @@ CSS = """
 #backend-line p { margin: 0; font-size: 0.85rem; opacity: 0.8; }
 #results .grid-wrap, #history .grid-wrap { max-height: none; height: auto; }
 #image-actions { align-items: center; }
+/* Gradio's browser client marks a cancelled run's outputs "Error" (the server acknowledges
+   the cancel as a success): the page says what happened in words on its status line
+   ("Cancelled", or the error with advice), so the pill and its overlay stay hidden. */
+#results [data-testid="status-tracker"]:has(span.error) { display: none !important; }
 #download-all a { white-space: nowrap; }
 @media (max-width: 640px) {
   #results .grid-container { grid-template-columns: repeat(2, minmax(0, 1fr)) !important; }
@@ -71,8 +76,10 @@ def build_page(
     describe_backend: Callable[[gr.Request], str],
     login_enabled: bool,
     concurrency: int,
+    results_home: Path,
 ) -> gr.Blocks:
-    """Lay out the page and wire its events to ``handlers``."""
+    """Lay out the page and wire its events to ``handlers``; the images come from
+    ``results_home``."""
     # No telemetry: a cluster's front end has no business calling home.
     with gr.Blocks(
         title="oscar-sd: text to image", fill_width=True, analytics_enabled=False
@@ -150,7 +157,7 @@ def build_page(
                         label="Number of images", minimum=1, maximum=8, step=1, value=6
                     )
             with gr.Column(scale=3, min_width=300):
-                results = ResultsGallery(
+                results = gr.Gallery(
                     label="Images",
                     columns=3,
                     height="auto",
@@ -189,7 +196,7 @@ def build_page(
                 )
 
         with gr.Accordion("History (this login)", open=True, visible=False) as history_box:
-            past_runs = ResultsGallery(
+            past_runs = gr.Gallery(
                 columns=6,
                 fit_columns=False,  # one earlier run is a thumbnail, not a banner
                 height="auto",
@@ -200,6 +207,9 @@ def build_page(
                 buttons=[],
                 elem_id="history",
             )
+
+        for gallery in (results, past_runs):
+            serving_results_as_they_are(gallery, results_home)
 
         form = [
             prompt,
