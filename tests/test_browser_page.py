@@ -152,7 +152,7 @@ def test_cancel_says_cancelled_and_the_next_generate_works(browser: Browser) -> 
             expect(page.locator("#status")).to_have_text("Cancelled")
             # Free at once: the progress is gone while the step still runs.
             expect(page.locator("#results")).not_to_contain_text("steps", timeout=1_500)
-            expect(page.locator("#results")).not_to_contain_text("Error")
+            expect(page.locator("#results").get_by_text("Error", exact=True)).to_be_hidden()
 
             page.get_by_label("Steps").fill("2")
             page.get_by_label("Size (width × height)").fill("64x64")
@@ -192,3 +192,22 @@ def test_cancel_of_a_cluster_job_says_cancelled_not_error(
         expect(results.get_by_text("Error", exact=True)).to_be_hidden()
     finally:
         page.close()
+
+
+def test_the_examples_sit_below_the_button_on_a_wide_screen(
+    browser: Browser, cluster: ClusterDouble  # noqa: F811
+) -> None:
+    with running_app(cluster_settings(cluster.oscar_endpoint)) as app:
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        try:
+            assert app.url is not None
+            log_in(page, app.url)
+            prompt = page.locator("#prompt").bounding_box()
+            button = page.locator("#generate").bounding_box()
+            examples = page.locator("#examples").bounding_box()
+            assert prompt and button and examples
+            # The button right under the prompt: nothing pushes it down.
+            assert button["y"] < examples["y"]
+            assert button["y"] - (prompt["y"] + prompt["height"]) < 40
+        finally:
+            page.close()

@@ -63,6 +63,7 @@ CSS = """
    ("Cancelled", or the error with advice), so the pill and its overlay stay hidden. */
 #results [data-testid="status-tracker"]:has(span.error) { display: none !important; }
 #download-all a { white-space: nowrap; }
+#examples button { font-size: 0.8rem; text-align: left; padding: 2px 8px; }
 @media (max-width: 640px) {
   #results .grid-container { grid-template-columns: repeat(2, minmax(0, 1fr)) !important; }
   #history .grid-container { grid-template-columns: repeat(3, minmax(0, 1fr)) !important; }
@@ -170,11 +171,6 @@ def build_page(
                     interactive=False,
                     elem_id="results",
                 )
-                with gr.Row(equal_height=True):
-                    seed_used = gr.Textbox(
-                        label="Seed used", value="", interactive=False, scale=0, min_width=160
-                    )
-                    status = gr.Markdown(elem_id="status")
                 # Per image (the one clicked; the first until then) and for the whole set.
                 with gr.Row(equal_height=True, visible=False, elem_id="image-actions") as actions:
                     use_seed = gr.Button(
@@ -185,6 +181,11 @@ def build_page(
                         "Copy parameters", size="sm", scale=0, min_width=150, elem_id="copy"
                     )
                     download_all = gr.HTML(elem_id="download-all", padding=False)
+                with gr.Row(equal_height=True):
+                    seed_used = gr.Textbox(
+                        label="Seed used", value="", interactive=False, scale=0, min_width=160
+                    )
+                    status = gr.Markdown(elem_id="status")
                 parameters = gr.Textbox(
                     label="Parameters of the picked image",
                     lines=1,
