@@ -265,7 +265,8 @@ class Handlers:
         seed = info.seed if info.seed is not None else image_seed_of(entry, index)
         if seed is None:
             return gr.skip(), gr.skip(), "This image does not say which seed made it."
-        return str(seed), False, f"Seed {seed} (image {index + 1}) is set: Generate makes it again."
+        said = f"Seed {seed} (image {index + 1}) is set: the next run starts with that image."
+        return str(seed), False, said
 
     async def forget_tab(self, request: gr.Request) -> None:
         """A tab closed: without login its session (and images) go; a login's history
