@@ -121,7 +121,7 @@ def test_the_advanced_panel_shows_hints_and_the_page_its_own_name(
                 assert hint in (field.get_attribute("placeholder") or "")
             expect(page.get_by_label("Seed used")).to_have_value("")
             # No empty history box before the first run.
-            expect(page.get_by_text("History (this session)")).to_be_hidden()
+            expect(page.get_by_text("History (this login)")).to_be_hidden()
             # An example fills the prompt.
             page.locator("#examples").get_by_text("a red fox in fresh snow").click()
             expect(page.get_by_label("Prompt", exact=True)).to_have_value(
