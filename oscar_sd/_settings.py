@@ -48,6 +48,10 @@ class Settings(BaseSettings):
     users: SecretStr = SecretStr("")
     #: Where per-request result folders are created (default: the system temp dir).
     results_dir: str = ""
+    #: Web app: MB of images kept on disk in all (the oldest runs go first beyond it).
+    results_budget_mb: int = Field(512, gt=0)
+    #: Web app: MB of images kept per login (its own oldest runs go first beyond it).
+    session_budget_mb: int = Field(100, gt=0)
 
     @property
     def local(self) -> bool:

@@ -19,7 +19,7 @@ from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from tests.conftest import ADMIN
 from tests.double import ClusterDouble
-from tests.ui_fixtures import cluster_settings, running_app, wait_until
+from tests.ui_fixtures import cluster_settings, running_app
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -157,9 +157,12 @@ def test_a_phone_sees_the_results_above_the_fold(
             page.close()
 
 
-def test_closing_the_tab_deletes_its_images(browser: Browser, cluster: ClusterDouble) -> None:
+def test_closing_the_tab_keeps_the_logins_images_for_its_history(
+    browser: Browser, cluster: ClusterDouble
+) -> None:
     with running_app(cluster_settings(cluster.oscar_endpoint)) as app:
-        page = browser.new_page()
+        context = browser.new_context()
+        page = context.new_page()
         assert app.url is not None
         log_in(page, app.url)
         make_six_images(page, "a ship in a bottle")
@@ -168,6 +171,10 @@ def test_closing_the_tab_deletes_its_images(browser: Browser, cluster: ClusterDo
         assert len(images) == 6
 
         page.close()  # Gradio hears the tab go and runs the page's unload event
-
-        wait_until(lambda: not any(image.exists() for image in images), what="images deleted")
+        # The login's next tab (same cookie) shows the run again, images and all.
+        again = context.new_page()
+        again.goto(app.url)
+        expect(again.locator("#history img")).to_have_count(1, timeout=20_000)
+        assert all(image.exists() for image in images)
         assert app.sessions.get(session.key) is session, "the login itself stays open"
+        context.close()

@@ -20,7 +20,7 @@ from oscar_sd.ui import WebApp
 from tests.conftest import ADMIN, SERVICE
 from tests.double import ClusterDouble, services
 from tests.test_browser import browser, log_in, make_six_images, pytestmark  # noqa: F401
-from tests.ui_fixtures import cluster_settings, running_app
+from tests.ui_fixtures import cluster_settings, running_app, wait_until
 
 PROGRESS_SHOT = Path(__file__).resolve().parent.parent / "docs" / "screenshot-progress.png"
 
@@ -121,7 +121,7 @@ def test_the_advanced_panel_shows_hints_and_the_page_its_own_name(
                 assert hint in (field.get_attribute("placeholder") or "")
             expect(page.get_by_label("Seed used")).to_have_value("")
             # No empty history box before the first run.
-            expect(page.get_by_text("History (this session)")).to_be_hidden()
+            expect(page.get_by_text("History (this login)")).to_be_hidden()
             # An example fills the prompt.
             page.locator("#examples").get_by_text("a red fox in fresh snow").click()
             expect(page.get_by_label("Prompt", exact=True)).to_have_value(
@@ -152,12 +152,62 @@ def test_cancel_says_cancelled_and_the_next_generate_works(browser: Browser) -> 
             expect(page.locator("#status")).to_have_text("Cancelled")
             # Free at once: the progress is gone while the step still runs.
             expect(page.locator("#results")).not_to_contain_text("steps", timeout=1_500)
-            expect(page.locator("#results")).not_to_contain_text("Error")
+            expect(page.locator("#results").get_by_text("Error", exact=True)).to_be_hidden()
 
             page.get_by_label("Steps").fill("2")
             page.get_by_label("Size (width × height)").fill("64x64")
             page.get_by_role("button", name="From Text to Image").click()
             expect(page.locator("#results img")).to_have_count(6, timeout=120_000)
             expect(page.locator("#status")).to_contain_text("6 images")
+        finally:
+            page.close()
+
+
+def test_cancel_of_a_cluster_job_says_cancelled_not_error(
+    browser: Browser, slow_app: WebApp  # noqa: F811
+) -> None:
+    page = browser.new_page(viewport={"width": 1100, "height": 900})
+    try:
+        assert slow_app.url is not None
+        log_in(page, slow_app.url)
+        page.get_by_label("Prompt", exact=True).fill("a lighthouse, cancelled")
+        page.get_by_role("button", name="From Text to Image").click()
+        results = page.locator("#results")
+        expect(results).to_contain_text("Waiting for a GPU", timeout=10_000)
+
+        page.get_by_role("button", name="Cancel").click()
+        expect(page.locator("#status")).to_have_text("Cancelled")
+        expect(results).not_to_contain_text("Waiting for a GPU", timeout=2_000)
+        # Gradio's pill for a failed event says "Error": a cancel is no error. It came
+        # once the server had ended the run: look after that.
+        (session,) = slow_app.sessions.of_account(ADMIN[0])
+        wait_until(lambda: not session.busy, what="the server ended the cancelled run")
+        expect(results.get_by_text("Error", exact=True)).to_be_hidden()
+        expect(page.locator("#status")).to_have_text("Cancelled")
+        expect(page.locator(".toast-body.error")).to_have_count(0)
+
+        page.get_by_role("button", name="From Text to Image").click()
+        expect(page.locator("#results img")).to_have_count(6, timeout=30_000)
+        expect(page.locator("#status")).to_contain_text("6 images")
+        expect(results.get_by_text("Error", exact=True)).to_be_hidden()
+    finally:
+        page.close()
+
+
+def test_the_examples_sit_below_the_button_on_a_wide_screen(
+    browser: Browser, cluster: ClusterDouble  # noqa: F811
+) -> None:
+    with running_app(cluster_settings(cluster.oscar_endpoint)) as app:
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        try:
+            assert app.url is not None
+            log_in(page, app.url)
+            prompt = page.locator("#prompt").bounding_box()
+            button = page.locator("#generate").bounding_box()
+            examples = page.locator("#examples").bounding_box()
+            assert prompt and button and examples
+            # The button right under the prompt: nothing pushes it down.
+            assert button["y"] < examples["y"]
+            assert button["y"] - (prompt["y"] + prompt["height"]) < 40
         finally:
             page.close()

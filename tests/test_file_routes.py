@@ -8,6 +8,8 @@ user's login cookie, against the cluster double.
 
 from __future__ import annotations
 
+import io
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -113,3 +115,30 @@ def test_other_file_serving_routes_do_not_reach_the_results(
     for route in ("/static/", "/assets/", "/gradio_api/proxy="):
         answer = served.alice.get(f"{route}{up}{quote(served.paths[0].lstrip('/'))}")
         assert answer.status_code != 200 or answer.content[:4] != b"\x89PNG", route
+
+
+def test_results_are_handed_to_gradio_without_cache_bookkeeping(served: Served) -> None:
+    # Gradio checks each returned file against its cache on disk and records it in the
+    # component's temp_files (a set that only grows); the results need neither.
+    (gallery,) = [block for block in served.app.blocks.blocks.values()
+                  if getattr(block, "elem_id", None) == "results"]
+    recorded = [path for path in gallery.temp_files
+                if Path(path).is_relative_to(served.app.sessions.root)]
+    assert recorded == []
+    assert all(Path(path).exists() for path in served.paths)
+
+
+def test_a_runs_zip_goes_to_its_owner_only(served: Served) -> None:
+    run = Path(served.paths[0]).parent.name
+    mine = served.alice.get(f"/download/{run}.zip")
+    assert mine.status_code == 200
+    assert mine.headers["content-type"] == "application/zip"
+    assert "attachment" in mine.headers["content-disposition"]
+    with zipfile.ZipFile(io.BytesIO(mine.content)) as archive:
+        assert sorted(archive.namelist()) == [f"{i}.png" for i in range(1, 7)]
+        for name in archive.namelist():
+            assert archive.read(name) == (Path(served.paths[0]).parent / name).read_bytes()
+    assert served.bob.get(f"/download/{run}.zip").status_code == 404
+    with httpx.Client(base_url=served.app.url or "") as anonymous:
+        assert anonymous.get(f"/download/{run}.zip").status_code == 404
+    assert served.alice.get("/download/no-such-run.zip").status_code == 404

@@ -263,3 +263,66 @@ def test_the_ingress_suits_gradio_streams_tls_and_several_replicas():
     assert resource("Deployment")["spec"]["replicas"] > 1
     assert notes["nginx.ingress.kubernetes.io/affinity"] == "cookie"
     assert notes["nginx.ingress.kubernetes.io/session-cookie-name"]
+
+
+# ---------------------------------------------------------------------------
+# Memory and disk agree with what the page runs at once
+
+#: What the app takes before any request (Python, Gradio, the clients), rounded up.
+APP_BASELINE_MIB = 384
+#: Gradio's own temp files (uploads, its caches) and whatever writes under $HOME.
+TMP_MARGIN_MIB = 128
+UNITS = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "K": 10**3, "M": 10**6, "G": 10**9}
+
+
+def quantity(text: str) -> int:
+    """A Kubernetes quantity ("1536Mi", "2Gi", "1000000") in bytes."""
+    for unit in sorted(UNITS, key=len, reverse=True):
+        if text.endswith(unit):
+            return int(text[: -len(unit)]) * UNITS[unit]
+    return int(text)
+
+
+def manifest_settings(monkeypatch: pytest.MonkeyPatch) -> Settings:
+    for name, value in container_env().items():
+        monkeypatch.setenv(name, value)
+    return Settings()
+
+
+def tmp_volume() -> dict[str, Any]:
+    pod = resource("Deployment")["spec"]["template"]["spec"]
+    (mount,) = [m for m in app_container()["volumeMounts"] if m["mountPath"] == "/tmp"]
+    (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+    return volume
+
+
+def test_the_memory_limit_holds_every_request_the_page_runs_at_once(monkeypatch):
+    from oscar_sd._storage import MAX_RESULT_BYTES  # a result is held whole while unpacked
+
+    settings = manifest_settings(monkeypatch)
+    limit = quantity(app_container()["resources"]["limits"]["memory"])
+    needed = APP_BASELINE_MIB * 2**20 + settings.concurrency * MAX_RESULT_BYTES
+    assert limit >= needed, (
+        f"memory limit {limit / 2**20:.0f} MiB < {needed / 2**20:.0f} MiB for "
+        f"{settings.concurrency} requests at once"
+    )
+
+
+def test_the_tmp_volume_holds_the_results_budget_and_the_runs_in_flight(monkeypatch):
+    from oscar_sd._unpack import MAX_TOTAL_BYTES  # a run's images, before the budget counts them
+
+    settings = manifest_settings(monkeypatch)
+    env = container_env()
+    assert "OSCAR_SD_RESULTS_BUDGET_MB" in env and "OSCAR_SD_SESSION_BUDGET_MB" in env
+    assert env["GRADIO_TEMP_DIR"].startswith("/tmp/"), "the results live in Gradio's temp folder"
+    size = quantity(tmp_volume()["emptyDir"]["sizeLimit"])
+    needed = (
+        settings.results_budget_mb * 2**20
+        + settings.concurrency * MAX_TOTAL_BYTES
+        + TMP_MARGIN_MIB * 2**20
+    )
+    assert size >= needed, f"/tmp holds {size / 2**20:.0f} MiB, needs {needed / 2**20:.0f} MiB"
+    assert settings.session_budget_mb <= settings.results_budget_mb
+    # The volume counts against the container's ephemeral storage: it must fit in it.
+    ephemeral = quantity(app_container()["resources"]["limits"]["ephemeral-storage"])
+    assert ephemeral > size

@@ -29,11 +29,14 @@ import anyio
 import gradio as gr
 from gradio.utils import get_upload_folder
 from starlette.middleware import Middleware
+from starlette.requests import HTTPConnection
 from starlette.routing import Route
 
 from .._backend import Backend
 from .._local import LocalSD
 from .._settings import Settings
+from .budget import MB, ResultsBudget
+from .downloads import download_route
 from .handlers import Handlers
 from .http import FileGuard, PageMeta, health_route
 from .login import ClusterLogin, LocalLogin
@@ -61,7 +64,11 @@ class WebApp:
         # Inside Gradio's temp folder, so results are served as they are (no
         # re-encoding, no copies); one random-named folder per app instance.
         root = Path(get_upload_folder()) / "oscar-sd" / secrets.token_hex(8)
-        self.sessions = Sessions(root, idle_timeout)
+        budget = ResultsBudget(
+            total_bytes=settings.results_budget_mb * MB,
+            per_session_bytes=settings.session_budget_mb * MB,
+        )
+        self.sessions = Sessions(root, idle_timeout, budget)
         self.local = settings.local
         # The local backend is made on the server's event loop, at startup.
         self.local_backend: LocalSD | None = None
@@ -91,6 +98,7 @@ class WebApp:
             describe_backend=self._describe_backend,
             login_enabled=self.login is not None,
             concurrency=settings.concurrency,
+            results_home=self.sessions.root,
         )
         self.url: str | None = None
 
@@ -111,6 +119,9 @@ class WebApp:
             # The app's own login (signin.py): Gradio asks it who each request is.
             auth_dependency=self.signin.auth_dependency if self.signin else None,
             root_path=settings.root_path or None,
+            # Gradio checks each returned file against these first: the results are
+            # found at the first try (and the file guard serves them).
+            allowed_paths=[str(self.sessions.root)],
             prevent_thread_lock=True,  # blocked below, once the address is logged
             show_error=False,  # unexpected errors stay in the log; gr.Error messages show
             quiet=True,
@@ -125,6 +136,7 @@ class WebApp:
                 # Listed before Gradio's own routes, so /login and /logout are these.
                 "routes": [
                     Route("/healthz", health_route(self._health)),
+                    download_route(self.sessions, self._identify),
                     *(self.signin.routes() if self.signin else []),
                 ],
                 "middleware": self._middleware(),
@@ -136,10 +148,13 @@ class WebApp:
             self.blocks.block_thread()  # until Ctrl-C (or SIGTERM, see serve())
         return self.url
 
+    def _identify(self, connection: HTTPConnection) -> str | None:
+        """The session key of a request's login, if it has one."""
+        return self.signin.identify(connection) if self.signin else None
+
     def _middleware(self) -> list[Middleware]:
-        identify = self.signin.identify if self.signin else (lambda connection: None)
         middleware = [
-            Middleware(FileGuard, sessions=self.sessions, identify=identify),
+            Middleware(FileGuard, sessions=self.sessions, identify=self._identify),
             Middleware(PageMeta, title=PAGE_TITLE, description=PAGE_DESCRIPTION),
         ]
         if self.signin is not None:

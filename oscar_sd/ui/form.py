@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
+from PIL import Image
+
 from .._errors import InvalidRequestError
-from .._models import GenerationRequest, GenerationResult
+from .._models import MAX_SEED, GenerationRequest, GenerationResult
 
 #: (label, value) of the size dropdown; the value is "WIDTHxHEIGHT".
 SIZE_PRESETS: list[tuple[str, str]] = [
@@ -99,7 +103,7 @@ def build_request(
 
 @dataclass(frozen=True)
 class HistoryEntry:
-    """One earlier run of this tab: its images and the parameters that made them."""
+    """One earlier run of this login: its images and the parameters that made them."""
 
     images: list[str]
     prompt: str
@@ -110,12 +114,18 @@ class HistoryEntry:
     size: str
     num_images: int
     model: str | None
+    #: The name of the run's folder: its id in download links and in the results budget.
+    run: str = ""
 
     @classmethod
-    def of(cls, result: GenerationResult) -> HistoryEntry:
+    def of(
+        cls, result: GenerationResult, *, images: list[Path] | None = None, run: str = ""
+    ) -> HistoryEntry:
+        """The entry for ``result``, whose images now lie at ``images`` (default: where
+        the result says)."""
         request = result.request
         return cls(
-            images=[str(path) for path in result.images],
+            images=[str(path) for path in (images or result.images)],
             prompt=request.prompt,
             negative_prompt=request.negative_prompt,
             seed=request.seed,
@@ -124,6 +134,7 @@ class HistoryEntry:
             size=f"{request.width}x{request.height}",
             num_images=request.num_images,
             model=result.model,
+            run=run or result.directory.name,
         )
 
     def to_state(self) -> dict[str, Any]:
@@ -171,3 +182,45 @@ def _text(value: float | None) -> str:
     if value is None:
         return ""
     return str(int(value)) if float(value).is_integer() else str(value)
+
+
+#: The PNG text chunks the service writes (oscar_sd/service/metadata.py).
+PARAMETERS_KEY = "parameters"
+JSON_KEY = "oscar-sd"
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """What one image says about itself: its A1111 parameters text and its own seed."""
+
+    parameters: str
+    seed: int | None
+
+
+def image_info(path: str | Path) -> ImageInfo:
+    """Read an image's text chunks (they come before its pixels: nothing is decoded).
+
+    The service's JSON chunk holds ``{"request", "index", "seed"}`` with the
+    seed of that image alone; an image without it has ``seed`` None.
+    """
+    try:
+        with Image.open(path) as image:
+            text = dict(getattr(image, "text", {}))
+    except OSError:
+        return ImageInfo("", None)
+    seed: int | None = None
+    try:
+        described = json.loads(text.get(JSON_KEY, "{}"))
+        if isinstance(described, dict) and "request" in described:
+            seed = int(described["seed"])
+    except (ValueError, TypeError, KeyError):
+        seed = None
+    return ImageInfo(str(text.get(PARAMETERS_KEY, "")), seed)
+
+
+def image_seed_of(entry: HistoryEntry, index: int) -> int | None:
+    """Image ``index`` (0-based) of a run, by the service's rule: image ``i`` of a batch
+    with seed ``S`` has seed ``S + i - 1`` (oscar_sd/service/metadata.py)."""
+    if entry.seed is None:
+        return None
+    return (entry.seed + index) % (MAX_SEED + 1)

@@ -1,4 +1,4 @@
-"""What the page's events do: generate, pick from history, forget a closed tab.
+"""What the page's events do: generate, show and pick from history, forget a closed tab.
 
 The generate handler is ``async`` and awaits the library; while it waits,
 each progress report of the backend becomes Gradio progress (stage, step,
@@ -25,7 +25,17 @@ from .._errors import (
     SignInExpired,
 )
 from .._models import GenerationResult
-from .form import DEFAULT_SIZE, FIELD_LABELS, FieldValue, HistoryEntry, build_request
+from .downloads import DOWNLOADS
+from .form import (
+    DEFAULT_SIZE,
+    FIELD_LABELS,
+    FORM_ORDER,
+    FieldValue,
+    HistoryEntry,
+    build_request,
+    image_info,
+    image_seed_of,
+)
 from .progress import StageDisplay
 from .sessions import SESSION_EXPIRED, SessionExpired, Sessions, UserSession, tab_key
 
@@ -33,13 +43,11 @@ log = logging.getLogger("oscar_sd.ui")
 T = TypeVar("T")
 
 UNEXPECTED = "Something went wrong on the server (it is logged). Try again in a moment."
+#: A run no longer on disk (the results budget made room, or the session ended).
+GONE_FROM_HISTORY = "Those images were deleted to make room for newer ones."
 
 #: How many tabs' last errors are kept at most (each is shown, then dropped).
 MAX_KEPT_ERRORS = 10_000
-
-#: A tab's earlier runs, newest first, as its ``gr.State`` holds them.
-History = list[dict[str, Any]]
-
 
 #: The service's error types (the ``type`` of its error object) and what the person can do.
 ADVICE = {
@@ -111,16 +119,15 @@ class Handlers:
         guidance_scale: FieldValue = None,
         size: str = DEFAULT_SIZE,
         num_images: float = 6,
-        history: History | None = None,
         request: gr.Request | None = None,
         progress: gr.Progress = gr.Progress(),  # noqa: B008 (Gradio's documented idiom)
-    ) -> tuple[list[str], str, str, History]:
-        """Make the images the form asks for; returns gallery, seed used, status, history.
+    ) -> tuple[list[str], str, str, str]:
+        """Make the images the form asks for; returns gallery, seed used, status, run id.
 
         The defaults are the API's: ``client.predict("a red fox", api_name="/generate")``.
-        Gradio fills ``history`` (a ``gr.State``), ``request`` and ``progress``.
+        Gradio fills ``request`` and ``progress``. The run joins the login's history,
+        kept on the server (see ``Sessions.keep``).
         """
-        history = history or []
         if request is None:
             raise _shown(SESSION_EXPIRED)
         tab = request.session_hash or ""
@@ -164,15 +171,10 @@ class Handlers:
             # Logged out (or the tab closed) while this ran: nobody may see these images.
             await anyio.to_thread.run_sync(result.cleanup)
             raise self._failed(tab, SESSION_EXPIRED)
-        result = await self._sessions.keep(session, tab, result)
+        status = status_line(result)
+        entry = await self._sessions.keep(session, result)
         log.info("generated %d images in %.1f s", len(result.images), result.timings.total)
-        entry = HistoryEntry.of(result)
-        return (
-            list(entry.images),
-            str(result.request.seed),
-            status_line(result),
-            [entry.to_state(), *history],
-        )
+        return list(entry.images), str(result.request.seed), status, entry.run
 
     def _failed(self, tab: str, message: str) -> gr.Error:
         """The error for ``message``, kept for the tab's status line as well."""
@@ -191,20 +193,86 @@ class Handlers:
             return gr.skip()
         return f"⚠ {html.escape(message, quote=False)}"
 
-    def choose_from_history(self, history: History, selected: gr.SelectData) -> tuple[Any, ...]:
+    def history(self, request: gr.Request) -> tuple[list[tuple[str, str]], dict[str, Any]]:
+        """The history strip of this login (the first image of each run on disk, newest
+        first, captioned with the prompt's start and the seed), shown only when there
+        is something in it: no empty white box."""
+        entries = self._history_of(request)
+        thumbnails = [(entry.images[0], entry.caption) for entry in entries if entry.images]
+        return thumbnails, gr.update(visible=bool(thumbnails))
+
+    async def show_run(self, run: str, request: gr.Request) -> tuple[Any, ...]:
+        """After a run is shown: the history strip, the first image picked (its
+        parameters on the page), and the buttons with the set's zip link."""
+        thumbnails, history_box = self.history(request)
+        parameters = await self.parameters_of(run, 0, request)
+        link = (
+            f'<a href="{DOWNLOADS}/{html.escape(run)}.zip" download>Download all (.zip)</a>'
+            if self._entry(request, run) else ""
+        )
+        return (
+            thumbnails,
+            history_box,
+            0,
+            gr.update(value=parameters, visible=bool(parameters)),
+            gr.update(visible=bool(link)),
+            link,
+        )
+
+    def choose_from_history(self, selected: gr.SelectData, request: gr.Request) -> tuple[Any, ...]:
         """Put a history entry's parameters back in the form, and its images in the gallery."""
-        entry = HistoryEntry.from_state(history[selected.index])
+        entries = [entry for entry in self._history_of(request) if entry.images]
+        if not 0 <= selected.index < len(entries):
+            return (*[gr.skip()] * (len(FORM_ORDER) + 3), GONE_FROM_HISTORY, gr.skip())
+        entry = entries[selected.index]
         status = f"From history · seed {entry.seed} · {entry.model or 'parameters restored'}"
         seed_used = "" if entry.seed is None else str(entry.seed)
-        return (*entry.form_values(), list(entry.images), seed_used, status)
+        return (*entry.form_values(), list(entry.images), seed_used, "", status, entry.run)
+
+    def _history_of(self, request: gr.Request) -> list[HistoryEntry]:
+        session = self._sessions.get(self._key_of(request))
+        return list(session.history) if session else []
+
+    def _entry(self, request: gr.Request, run: str) -> HistoryEntry | None:
+        found = self._sessions.run_of(run) if run else None
+        if found is None or found[0].key != self._key_of(request):
+            return None
+        return found[1]
+
+    def _key_of(self, request: gr.Request) -> str:
+        return request.username or tab_key(request.session_hash or "")
+
+    async def pick_image(
+        self, run: str, selected: gr.SelectData, request: gr.Request
+    ) -> tuple[int, str]:
+        """An image of the run was clicked: it is the one the buttons act on."""
+        return selected.index, await self.parameters_of(run, selected.index, request)
+
+    async def parameters_of(self, run: str, index: int, request: gr.Request) -> str:
+        """The A1111 parameters text inside image ``index`` of ``run`` ("" if none)."""
+        entry = self._entry(request, run)
+        if entry is None or not 0 <= index < len(entry.images):
+            return ""
+        info = await anyio.to_thread.run_sync(image_info, entry.images[index])
+        return info.parameters
+
+    async def use_seed(self, run: str, index: int, request: gr.Request) -> tuple[Any, ...]:
+        """The picked image's own seed into the Seed field, with Randomize off."""
+        entry = self._entry(request, run)
+        if entry is None or not 0 <= index < len(entry.images):
+            return gr.skip(), gr.skip(), GONE_FROM_HISTORY
+        info = await anyio.to_thread.run_sync(image_info, entry.images[index])
+        seed = info.seed if info.seed is not None else image_seed_of(entry, index)
+        if seed is None:
+            return gr.skip(), gr.skip(), "This image does not say which seed made it."
+        said = f"Seed {seed} (image {index + 1}) is set: the next run starts with that image."
+        return str(seed), False, said
 
     async def forget_tab(self, request: gr.Request) -> None:
-        """A tab closed: its images go (and without login, its whole session)."""
-        tab = request.session_hash or ""
-        if request.username:
-            await self._sessions.forget_tab(request.username, tab)
-        else:
-            await self._sessions.close(tab_key(tab), "tab closed")
+        """A tab closed: without login its session (and images) go; a login's history
+        stays for its next tab, within the results budget."""
+        if not request.username:
+            await self._sessions.close(tab_key(request.session_hash or ""), "tab closed")
 
     async def _session_of(self, request: gr.Request) -> UserSession:
         if request.username:
@@ -248,11 +316,3 @@ async def cancellable(
     if failure:
         raise failure[0]
     return outcome[0]
-
-
-def history_gallery(history: History) -> tuple[list[tuple[str, str]], dict[str, Any]]:
-    """The history strip (the first image of each earlier run, newest first), shown
-    only once there is something in it: no empty white box."""
-    entries = [HistoryEntry.from_state(data) for data in history]
-    thumbnails = [(entry.images[0], entry.caption) for entry in entries if entry.images]
-    return thumbnails, gr.update(visible=bool(thumbnails))

@@ -7,11 +7,13 @@ them; the advanced parameters sit in a closed accordion, history below.
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import gradio as gr
 
 from .form import DEFAULT_SIZE, SIZE_PRESETS
-from .handlers import Handlers, history_gallery
+from .gallery import serving_results_as_they_are
+from .handlers import Handlers
 
 EXAMPLE_PROMPTS = [
     ["a lighthouse on a cliff at dusk, oil painting"],
@@ -24,7 +26,7 @@ EXAMPLE_PROMPTS = [
 #: its title says so (and changes back once the tab is seen again). Returns its input
 #: unchanged, as a js= step before a Python function must.
 NOTIFY_WHEN_HIDDEN = """
-(history) => {
+(run) => {
   if (document.hidden) {
     const title = document.title.replace(/^\\(✓\\) /, "");
     document.title = "(✓) " + title;
@@ -35,7 +37,16 @@ NOTIFY_WHEN_HIDDEN = """
       }
     });
   }
-  return history;
+  return run;
+}
+"""
+
+#: Copies the picked image's parameters text (already on the page) to the clipboard,
+#: in the click itself: browsers allow clipboard writes only during a user's gesture.
+COPY_PARAMETERS = """
+async (parameters) => {
+  if (parameters) { await navigator.clipboard.writeText(parameters); }
+  return parameters ? "Parameters copied" : "Pick an image first";
 }
 """
 
@@ -46,6 +57,13 @@ CSS = """
 #header h1 { margin: 0; font-size: 1.4rem; }
 #backend-line p { margin: 0; font-size: 0.85rem; opacity: 0.8; }
 #results .grid-wrap, #history .grid-wrap { max-height: none; height: auto; }
+#image-actions { align-items: center; }
+/* Gradio's browser client marks a cancelled run's outputs "Error" (the server acknowledges
+   the cancel as a success): the page says what happened in words on its status line
+   ("Cancelled", or the error with advice), so the pill and its overlay stay hidden. */
+#results [data-testid="status-tracker"]:has(span.error) { display: none !important; }
+#download-all a { white-space: nowrap; }
+#examples button { font-size: 0.8rem; text-align: left; padding: 2px 8px; }
 @media (max-width: 640px) {
   #results .grid-container { grid-template-columns: repeat(2, minmax(0, 1fr)) !important; }
   #history .grid-container { grid-template-columns: repeat(3, minmax(0, 1fr)) !important; }
@@ -59,8 +77,10 @@ def build_page(
     describe_backend: Callable[[gr.Request], str],
     login_enabled: bool,
     concurrency: int,
+    results_home: Path,
 ) -> gr.Blocks:
-    """Lay out the page and wire its events to ``handlers``."""
+    """Lay out the page and wire its events to ``handlers``; the images come from
+    ``results_home``."""
     # No telemetry: a cluster's front end has no business calling home.
     with gr.Blocks(
         title="oscar-sd: text to image", fill_width=True, analytics_enabled=False
@@ -73,7 +93,9 @@ def build_page(
                 # Relative, so it works under an Ingress subpath too.
                 gr.Button("Log out", link="logout", size="sm", scale=0, min_width=90)
 
-        history = gr.State([])
+        # Which run the gallery shows, and which of its images the buttons act on.
+        run_shown = gr.State("")
+        picked = gr.State(0)
         with gr.Row():
             with gr.Column(scale=2, min_width=300):
                 prompt = gr.Textbox(
@@ -84,14 +106,6 @@ def build_page(
                     max_lines=6,
                     autofocus=True,
                     elem_id="prompt",
-                )
-                # For a new user facing an empty box: a click fills the prompt.
-                gr.Examples(
-                    examples=EXAMPLE_PROMPTS,
-                    inputs=prompt,
-                    label="Try one of these",
-                    examples_per_page=len(EXAMPLE_PROMPTS),
-                    elem_id="examples",
                 )
                 with gr.Row():
                     generate = gr.Button(
@@ -104,6 +118,15 @@ def build_page(
                     cancel = gr.Button(
                         "Cancel", variant="stop", scale=1, min_width=90, elem_id="cancel"
                     )
+                # For a new user facing an empty box: a click fills the prompt. Below the
+                # buttons, so that they never push the button down.
+                gr.Examples(
+                    examples=EXAMPLE_PROMPTS,
+                    inputs=prompt,
+                    label="Try one of these",
+                    examples_per_page=len(EXAMPLE_PROMPTS),
+                    elem_id="examples",
+                )
                 with gr.Accordion("Advanced", open=False, elem_id="advanced"):
                     negative_prompt = gr.Textbox(
                         label="Negative prompt",
@@ -142,17 +165,38 @@ def build_page(
                     object_fit="contain",
                     # PNG files as made: their generation parameters stay inside.
                     format="png",
-                    buttons=["download", "download_all", "fullscreen"],
+                    # "download" saves the picked image as served: the PNG as made, with
+                    # its parameters inside. The whole set is the zip link below.
+                    buttons=["download", "fullscreen"],
                     interactive=False,
                     elem_id="results",
                 )
+                # Per image (the one clicked; the first until then) and for the whole set.
+                with gr.Row(equal_height=True, visible=False, elem_id="image-actions") as actions:
+                    use_seed = gr.Button(
+                        "Use this image's seed", size="sm", scale=0, min_width=170,
+                        elem_id="use-seed",
+                    )
+                    copy = gr.Button(
+                        "Copy parameters", size="sm", scale=0, min_width=150, elem_id="copy"
+                    )
+                    download_all = gr.HTML(elem_id="download-all", padding=False)
                 with gr.Row(equal_height=True):
                     seed_used = gr.Textbox(
                         label="Seed used", value="", interactive=False, scale=0, min_width=160
                     )
                     status = gr.Markdown(elem_id="status")
+                parameters = gr.Textbox(
+                    label="Parameters of the picked image",
+                    lines=1,
+                    max_lines=4,
+                    interactive=False,
+                    buttons=["copy"],
+                    visible=False,
+                    elem_id="parameters",
+                )
 
-        with gr.Accordion("History (this session)", open=True, visible=False) as history_box:
+        with gr.Accordion("History (this login)", open=True, visible=False) as history_box:
             past_runs = gr.Gallery(
                 columns=6,
                 fit_columns=False,  # one earlier run is a thumbnail, not a banner
@@ -164,6 +208,9 @@ def build_page(
                 buttons=[],
                 elem_id="history",
             )
+
+        for gallery in (results, past_runs):
+            serving_results_as_they_are(gallery, results_home)
 
         form = [
             prompt,
@@ -178,16 +225,16 @@ def build_page(
         making = gr.on(
             triggers=[generate.click, prompt.submit],
             fn=handlers.generate,
-            inputs=[*form, history],
-            outputs=[results, seed_used, status, history],
+            inputs=form,
+            outputs=[results, seed_used, status, run_shown],
             api_name="generate",
             concurrency_limit=concurrency,
             show_progress_on=[results],
         )
         making.success(
-            history_gallery,
-            history,
-            [past_runs, history_box],
+            handlers.show_run,
+            run_shown,
+            [past_runs, history_box, picked, parameters, actions, download_all],
             api_visibility="private",
             show_progress="hidden",
             # Heard when the tab is in the background: the title says the images are ready.
@@ -201,12 +248,32 @@ def build_page(
         cancel.click(
             None, None, status, js="() => 'Cancelled'", cancels=[making], api_visibility="private"
         )
+        results.select(
+            handlers.pick_image, run_shown, [picked, parameters],
+            api_visibility="private", show_progress="hidden",
+        )
+        use_seed.click(
+            handlers.use_seed, [run_shown, picked], [seed, randomize_seed, status],
+            api_visibility="private", show_progress="hidden",
+        )
+        copy.click(None, parameters, status, js=COPY_PARAMETERS, api_visibility="private")
         past_runs.select(
             handlers.choose_from_history,
-            inputs=history,
-            outputs=[*form, results, seed_used, status],
+            inputs=None,
+            outputs=[*form, results, seed_used, parameters, status, run_shown],
             api_visibility="private",
             show_progress="hidden",
+        ).success(
+            handlers.show_run,
+            run_shown,
+            [past_runs, history_box, picked, parameters, actions, download_all],
+            api_visibility="private",
+            show_progress="hidden",
+        )
+        # The login's history is kept on the server: a reload of the tab shows it again.
+        page.load(
+            handlers.history, None, [past_runs, history_box],
+            api_visibility="private", show_progress="hidden",
         )
         page.load(describe_backend, None, backend_line, api_visibility="private")
         page.unload(handlers.forget_tab)

@@ -8,8 +8,10 @@ account, so many people may log in with the same name, and each must have
 their own folder and history, and a logout that ends only their own session.
 The :class:`Sessions` registry opens a session at login and closes it at logout,
 after it has sat idle too long, when its sign-in expires, or when the app
-stops; closing one deletes its folder. Results are also tracked per browser
-tab, so closing a tab deletes the images that tab made.
+stops; closing one deletes its folder. A login's runs stay on disk, with its
+history, until the session ends (so a reload of the tab shows them again) or
+the results budget (``budget.py``) needs their room: then the oldest go, and
+their history entries with them.
 
 Everything here runs on the server's event loop; nothing blocks it (file moves
 and deletions go through a worker thread).
@@ -18,6 +20,7 @@ and deletions go through a worker thread).
 from __future__ import annotations
 
 import logging
+import os
 import secrets
 import shutil
 import time
@@ -32,6 +35,8 @@ from .._backend import Backend
 from .._errors import SignInExpired
 from .._models import GenerationResult
 from .._tokens import OidcToken
+from .budget import MB, ResultsBudget, Run
+from .form import HistoryEntry
 
 log = logging.getLogger("oscar_sd.ui")
 
@@ -89,7 +94,8 @@ class UserSession:
     #: An OIDC sign-in's token, renewed before it expires; None with a password.
     token: OidcToken | None = None
     last_used: float = field(default_factory=time.monotonic)
-    results_by_tab: dict[str, list[Path]] = field(default_factory=dict)
+    #: This login's runs still on disk, newest first (the page's history).
+    history: list[HistoryEntry] = field(default_factory=list)
     _in_flight: int = 0
     _retired: list[Backend] = field(default_factory=list)
 
@@ -104,10 +110,13 @@ class UserSession:
 class Sessions:
     """The registry of open sessions of one app."""
 
-    def __init__(self, root: Path, idle_timeout: float) -> None:
+    def __init__(
+        self, root: Path, idle_timeout: float, budget: ResultsBudget | None = None
+    ) -> None:
         # Resolved, so that paths in requests compare with it after resolving.
         self.root = root.resolve()
         self.idle_timeout = idle_timeout
+        self.budget = budget if budget is not None else ResultsBudget(512 * MB, 100 * MB)
         self._sessions: dict[str, UserSession] = {}
         self._directories: dict[Path, UserSession] = {}
         # key -> why it ended, for sessions ended by the app (not by their own logout).
@@ -201,38 +210,45 @@ class Sessions:
             session.touch()
             await self._close_retired(session)
 
-    async def keep(
-        self, session: UserSession, tab: str, result: GenerationResult
-    ) -> GenerationResult:
-        """Move a result into the session's private folder and remember which tab made it.
+    async def keep(self, session: UserSession, result: GenerationResult) -> HistoryEntry:
+        """Keep a result in the session's private folder and at the top of its history.
 
-        The user's own backend already writes there; the shared local backend does not.
+        The user's own backend already writes there; the shared local backend
+        does not. Older runs over the results budget are deleted, with their
+        history entries.
         """
         source = result.directory
-        if source.parent == session.directory:
-            session.results_by_tab.setdefault(tab, []).append(source)
-            return result
-        target = session.directory / secrets.token_urlsafe(12)
-        await anyio.to_thread.run_sync(shutil.move, str(source), str(target))
-        images = [target / image.relative_to(source) for image in result.images]
-        session.results_by_tab.setdefault(tab, []).append(target)
-        return GenerationResult(
-            images=images,
-            request=result.request,
-            job_id=result.job_id,
-            directory=target,
-            timings=result.timings,
-            model=result.model,
+        target = source if source.parent == session.directory else (
+            session.directory / secrets.token_urlsafe(12)
         )
+        size = await anyio.to_thread.run_sync(_settle, source, target)
+        images = [target / image.relative_to(source) for image in result.images]
+        entry = HistoryEntry.of(result, images=images, run=target.name)
+        session.history.insert(0, entry)
+        evicted = self.budget.add(Run(target.name, session.key, size, target))
+        if evicted:
+            await self._evict(evicted)
+        return entry
 
-    async def forget_tab(self, key: str, tab: str) -> None:
-        """A browser tab closed: delete the images it made."""
-        session = self._sessions.get(key)
+    def run_of(self, run_id: str) -> tuple[UserSession, HistoryEntry] | None:
+        """The session and history entry of a run still on disk, if any."""
+        run = self.budget.get(run_id)
+        session = self._sessions.get(run.owner) if run else None
         if session is None:
-            return
-        folders = session.results_by_tab.pop(tab, [])
-        if folders:
-            await anyio.to_thread.run_sync(_remove_all, folders)
+            return None
+        for entry in session.history:
+            if entry.run == run_id:
+                return session, entry
+        return None
+
+    async def _evict(self, runs: list[Run]) -> None:
+        """Runs over the budget: off the disk, and out of their sessions' histories."""
+        gone = {run.run_id for run in runs}
+        for owner in {run.owner for run in runs}:
+            if (session := self._sessions.get(owner)) is not None:
+                session.history = [e for e in session.history if e.run not in gone]
+        log.info("results budget: %d older run(s) deleted", len(runs))
+        await anyio.to_thread.run_sync(_remove_runs, [run.folder for run in runs])
 
     async def close(self, key: str, reason: str, *, tell: str | None = None) -> None:
         """End a session: close its own backend and delete its folder.
@@ -248,6 +264,8 @@ class Sessions:
                 self._ended.pop(next(iter(self._ended)))
             self._ended[key] = tell
         self._directories.pop(session.directory, None)
+        self.budget.forget_owner(key)
+        session.history = []
         log.info("session closed (%s); %d still open", reason, len(self._sessions))
         if session.owns_backend:
             if session.backend is not None:
@@ -295,6 +313,28 @@ async def _close_all(backends: list[Backend]) -> None:
             await backend.aclose()
         except Exception:  # one failing close must not keep the others open
             log.exception("closing a backend failed")
+
+
+def _settle(source: Path, target: Path) -> int:
+    """Move a run's folder to ``target`` (unless it is there already); its size in bytes."""
+    if source != target:
+        shutil.move(str(source), str(target))
+    return sum(entry.stat().st_size for entry in target.iterdir() if entry.is_file())
+
+
+def _remove_runs(folders: list[Path]) -> None:
+    """Delete run folders: flat folders of images, so each file is unlinked by name
+    (cheaper than rmtree's walk, which opens and checks every folder on the way)."""
+    for folder in folders:
+        try:
+            with os.scandir(folder) as entries:
+                for entry in entries:
+                    os.unlink(entry.path)
+            os.rmdir(folder)
+        except FileNotFoundError:
+            continue
+        except OSError:  # not flat after all: the general way
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def _remove_all(folders: list[Path]) -> None:

@@ -1,0 +1,129 @@
+"""What a person does with a run's images (Chromium): use an image's seed, copy its
+parameters, download it, download all as a zip; and the login's history, which
+survives a reload of the tab and is not seen by another login of the same account.
+"""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from pathlib import Path
+
+from playwright.sync_api import Browser, Page, expect
+
+from tests.conftest import ADMIN
+from tests.double import ClusterDouble
+from tests.test_browser import browser, log_in, make_six_images, pytestmark  # noqa: F401
+from tests.ui_fixtures import cluster_settings, png_metadata, running_app
+
+
+def pick(page: Page, index: int) -> None:
+    """Click image ``index`` of the results (it opens in the gallery's preview)."""
+    count = page.locator("#results img").count() or 6
+    thumbnail = f"Thumbnail {index + 1} of {count}"
+    page.locator("#results").get_by_role("button", name=thumbnail).first.click()
+
+
+def test_use_an_images_seed_and_copy_its_parameters(
+    browser: Browser, cluster: ClusterDouble  # noqa: F811
+) -> None:
+    with running_app(cluster_settings(cluster.oscar_endpoint)) as app:
+        context = browser.new_context(viewport={"width": 1100, "height": 900})
+        context.grant_permissions(["clipboard-read", "clipboard-write"])
+        page = context.new_page()
+        try:
+            assert app.url is not None
+            log_in(page, app.url)
+            make_six_images(page, "a lighthouse at dusk")
+            batch_seed = int(page.get_by_label("Seed used").input_value())
+            (session,) = app.sessions.of_account(ADMIN[0])
+            (entry,) = session.history
+
+            pick(page, 3)
+            parameters, _ = png_metadata(entry.images[3])
+            expect(page.locator("#parameters textarea")).to_have_value(parameters)
+            page.get_by_role("button", name="Use this image's seed").click()
+            page.get_by_text("Advanced", exact=True).click()
+            # Image 4 of a batch with seed S was made from seed S + 3 (the service's rule).
+            expect(page.get_by_label("Seed", exact=True)).to_have_value(str(batch_seed + 3))
+            expect(page.get_by_label("Randomize seed")).not_to_be_checked()
+
+            page.get_by_role("button", name="Copy parameters").click()
+            expect(page.locator("#status")).to_contain_text("Parameters copied")
+            assert page.evaluate("navigator.clipboard.readText()") == parameters
+        finally:
+            context.close()
+
+
+def test_download_one_image_and_all_as_a_zip(
+    browser: Browser, cluster: ClusterDouble, tmp_path: Path  # noqa: F811
+) -> None:
+    with running_app(cluster_settings(cluster.oscar_endpoint)) as app:
+        page = browser.new_page(viewport={"width": 1100, "height": 900}, accept_downloads=True)
+        try:
+            assert app.url is not None
+            log_in(page, app.url)
+            make_six_images(page, "a red fox in the snow")
+            (session,) = app.sessions.of_account(ADMIN[0])
+            (entry,) = session.history
+
+            pick(page, 1)
+            with page.expect_download() as one:
+                page.locator("#results").get_by_label("Download").click()
+            saved = tmp_path / "one.png"
+            one.value.save_as(saved)
+            # The original file, its parameters inside.
+            assert saved.read_bytes() == Path(entry.images[1]).read_bytes()
+            parameters, _ = png_metadata(saved)
+            assert parameters.startswith("a red fox in the snow")
+
+            with page.expect_download() as everything:
+                page.get_by_text("Download all (.zip)").click()
+            archive = tmp_path / "all.zip"
+            everything.value.save_as(archive)
+            with zipfile.ZipFile(archive) as zipped:
+                assert sorted(zipped.namelist()) == [f"{i}.png" for i in range(1, 7)]
+                for name in zipped.namelist():
+                    data = zipped.read(name)
+                    assert data == (Path(entry.images[0]).parent / name).read_bytes()
+                    assert png_metadata(io.BytesIO(data))[0].startswith("a red fox")  # type: ignore[arg-type]
+        finally:
+            page.close()
+
+
+def test_history_survives_a_reload_and_is_this_logins_only(
+    browser: Browser, cluster: ClusterDouble  # noqa: F811
+) -> None:
+    with running_app(cluster_settings(cluster.oscar_endpoint)) as app:
+        first = browser.new_context(viewport={"width": 1100, "height": 900})
+        second = browser.new_context(viewport={"width": 1100, "height": 900})
+        try:
+            assert app.url is not None
+            page = first.new_page()
+            log_in(page, app.url)
+            make_six_images(page, "a blue whale under the ice")
+            make_six_images(page, "a green parrot")
+            history = page.locator("#history")
+            expect(history.locator("img")).to_have_count(2)
+
+            page.reload()
+            expect(page.get_by_role("button", name="From Text to Image")).to_be_visible()
+            expect(history.locator("img")).to_have_count(2, timeout=10_000)
+            seed = app.sessions.of_account(ADMIN[0])[0].history[0].seed
+            expect(history).to_contain_text(f"a green parrot · seed {seed}")
+            expect(history).to_contain_text("a blue whale under the ice · seed")
+            # A thumbnail still restores its run.
+            history.locator("img").nth(1).click()
+            expect(page.get_by_label("Prompt", exact=True)).to_have_value(
+                "a blue whale under the ice"
+            )
+            expect(page.locator("#results img")).to_have_count(6)
+
+            # Another login with the same (the cluster's one) account: a history of its own.
+            other = second.new_page()
+            log_in(other, app.url)
+            expect(other.get_by_text("History (this login)")).to_be_hidden()
+            expect(other.locator("#history img")).to_have_count(0)
+        finally:
+            first.close()
+            second.close()
