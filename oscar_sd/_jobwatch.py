@@ -156,7 +156,7 @@ class JobWatch:
             async def tell_queue() -> None:
                 told = 0
                 while True:
-                    queued = (await self._next_round()).queued
+                    queued = (await self.next_round()).queued
                     if queued and queued != told and not started.event.is_set():
                         told = queued
                         plural = "s" if queued > 1 else ""
@@ -251,7 +251,7 @@ class JobWatch:
             done.set()
             return self._latest
 
-    async def _next_round(self) -> Round:
+    async def next_round(self) -> Round:
         """Wait for the next round a follower makes (none is made on this one's account)."""
         await self._round_done.wait()
         assert self._latest is not None
@@ -289,9 +289,16 @@ _SECRET_FIELD = re.compile(
     r"[\w.-]*)(\"?\s*[=:]\s*)\S+")
 _BEARER = re.compile(r"(?i)\b(bearer|basic)\s+\S+")
 _URL_USER = re.compile(r"//[^/\s@]+@")
-_LONG_RUN = re.compile(r"[A-Za-z0-9+_=\-]{24,}")
+#: Long runs of key-like characters (base64 or hex/dashed ids) with digits in them.
+_KEY_LIKE = (re.compile(r"[A-Za-z0-9+/=]{24,}"), re.compile(r"[A-Za-z0-9_\-]{24,}"))
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]|\x1b\[[0-9;]*[A-Za-z]")
 LINE_LIMIT = 160
+
+
+def _hide_if_key_like(match: re.Match[str]) -> str:
+    run = match.group(0)
+    looks_random = any(c.isdigit() for c in run) and any(c.isalpha() for c in run)
+    return "[hidden]" if looks_random else run
 
 
 def useful_line(log: str, hidden: Iterable[str] = ()) -> str:
@@ -307,5 +314,6 @@ def useful_line(log: str, hidden: Iterable[str] = ()) -> str:
     line = _SECRET_FIELD.sub(r"\1\2[hidden]", line)
     line = _BEARER.sub(r"\1 [hidden]", line)
     line = _URL_USER.sub("//[hidden]@", line)
-    line = _LONG_RUN.sub("[hidden]", line)
+    for pattern in _KEY_LIKE:
+        line = pattern.sub(_hide_if_key_like, line)
     return line if len(line) <= LINE_LIMIT else line[:LINE_LIMIT - 1] + "…"
