@@ -75,6 +75,11 @@ class OscarCluster:
             self.client.password = None
             self._password_forgotten = True
 
+    @property
+    def can_call(self) -> bool:
+        """False once the password was dropped: every call would ask to log in again."""
+        return not self._password_forgotten
+
     async def call(
         self, method: Callable[..., T], *args: Any, what: str, missing_ok: bool = False
     ) -> T | None:

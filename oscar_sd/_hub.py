@@ -65,8 +65,9 @@ class HubStats:
     events: int = 0
     resolved: int = 0
     resolved_by_event: int = 0
-    #: Progress keys (started markers) delivered to their waiters, by any path.
+    #: Progress keys (started markers) delivered to their waiters, by any path / by listing.
     progress: int = 0
+    progress_reconciled: int = 0
     caught_up: int = 0
     reconciled: int = 0
     reconcile_requests: int = 0
@@ -310,6 +311,8 @@ class NotificationHub:
         setattr(self.stats, counter, getattr(self.stats, counter) + len(results))
         self.stats.resolved += len(results)
         self.stats.progress += len(progress)
+        if via == "reconciliation":
+            self.stats.progress_reconciled += len(progress)
         if abandoned:
             self.stats.late_results_deleted += len(abandoned)
             self.deletions.add(self.address.bucket, abandoned)

@@ -119,10 +119,12 @@ class OscarSD:
         self._storage = storage
         self._hub = hub
         self._closed = False
-        #: The shared watch of this client's running jobs on OSCAR; None when turned off.
-        self.job_watch = None if job_check_interval is None else JobWatch(
+        #: The shared watch of this client's running jobs on OSCAR; None when turned off,
+        #: or when the password was not kept (listing jobs would need it).
+        watching = job_check_interval is not None and cluster.can_call
+        self.job_watch = None if not watching else JobWatch(
             partial(cluster.jobs, service), partial(cluster.job_log, service),
-            interval=job_check_interval, label=self.description, hidden=hidden,
+            interval=job_check_interval or 15.0, label=self.description, hidden=hidden,
         )
 
     @classmethod
@@ -181,7 +183,8 @@ class OscarSD:
         ``job_check_interval`` seconds (one listing of the service's jobs a
         round for all of this client's requests; None turns it off): a job that
         ends Failed, or Succeeded without a result, fails its request with
-        :class:`JobFailedError` instead of leaving it to its deadline.
+        :class:`JobFailedError` instead of leaving it to its deadline (not
+        with ``keep_password=False``: listing the jobs needs the password).
 
         Raises :class:`AuthenticationError`, :class:`ServiceNotFoundError`,
         :class:`ServiceMisconfiguredError` or :class:`ClusterUnreachableError`.

@@ -21,6 +21,7 @@ import pytest
 
 from oscar_sd import GenerationRequest, JobFailedError, OscarSD, Progress, Stage
 from oscar_sd._jobwatch import FAILED_BY, JobWatch, useful_line
+from oscar_sd.ui.progress import stage_text
 from tests.double import ClusterDouble, services
 
 pytestmark = pytest.mark.anyio
@@ -127,6 +128,31 @@ async def test_a_cancelled_request_leaves_no_marker_behind(cluster: ClusterDoubl
                 (job,) = cluster.jobs(SERVICE).values()
                 await anyio.to_thread.run_sync(job.done.wait, 20)
                 await until(lambda: objects_left(cluster) == [], "everything deleted")
+    finally:
+        gate.set()
+
+
+async def test_a_marker_whose_event_was_lost_is_found_by_reconciliation(
+    cluster: ClusterDouble,
+):
+    gate = threading.Event()
+    deploy(cluster, gated(gate))
+    running = Running()
+    try:
+        async with connect(cluster) as sd:
+            gate.set()
+            await sd.generate(GenerationRequest(prompt="warm-up", num_images=1))
+            gate.clear()  # the stream is open and caught up; the next job runs until told
+            connects = sd._hub.stats.connects
+            cluster.lose_next_event("out/")  # the next started marker reaches no stream
+            with anyio.fail_after(20):
+                async with anyio.create_task_group() as tasks:
+                    tasks.start_soon(sd.generate, "lost marker", running.callback())
+                    await running.all_running.wait()  # no result yet: the gate is shut
+                    assert sd._hub.stats.connects == connects  # no reconnect, no catch-up
+                    gate.set()
+            assert running.stages[0].count(Stage.RUNNING) == 1
+            assert sd._hub.stats.progress_reconciled == 1  # the path that found it
     finally:
         gate.set()
 
@@ -269,13 +295,24 @@ async def test_waiting_requests_hear_how_many_jobs_are_queued(cluster: ClusterDo
                     cluster.hold_jobs()  # the next jobs stay Pending: no GPU for them
                     tasks.start_soon(sd.generate, "queued 1", queued.callback())
                     tasks.start_soon(sd.generate, "queued 2", queued.callback())
-                    await until(lambda: "Waiting for a GPU (2 jobs queued)" in queued.messages,
-                                "the queue reported")
+                    await until_rounds(
+                        sd.job_watch,
+                        lambda: "Waiting for a GPU (2 jobs queued)" in queued.messages)
                     cluster.release_jobs()
                     gate.set()
     finally:
         cluster.release_jobs()
         gate.set()
+    # The page shows it as it is (oscar_sd/ui/progress.py).
+    shown = stage_text(Progress(Stage.WAITING, "Waiting for a GPU (2 jobs queued)"))
+    assert shown == "Waiting for a GPU (2 jobs queued)"
+
+
+async def test_without_the_password_there_is_no_job_watch(cluster: ClusterDouble):
+    async with connect(cluster, keep_password=False) as sd:
+        assert sd.job_watch is None  # listing jobs would ask to log in again
+    async with connect(cluster, job_check_interval=None) as sd:
+        assert sd.job_watch is None
 
 
 # -- what may be shown of a job's log ---------------------------------------------------
