@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from typing import Any, TypeVar
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import anyio
 import anyio.to_thread
@@ -74,6 +74,11 @@ class OscarCluster:
         if hasattr(self.client, "password"):
             self.client.password = None
             self._password_forgotten = True
+
+    @property
+    def can_call(self) -> bool:
+        """False once the password was dropped: every call would ask to log in again."""
+        return not self._password_forgotten
 
     async def call(
         self, method: Callable[..., T], *args: Any, what: str, missing_ok: bool = False
@@ -178,11 +183,43 @@ class OscarCluster:
         )
 
     async def jobs(self, name: str) -> dict[str, Any]:
-        """``GET /system/logs/{name}``: the service's jobs and their states."""
+        """Every job of service ``name`` by job name (a JobInfo each: ``status``, times),
+        read page by page from ``GET /system/logs/{name}``.
+
+        OSCAR answers 70 jobs a page (its ``JOB_LISTING_LIMIT``) with a ``next_page``
+        token while more remain, which goes back as ``?page=`` (grycap/oscar
+        ``pkg/handlers/logs.go``, ``pkg/types/jobinfo.go``). Releases before 3.6
+        answer the ``{name: info}`` map itself, all at once. Both are read. Under
+        OIDC a user is shown only their own jobs.
+        """
+        jobs: dict[str, Any] = {}
+        page, seen = "", set()
+        for _ in range(MAX_JOB_PAGES):
+            response = await self.call(
+                self.client.list_jobs, name, quote(page, safe=""),
+                what=f"list the jobs of {name!r}", missing_ok=True,
+            )
+            answer = (response.json() if response is not None else None) or {}
+            paged = isinstance(answer.get("jobs"), dict)
+            jobs.update(answer["jobs"] if paged else answer)
+            page = str(answer.get("next_page") or "") if paged else ""
+            if not page or page in seen:
+                break
+            seen.add(page)
+        return jobs
+
+    async def job_log(self, name: str, job: str) -> str | None:
+        """``GET /system/logs/{name}/{job}``: the job's log (its container's output),
+        or None when the cluster no longer has it."""
         response = await self.call(
-            self.client.list_jobs, name, what=f"list the jobs of {name!r}", missing_ok=True
+            self.client.get_job_logs, name, job,
+            what=f"read the log of job {job!r}", missing_ok=True,
         )
-        return (response.json() if response is not None else None) or {}
+        return None if response is None else response.text
+
+
+#: A bound on the pages read, should a cluster keep answering with new tokens.
+MAX_JOB_PAGES = 1000
 
 
 def public_endpoint(endpoint: str) -> str:

@@ -29,7 +29,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import anyio
 import anyio.to_thread
@@ -270,7 +269,7 @@ async def service_status(
     )
     definition = await cluster.require_service(service)
 
-    jobs = _job_states(await _every_job(cluster, service))
+    jobs = _job_states(await cluster.jobs(service))
     return ServiceStatus(
         name=definition.get("name", service),
         image=definition.get("image", ""),
@@ -282,35 +281,6 @@ async def service_status(
         jobs=jobs[:recent],
         total_jobs=len(jobs),
     )
-
-
-#: A bound on the pages read, should a cluster keep answering with new tokens.
-MAX_JOB_PAGES = 1000
-
-
-async def _every_job(cluster: OscarCluster, service: str) -> dict[str, Any]:
-    """Every job of ``service`` by name, read page by page from ``GET /system/logs/{svc}``.
-
-    OSCAR answers 70 jobs a page (its ``JOB_LISTING_LIMIT``) with a ``next_page``
-    token while more remain, which goes back as ``?page=`` (grycap/oscar
-    ``pkg/handlers/logs.go``). Releases before 3.6 answer the ``{name: info}`` map
-    itself, all at once. Both are read.
-    """
-    jobs: dict[str, Any] = {}
-    page, seen = "", set()
-    for _ in range(MAX_JOB_PAGES):
-        response = await cluster.call(
-            cluster.client.list_jobs, service, quote(page, safe=""),
-            what=f"list the jobs of {service!r}", missing_ok=True,
-        )
-        answer = (response.json() if response is not None else None) or {}
-        paged = isinstance(answer.get("jobs"), dict)
-        jobs.update(answer["jobs"] if paged else answer)
-        page = str(answer.get("next_page") or "") if paged else ""
-        if not page or page in seen:
-            break
-        seen.add(page)
-    return jobs
 
 
 def _job_states(by_name: dict[str, Any]) -> list[JobState]:

@@ -11,6 +11,9 @@ resolve a waiter, and the hub counts each:
   no stream was open;
 * reconciliation (``_reconcile.py``), for results whose event never came.
 
+The same paths deliver a request's *progress* keys (the job's started
+marker): those call the waiter's ``on_progress`` and leave it waiting.
+
 Storage trouble (unreachable, or refusing the keys) raises an alarm on every
 waiter, so a request can say so and give up after its ``outage_timeout``.
 Keys of requests that gave up are remembered for a while, and a result that
@@ -62,6 +65,9 @@ class HubStats:
     events: int = 0
     resolved: int = 0
     resolved_by_event: int = 0
+    #: Progress keys (started markers) delivered to their waiters, by any path / by listing.
+    progress: int = 0
+    progress_reconciled: int = 0
     caught_up: int = 0
     reconciled: int = 0
     reconcile_requests: int = 0
@@ -108,13 +114,21 @@ class NotificationHub:
 
     # -- the event-loop side ------------------------------------------------
 
-    def register(self, keys: Iterable[str], source: NotificationSource | None = None) -> Waiter:
+    def register(
+        self,
+        keys: Iterable[str],
+        source: NotificationSource | None = None,
+        *,
+        progress_keys: Iterable[str] = (),
+        on_progress: Callable[[str], object] | None = None,
+    ) -> Waiter:
         """Register a waiter for ``keys`` and make sure the hub runs.
 
         ``source`` (the caller's own storage client, same account) replaces the
-        hub's when its threads (re)start.
+        hub's when its threads (re)start. A landed ``progress_keys`` key calls
+        ``on_progress(key)`` on the caller's event loop, before any result.
         """
-        waiter = Waiter(keys)
+        waiter = Waiter(keys, progress_keys, on_progress)
         self.registry.add(waiter)
         with self._lock:
             if self._ready:
@@ -290,14 +304,21 @@ class NotificationHub:
         if via == "event":
             self.stats.events += len(keys)
         matches, abandoned = self.registry.match(keys)  # each waiter matched once
+        progress = [(w, key) for w, key in matches if key in w.progress_keys]
+        results = [(w, key) for w, key in matches if key not in w.progress_keys]
         counter = {"event": "resolved_by_event", "catch-up": "caught_up",
                    "reconciliation": "reconciled"}[via]
-        setattr(self.stats, counter, getattr(self.stats, counter) + len(matches))
-        self.stats.resolved += len(matches)
+        setattr(self.stats, counter, getattr(self.stats, counter) + len(results))
+        self.stats.resolved += len(results)
+        self.stats.progress += len(progress)
+        if via == "reconciliation":
+            self.stats.progress_reconciled += len(progress)
         if abandoned:
             self.stats.late_results_deleted += len(abandoned)
             self.deletions.add(self.address.bucket, abandoned)
-        self._on_loops([(w, partial(w.resolve, key, via)) for w, key in matches])
+        # Progress first: a marker listed together with its result still comes before it.
+        self._on_loops([(w, partial(w.progress, key, via)) for w, key in progress]
+                       + [(w, partial(w.resolve, key, via)) for w, key in results])
 
     def on_trouble(self, what: str, exc: BaseException, attempt: int) -> None:
         """Storage failed: remember since when, and alarm every waiter once per outage."""

@@ -10,6 +10,11 @@ a job for it; the job writes ``<job>.zip`` (or ``<job>.error.json``) to the
 output folder; the shared notification hub hears about it and wakes this
 request up. Object keys are the only correlation handle, so each request uses
 a fresh unguessable job id.
+
+The job also writes ``<job>.started.json`` when it starts: the request then
+moves from "Waiting for a GPU" to "Running on the GPU", and the client's job
+watch (``_jobwatch.py``) checks that OSCAR job now and then, for the deaths
+that leave no object behind.
 """
 
 from __future__ import annotations
@@ -38,7 +43,8 @@ from ._errors import (
     OscarSDError,
     ServiceMisconfiguredError,
 )
-from ._hub import Backoff, NotificationHub, StreamAddress, get_hub
+from ._hub import Backoff, NotificationHub, StreamAddress, Waiter, get_hub
+from ._jobwatch import JobStarted, JobWatch
 from ._limits import DEFAULT_STORAGE_THREADS, StorageLimits
 from ._models import (
     GenerationRequest,
@@ -61,6 +67,8 @@ T = TypeVar("T")
 #: What a job may write for ``<job>``: our zip, our error report, or the bare
 #: PNG of the upstream example service (``<input name>.png``).
 RESULT_SUFFIXES = (".zip", ".error.json", ".png", ".txt.png", ".json.png")
+#: What the job writes when it starts (oscar_sd/service/marker.py): not a result.
+STARTED_SUFFIX = ".started.json"
 #: How long a request's own clean-up may take before the hub's background retries take over.
 TIDY_LIMIT = 0.5
 #: How long the background clean-up waits for an abandoned upload to end before deleting
@@ -89,6 +97,8 @@ class OscarSD:
         keep_objects: bool,
         outage_timeout: float = 60.0,
         limits: StorageLimits | None = None,
+        job_check_interval: float | None = 15.0,
+        hidden: tuple[str, ...] = (),
     ) -> None:
         self.outage_timeout = outage_timeout
         #: The library's own worker threads for storage (never anyio's process-wide default).
@@ -109,6 +119,13 @@ class OscarSD:
         self._storage = storage
         self._hub = hub
         self._closed = False
+        #: The shared watch of this client's running jobs on OSCAR; None when turned off,
+        #: or when the password was not kept (listing jobs would need it).
+        watching = job_check_interval is not None and cluster.can_call
+        self.job_watch = None if not watching else JobWatch(
+            partial(cluster.jobs, service), partial(cluster.job_log, service),
+            interval=job_check_interval or 15.0, label=self.description, hidden=hidden,
+        )
 
     @classmethod
     def connect(
@@ -134,6 +151,7 @@ class OscarSD:
         outage_timeout: float = 60.0,
         backoff: Backoff | None = None,
         storage_threads: int = DEFAULT_STORAGE_THREADS,
+        job_check_interval: float | None = 15.0,
     ) -> _Connecting:
         """Log in to the cluster, find ``service`` and its storage.
 
@@ -161,6 +179,12 @@ class OscarSD:
         Storage calls run on the client's own worker threads, in two lanes of
         ``storage_threads`` each: one uploads new prompts, the other fetches and
         unpacks finished results, so new requests never hold up finished ones.
+        Once a request's job has started, its state on OSCAR is checked every
+        ``job_check_interval`` seconds (one listing of the service's jobs a
+        round for all of this client's requests; None turns it off): a job that
+        ends Failed, or Succeeded without a result, fails its request with
+        :class:`JobFailedError` instead of leaving it to its deadline (not
+        with ``keep_password=False``: listing the jobs needs the password).
 
         Raises :class:`AuthenticationError`, :class:`ServiceNotFoundError`,
         :class:`ServiceMisconfiguredError` or :class:`ClusterUnreachableError`.
@@ -169,6 +193,8 @@ class OscarSD:
             raise ValueError("input_format must be 'json' or 'text'")
         if storage_threads < 1:
             raise ValueError("storage_threads must be at least 1")
+        if job_check_interval is not None and job_check_interval <= 0:
+            raise ValueError("job_check_interval must be a number of seconds above 0, or None")
         bearer = token
         if isinstance(token, str) and refresh_token:
             bearer = OidcToken(
@@ -258,6 +284,9 @@ class OscarSD:
                 keep_objects=keep_objects,
                 outage_timeout=outage_timeout,
                 limits=limits,
+                job_check_interval=job_check_interval,
+                # Never repeated from a job's log: the job pods hold these keys.
+                hidden=(str(provider["access_key"]), str(provider.get("secret_key") or "")),
             )
 
         return _Connecting(open_client())
@@ -297,7 +326,11 @@ class OscarSD:
 
         input_key, body, content_type = self._input_object(job_id, request)
         result_keys = {self.output_path.key(job_id + suffix) for suffix in RESULT_SUFFIXES}
-        waiter = self._hub.register(result_keys, self._storage)
+        started = JobStarted(report)
+        waiter = self._hub.register(
+            result_keys, self._storage,
+            progress_keys=[self.output_path.key(job_id + STARTED_SUFFIX)], on_progress=started,
+        )
         landed: str | None = None
         upload: threading.Event | None = None
         directory: Path | None = None
@@ -314,9 +347,9 @@ class OscarSD:
             )
             uploaded = time.monotonic()
             report(Stage.UPLOADED, "Prompt uploaded to the cluster")
-            report(Stage.WAITING, "Waiting for the cluster to generate the images")
+            report(Stage.WAITING, "Waiting for a GPU")
 
-            landed = await until_landed(waiter, deadline, self._outage(report))
+            landed = await self._until_landed(job_id, waiter, started, deadline, report)
             if landed is None:
                 # The deadline also takes one last look, but it is never the recovery
                 # path for a lost event: reconciliation finds those within seconds.
@@ -370,7 +403,42 @@ class OscarSD:
                 self._hub.discard(waiter)
             if upload is not None:
                 with anyio.CancelScope(shield=True):
-                    await self._tidy(input_key, landed, upload)
+                    await self._tidy(input_key, landed, upload,
+                                     self.output_path.key(job_id + STARTED_SUFFIX))
+
+    async def _until_landed(
+        self, job_id: str, waiter: Waiter, started: JobStarted, deadline: float,
+        report: ProgressReporter,
+    ) -> str | None:
+        """The landed result key, or None at the deadline; while the job runs, the job
+        watch follows it and fails ``waiter`` when OSCAR says no result will come."""
+        if self.job_watch is None:
+            return await until_landed(waiter, deadline, self._outage(report))
+        failure: Exception | None = None
+        landed: str | None = None
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(
+                partial(self.job_watch.follow, job_id, waiter, started, report,
+                        read_marker=self._read_marker, look=partial(self._last_look, waiter))
+            )
+            try:
+                landed = await until_landed(waiter, deadline, self._outage(report))
+            except Exception as exc:  # raised below, not wrapped in the task group's group
+                failure = exc
+            tasks.cancel_scope.cancel()
+        if failure is not None:
+            raise failure
+        return landed
+
+    async def _read_marker(self, key: str) -> bytes:
+        return await self._storage_call(
+            self._storage.get, self.output_path.bucket, key, 64_000, limiter=self.limits.results
+        )
+
+    async def _last_look(self, waiter: Waiter) -> str | None:
+        return await self._storage_call(
+            self._hub.look_now, waiter, self.limits.requests, run=False
+        )
 
     def _input_object(self, job_id: str, request: GenerationRequest) -> tuple[str, bytes, str]:
         if self.input_format == "text":
@@ -398,10 +466,14 @@ class OscarSD:
         except Exception as exc:
             raise storage_error(exc, self._storage.endpoint) from None
 
-    async def _tidy(self, input_key: str, landed: str | None, upload: threading.Event) -> None:
+    async def _tidy(
+        self, input_key: str, landed: str | None, upload: threading.Event, marker: str
+    ) -> None:
         """Delete the input when no result came (so no job starts late for nobody),
-        and both objects once used unless asked to keep them: one request where
-        they share a bucket.
+        and the objects once used unless asked to keep them: one request where
+        they share a bucket. The job's started ``marker`` goes with them, whether
+        or not its event came (deleting a key that is not there is no error); one
+        that lands later for a request that gave up is deleted by the hub.
 
         Bounded, so that cancelling returns at once even while storage is
         unreachable: what does not finish in time is retried in the background.
@@ -414,8 +486,9 @@ class OscarSD:
                                    after_limit=UPLOAD_END_LIMIT)
         elif landed is None or not self.keep_objects:
             doomed.setdefault(self.input_path.bucket, []).append(input_key)
-        if landed is not None and not self.keep_objects:
-            doomed.setdefault(self.output_path.bucket, []).append(landed)
+        if landed is None or not self.keep_objects:
+            outputs = doomed.setdefault(self.output_path.bucket, [])
+            outputs.extend([marker] if landed is None else [landed, marker])
         lane = self.limits.requests if landed is None else self.limits.results
         for bucket, keys in doomed.items():
             if lane.available_tokens < 1:
@@ -436,8 +509,8 @@ class OscarSD:
                 self._hub.delete_later(bucket, failed)
 
     async def list_jobs(self) -> dict[str, dict[str, Any]]:
-        """The service's jobs and their states, as OSCAR reports them."""
-        return (await self._cluster.jobs(self.service)).get("jobs") or {}
+        """The service's jobs and their states, as OSCAR reports them (every page)."""
+        return await self._cluster.jobs(self.service)
 
 
 class _Connecting:

@@ -51,6 +51,8 @@ def stage_text(report: Progress, running_for: float | None = None) -> str:
     if stage is Stage.WAITING and not report.message.startswith("Waiting"):
         # A problem while waiting ("Cannot reach the cluster's storage, retrying (12 s)").
         return report.message
+    if stage is Stage.WAITING and report.message.startswith(LABELS[stage] + " ("):
+        return report.message  # "Waiting for a GPU (3 jobs queued)"
     text = LABELS.get(stage, report.message)
     if stage is Stage.WAITING and report.queue_position:
         text += f" · {report.queue_position} ahead of you"

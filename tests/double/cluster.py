@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import secrets
 import threading
+from collections import Counter
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -53,6 +54,11 @@ class ClusterDouble:
         self.storage.hub.endpoint = self._s3_server.url
         self._keys_lock = threading.Lock()
         self._started = False
+        self._oscar_api_down = False
+        #: Requests that reached OSCAR's REST API, by "METHOD /route" (e.g.
+        #: "GET /system/logs/<service>"), for tests that count API calls.
+        self.oscar_requests: Counter[str] = Counter()
+        self.count_lock = threading.Lock()
 
     # -- lifecycle ------------------------------------------------------------------
 
@@ -238,6 +244,26 @@ class ClusterDouble:
     def kill_next_job(self) -> None:
         """The next job's pod is killed (out of memory, evicted): Failed, nothing written."""
         self.runner.kill_next()
+
+    def kill_next_job_after_start(self) -> None:
+        """The next job runs its handler (which may write its started marker straight to
+        storage), then its pod is killed before the upload: Failed, nothing else written."""
+        self.runner.kill_next_after_start()
+
+    def next_job_leaves_no_result(self) -> None:
+        """The next job runs its handler but leaves nothing to upload (a script that failed
+        without reporting it): Succeeded, no result."""
+        self.runner.next_leaves_nothing()
+
+    @property
+    def oscar_api_down(self) -> bool:
+        """While True, OSCAR's REST API answers 503 to everything (its pod is down behind
+        the ingress); jobs and storage go on."""
+        return self._oscar_api_down
+
+    @oscar_api_down.setter
+    def oscar_api_down(self, value: bool) -> None:
+        self._oscar_api_down = value
 
     def stall_uploads(self, prefix: str) -> None:
         """Uploads of keys under ``prefix`` (in any bucket) stay in flight, not stored,

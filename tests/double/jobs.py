@@ -15,12 +15,21 @@ its output into the log and never looks at its exit code, then uploads
 whatever is in ``$TMP_OUTPUT_DIR``.  So a script that fails, or a handler that
 raises, still ends Succeeded with its outputs uploaded; only a killed pod
 (``kill_next``: out of memory, evicted) ends Failed, with nothing uploaded.
+``kill_next_after_start`` kills the pod once its handler ran (after a
+started marker it wrote straight to storage) and before the upload;
+``next_leaves_nothing`` ends a job Succeeded with nothing to upload (a script
+that failed without reporting it).
+
+Each handler sees its pod's environment (``JOB_UUID``, ``EVENT``, the MinIO
+keys of the uploader) through ``pod.current_job()``; ``ScriptHandler`` passes
+``JOB_UUID`` and ``EVENT`` to its script.
 """
 
 from __future__ import annotations
 
 import heapq
 import itertools
+import json
 import os
 import random
 import secrets
@@ -38,7 +47,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .events import ObjectEvent
+from . import pod
+from .events import ObjectEvent, build_record
 from .s3 import S3Front
 from .services import job_id, write_error
 
@@ -64,9 +74,9 @@ def _rfc3339(moment: datetime | None) -> str | None:
 class ScriptHandler:
     """Run a shell script under OSCAR's job contract; its output is the job log.
 
-    The script sees ``INPUT_FILE_PATH``, ``TMP_INPUT_DIR`` and ``TMP_OUTPUT_DIR``
-    (plus ``env``), as inside a real OSCAR job.  Its exit code is not checked,
-    as faas-supervisor does not check it (module docstring).
+    The script sees ``INPUT_FILE_PATH``, ``TMP_INPUT_DIR`` and ``TMP_OUTPUT_DIR``,
+    and OSCAR's ``JOB_UUID`` and ``EVENT`` (over ``env``), as inside a real OSCAR job.
+    Its exit code is not checked, as faas-supervisor does not check it (module docstring).
     """
 
     def __init__(self, script: str | os.PathLike[str], env: Mapping[str, str] | None = None,
@@ -76,8 +86,9 @@ class ScriptHandler:
         self.timeout = timeout
 
     def __call__(self, input_file: Path, output_dir: Path) -> str:
+        job = pod.current_job()
         env = {
-            **os.environ, **self.env,
+            **os.environ, **self.env, **(job.env if job else {}),
             "INPUT_FILE_PATH": str(input_file),
             "TMP_INPUT_DIR": str(input_file.parent),
             "TMP_OUTPUT_DIR": str(output_dir),
@@ -168,6 +179,8 @@ class Job:
     bucket: str | None = None
     key: str | None = None
     data: bytes | None = None  # body of POST /job/{svc}
+    #: ``$EVENT``: MinIO's webhook event for an upload, else the body of POST /job/{svc}.
+    event: str = ""
     status: str = PENDING
     creation_time: datetime = field(default_factory=_now)
     start_time: datetime | None = None
@@ -199,6 +212,8 @@ class JobRunner:
         self._held_jobs: list[Job] = []
         self._failures: deque[str] = deque()
         self._kills = 0
+        self._kills_after_start = 0
+        self._leave_nothing = 0
         self._stopping = False
         self._timer_thread = threading.Thread(target=self._timer_loop, name="double-job-timer",
                                               daemon=True)
@@ -225,6 +240,14 @@ class JobRunner:
     def kill_next(self) -> None:
         with self._lock:
             self._kills += 1
+
+    def kill_next_after_start(self) -> None:
+        with self._lock:
+            self._kills_after_start += 1
+
+    def next_leaves_nothing(self) -> None:
+        with self._lock:
+            self._leave_nothing += 1
 
     # -- jobs of a service (for /system/logs) -----------------------------------------
 
@@ -257,16 +280,18 @@ class JobRunner:
                 for path in service.inputs:
                     buckets = {path.bucket, *service.private_buckets}
                     if event.bucket in buckets and path.relative(event.key) is not None:
-                        self.submit(service, bucket=event.bucket, key=event.key)
+                        self.submit(service, bucket=event.bucket, key=event.key, event=event)
                         break
 
     def submit(self, service: DeployedService, *, bucket: str | None = None,
                key: str | None = None, data: bytes | None = None,
-               input_name: str | None = None) -> Job:
+               input_name: str | None = None, event: ObjectEvent | None = None) -> Job:
         name = f"{service.name}-{secrets.token_hex(4)}"
         job = Job(name=name, service=service.name,
                   input_name=input_name or os.path.basename(key or name),
-                  bucket=bucket, key=key, data=data)
+                  bucket=bucket, key=key, data=data,
+                  event=self._webhook_body(event) if event else (data or b"").decode(
+                      "utf-8", "replace"))
         with self._lock:
             self._jobs.setdefault(service.name, {})[name] = job
             delay = service.delay()
@@ -277,6 +302,20 @@ class JobRunner:
                 return job
         self._pool.submit(self._run, job)
         return job
+
+    def _webhook_body(self, event: ObjectEvent) -> str:
+        """What MinIO's webhook target posts to OSCAR: ``{EventName, Key, Records}``."""
+        record = build_record(event, escape=False, endpoint=self.storage.hub.endpoint)
+        return json.dumps({"EventName": event.name, "Key": f"{event.bucket}/{event.key}",
+                           "Records": [record]})
+
+    def _pod(self, job: Job, service: DeployedService) -> pod.JobContext:
+        # OSCAR mounts the uploader's keys; the double records no uploader (every
+        # event's principal is the cluster's key), so a pod gets the cluster's keys.
+        return pod.JobContext(
+            name=job.name, event=job.event, minio_endpoint=self.storage.hub.endpoint,
+            outputs=tuple((path.bucket, path.folder) for path in service.outputs_for(job.bucket)),
+            access_key=self.storage.access_key, secret_key=self.storage.secret_key)
 
     def _timer_loop(self) -> None:
         with self._lock:
@@ -304,6 +343,12 @@ class JobRunner:
             killed = self._kills > 0
             if killed:
                 self._kills -= 1
+            killed_late = not killed and not failure and self._kills_after_start > 0
+            if killed_late:
+                self._kills_after_start -= 1
+            leave_nothing = not killed and not killed_late and self._leave_nothing > 0
+            if leave_nothing:
+                self._leave_nothing -= 1
             job.status, job.start_time = RUNNING, _now()
         service = self.services.get(job.service)
         workdir = Path(tempfile.mkdtemp(prefix="oscar-double-job-", dir=JOB_TMP_DIR))
@@ -329,7 +374,15 @@ class JobRunner:
                 write_error(output_dir, job_id(input_file), failure, "JobFailed")
                 log.append(f"the service reported a failure: {failure}\n")
             else:
-                self._call_handler(service.handler, input_file, output_dir, log)
+                with pod.running(self._pod(job, service)):
+                    self._call_handler(service.handler, input_file, output_dir, log)
+            if killed_late:
+                ok = False  # the pod dies before faas-supervisor uploads anything
+                log.append("Killed\nthe pod was killed (OOMKilled)\n")
+                return
+            if leave_nothing:
+                shutil.rmtree(output_dir)
+                output_dir.mkdir()
             if service is not None:
                 self._upload_outputs(service.outputs_for(job.bucket), output_dir, log)
         except Exception:

@@ -112,6 +112,11 @@ def create_app(double: ClusterDouble) -> Flask:
 
     @app.before_request
     def authenticate() -> Response | None:
+        rule = request.url_rule.rule if request.url_rule is not None else request.path
+        with double.count_lock:
+            double.oscar_requests[f"{request.method} {rule}"] += 1
+        if double.oscar_api_down:  # what an ingress answers while OSCAR's pod is gone
+            return _text("503 Service Temporarily Unavailable", 503)
         if request.path == "/health":
             return None
         if request.path.startswith("/job/") and _service_token_ok():

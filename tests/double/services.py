@@ -20,7 +20,9 @@ from typing import Any
 
 from PIL import Image, PngImagePlugin
 
-Handler = Callable[[Path, Path], None]
+from . import pod
+
+Handler = Callable[[Path, Path], "str | None"]
 
 IMAGE_SIZE = 64  # whatever size is asked for: small keeps a thousand jobs fast
 DEFAULT_NUM_IMAGES = 6
@@ -122,5 +124,31 @@ def error_writer(message: str, kind: str = "ServiceError") -> Handler:
 
     def handler(input_file: Path, output_dir: Path) -> None:
         write_error(output_dir, job_id(input_file), message, kind)
+
+    return handler
+
+
+def started_then(generate: Handler = fake_generator) -> Handler:
+    """A job that says it started, as the real worker does, then runs ``generate``.
+
+    The worker (oscar_sd/service/marker.py) writes ``<job>.started.json`` straight
+    to the output folder with the MinIO keys OSCAR mounts into the pod, naming
+    the OSCAR job from ``$JOB_UUID``, before it generates; faas-supervisor
+    uploads only the result. So does this handler, through the same code.
+    """
+    from oscar_sd.service.marker import OutputStore, StartedMarker, write_started_marker
+
+    def handler(input_file: Path, output_dir: Path) -> str | None:
+        job = pod.current_job()
+        if job is None:
+            raise RuntimeError("started_then runs inside a double's job only")
+        bucket, folder = job.outputs[0]
+        store = OutputStore(
+            endpoint=job.minio_host, secure=False, verify=False, region="us-east-1",
+            bucket=bucket, folder=folder, access_key=job.access_key,
+            secret_key=job.secret_key)
+        written = write_started_marker(job_id(input_file), store=store,
+                                       marker=StartedMarker.now(job.env["JOB_UUID"]))
+        return f"started marker: {written}\n{generate(input_file, output_dir) or ''}"
 
     return handler
