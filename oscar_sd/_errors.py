@@ -6,6 +6,8 @@ password, a token or a storage key.
 
 from __future__ import annotations
 
+import json
+
 
 class OscarSDError(Exception):
     """Base class of every error raised by oscar_sd."""
@@ -67,6 +69,17 @@ class JobFailedError(OscarSDError):
         self.job_id = job_id
         self.error_type = error_type
         super().__init__(message)
+
+    @classmethod
+    def from_report(cls, data: bytes, job_id: str) -> JobFailedError:
+        """The failure ``<job>.error.json`` reports (``{"error": ..., "type": ...}``)."""
+        try:
+            report = json.loads(data[:1_000_000])
+            message = str(report.get("error") or "no reason given")[:2000]
+            error_type = report.get("type")
+        except (ValueError, AttributeError):
+            message, error_type = "its error report could not be read", None
+        return cls(f"The service failed: {message}", job_id, error_type)
 
 
 class GenerationTimeout(OscarSDError, TimeoutError):

@@ -22,11 +22,10 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Generator
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -35,15 +34,14 @@ import anyio
 import anyio.to_thread
 
 from ._cluster import OscarCluster
+from ._connect import Connecting, open_connection
 from ._errors import (
     AuthenticationError,
-    ClusterUnreachableError,
     GenerationTimeout,
     JobFailedError,
     OscarSDError,
-    ServiceMisconfiguredError,
 )
-from ._hub import Backoff, NotificationHub, StreamAddress, Waiter, get_hub
+from ._hub import Backoff, NotificationHub, Waiter
 from ._jobwatch import JobStarted, JobWatch
 from ._limits import DEFAULT_STORAGE_THREADS, StorageLimits
 from ._models import (
@@ -54,10 +52,9 @@ from ._models import (
     Stage,
     Timings,
 )
-from ._service_paths import service_paths
 from ._storage import MinioStorage, StoragePath, storage_error
 from ._tokens import OidcToken
-from ._unpack import check_image, unpack_images
+from ._unpack import unpack_result
 from ._waiting import Outage, until_landed, until_ready
 
 logger = logging.getLogger("oscar_sd.oscar")
@@ -152,7 +149,7 @@ class OscarSD:
         backoff: Backoff | None = None,
         storage_threads: int = DEFAULT_STORAGE_THREADS,
         job_check_interval: float | None = 15.0,
-    ) -> _Connecting:
+    ) -> Connecting[OscarSD]:
         """Log in to the cluster, find ``service`` and its storage.
 
         Use it as ``async with OscarSD.connect(...) as sd`` or
@@ -207,89 +204,41 @@ class OscarSD:
             )
 
         async def open_client() -> OscarSD:
-            cluster = OscarCluster(
+            opened = await open_connection(
                 endpoint,
                 user=user,
                 password=password,
                 token=bearer,
+                keep_password=keep_password,
+                service=service,
                 verify_ssl=verify_ssl,
-                limit=connect_timeout,
-            )
-            config = await cluster.config()
-            definition = await cluster.require_service(service)
-
-            provider = config.get("minio_provider") or {}
-            if not provider.get("endpoint") or not provider.get("access_key"):
-                raise ServiceMisconfiguredError(
-                    "The cluster did not report its MinIO storage (/system/config has no "
-                    "minio_provider). Ask the cluster administrator to check the OSCAR setup."
-                )
-            # An OIDC user's MinIO access key is their uid (docs/multitenancy.md).
-            uid = provider["access_key"] if cluster.token is not None else None
-            input_path, output_path = service_paths(definition, uid)
-            if not keep_password:
-                cluster.forget_password()
-            storage = MinioStorage(
-                provider["endpoint"],
-                provider["access_key"],
-                provider.get("secret_key", ""),
-                region=provider.get("region") or None,
-                verify=bool(provider.get("verify", True)) and verify_ssl,
+                connect_timeout=connect_timeout,
                 stall_timeout=stall_timeout,
-                pool_size=StorageLimits.pool_size(storage_threads),
-            )
-            limits = StorageLimits.create(storage_threads)
-            try:
-                with anyio.fail_after(connect_timeout):
-                    exists = await anyio.to_thread.run_sync(
-                        storage.check_bucket, output_path.bucket, abandon_on_cancel=True,
-                        limiter=limits.requests,
-                    )
-            except TimeoutError:
-                raise ClusterUnreachableError(
-                    f"The cluster's storage (MinIO) at {storage.endpoint} did not answer within "
-                    f"{connect_timeout:g} s. Check that the cluster is up."
-                ) from None
-            except OscarSDError:
-                raise
-            except Exception as exc:
-                raise storage_error(exc, storage.endpoint) from None
-            if not exists:
-                raise ServiceMisconfiguredError(
-                    f"The output bucket {output_path.bucket!r} of service {service!r} does not "
-                    "exist. Redeploy the service (`oscar-sd deploy`)."
-                )
-
-            address = StreamAddress(
-                storage.endpoint, output_path.bucket, output_path.prefix, provider["access_key"]
-            )
-            hub = get_hub(address, storage, **({"backoff": backoff} if backoff else {}))
-            results = Path(results_dir or Path(tempfile.gettempdir()) / "oscar-sd-results")
-            await anyio.to_thread.run_sync(
-                partial(results.mkdir, parents=True, exist_ok=True), limiter=limits.results
+                backoff=backoff,
+                storage_threads=storage_threads,
+                results_dir=results_dir,
             )
             return cls(
-                cluster=cluster,
-                storage=storage,
-                hub=hub,
+                cluster=opened.cluster,
+                storage=opened.storage,
+                hub=opened.hub,
                 service=service,
-                input_path=input_path,
-                output_path=output_path,
-                endpoint=cluster.endpoint,
+                input_path=opened.input_path,
+                output_path=opened.output_path,
+                endpoint=opened.cluster.endpoint,
                 user=user,
-                token=cluster.token,
+                token=opened.cluster.token,
                 timeout=timeout,
                 input_format=input_format,
-                results_dir=results,
+                results_dir=opened.results_dir,
                 keep_objects=keep_objects,
                 outage_timeout=outage_timeout,
-                limits=limits,
+                limits=opened.limits,
                 job_check_interval=job_check_interval,
-                # Never repeated from a job's log: the job pods hold these keys.
-                hidden=(str(provider["access_key"]), str(provider.get("secret_key") or "")),
+                hidden=opened.hidden,
             )
 
-        return _Connecting(open_client())
+        return Connecting(open_client())
 
     async def __aenter__(self) -> OscarSD:
         return self
@@ -369,11 +318,11 @@ class OscarSD:
                 self._storage.get, self.output_path.bucket, landed, limiter=lanes.results
             )
             if landed.endswith(".error.json"):
-                raise _job_failure(data, job_id)
+                raise JobFailedError.from_report(data, job_id)
             directory = self.results_dir / job_id
             # Not abandoned on cancel: the clean-up below must not race the writes.
             images = await anyio.to_thread.run_sync(
-                _unpack, landed, data, directory, limiter=lanes.results
+                unpack_result, landed, data, directory, limiter=lanes.results
             )
             finished = time.monotonic()
             report(Stage.DONE, f"{len(images)} images ready")
@@ -513,50 +462,9 @@ class OscarSD:
         return await self._cluster.jobs(self.service)
 
 
-class _Connecting:
-    """What :meth:`OscarSD.connect` returns: await it, or use it with ``async with``."""
-
-    def __init__(self, opening: Any) -> None:
-        self._opening = opening
-        self._client: OscarSD | None = None
-
-    def __await__(self) -> Generator[Any, None, OscarSD]:
-        return self._opening.__await__()
-
-    async def __aenter__(self) -> OscarSD:
-        self._client = await self._opening
-        return self._client
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        if self._client is not None:
-            await self._client.aclose()
-
-
 def _then_set(done: threading.Event, function: Callable[..., T], *args: Any) -> T:
     """Call ``function``, then set ``done`` however it ended (even after its caller left)."""
     try:
         return function(*args)
     finally:
         done.set()
-
-
-def _job_failure(data: bytes, job_id: str) -> JobFailedError:
-    try:
-        report = json.loads(data[:1_000_000])
-        message = str(report.get("error") or "no reason given")[:2000]
-        error_type = report.get("type")
-    except (ValueError, AttributeError):
-        message, error_type = "its error report could not be read", None
-    return JobFailedError(f"The service failed: {message}", job_id, error_type)
-
-
-def _unpack(key: str, data: bytes, directory: Path) -> list[Path]:
-    """Write the images of a result object into a new private ``directory``."""
-    directory.mkdir(mode=0o700)
-    if key.endswith(".zip"):
-        return unpack_images(data, directory)
-    # The upstream example service writes one bare PNG.
-    check_image(data, Path(key).name)
-    image = directory / "1.png"
-    image.write_bytes(data)
-    return [image]

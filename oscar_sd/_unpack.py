@@ -144,3 +144,15 @@ def _natural_key(name: str) -> list[object]:
 def _remove(paths: list[Path]) -> None:
     for path in paths:
         path.unlink(missing_ok=True)
+
+
+def unpack_result(key: str, data: bytes, directory: Path) -> list[Path]:
+    """Write the images of result object ``key`` into a new private ``directory``:
+    our zip, or the one bare PNG of the upstream example service."""
+    directory.mkdir(mode=0o700)
+    if key.endswith(".zip"):
+        return unpack_images(data, directory)
+    check_image(data, Path(key).name)
+    image = directory / "1.png"
+    image.write_bytes(data)
+    return [image]
