@@ -32,7 +32,7 @@ SCRIPT = REPO / "manifests" / "script.sh"
 
 @pytest.fixture
 def double() -> Iterator[ClusterDouble]:
-    with ClusterDouble(users={"alice": "alice-pw"}) as cluster:
+    with ClusterDouble() as cluster:
         yield cluster
 
 

@@ -33,7 +33,7 @@ REQUEST = GenerationRequest(prompt="a red fox", seed=1, width=64, height=64, num
 
 @pytest.fixture
 def double() -> Iterator[ClusterDouble]:
-    with ClusterDouble(users={"alice": "alice-pw"}) as cluster:
+    with ClusterDouble() as cluster:
         yield cluster
     close_all_hubs()
 
