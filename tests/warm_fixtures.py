@@ -1,4 +1,4 @@
-"""Warm replicas against the cluster double: in threads, or as ``python -m oscar_sd.service --warm``."""
+"""Warm replicas on the cluster double: in threads, or as ``python -m oscar_sd.service --warm``."""
 
 from __future__ import annotations
 
@@ -136,6 +136,13 @@ class ResultLog:
     def wait_for(self, key: str, timeout: float) -> bool:
         with self._cond:
             return self._cond.wait_for(lambda: self.written[key] > 0, timeout)
+
+    def wait_for_suffix(self, suffix: str, timeout: float) -> str | None:
+        """The first key written that ends in ``suffix``, once there is one."""
+        with self._cond:
+            found = self._cond.wait_for(
+                lambda: next((k for k in self.written if k.endswith(suffix)), None), timeout)
+            return found or None
 
     def results(self) -> Counter[str]:
         with self._cond:

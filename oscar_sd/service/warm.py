@@ -97,8 +97,10 @@ class WarmWorker:
                                            verify=settings.verify, pool_size=2)
         self.stats = WarmStats()
         self.stop_event = threading.Event()
-        #: Set once the model is loaded and the health endpoint answers.
+        #: Set once the model is loaded, the health endpoint answers and the
+        #: first look at the input folder is done (or failed): /health is 200.
         self.ready = threading.Event()
+        self._looked = threading.Event()
         self.health: HealthServer | None = None
         self._on_result = on_result
         self._queue: OrderedDict[str, Candidate] = OrderedDict()
@@ -125,6 +127,7 @@ class WarmWorker:
                    threading.Thread(target=self._reconcile, name="warm-reconcile", daemon=True)]
         for thread in threads:
             thread.start()
+        self._looked.wait(30)  # bounded: a storage outage shows in /health, not as a hang
         logger.info("Warm replica %s ready: model %s, health on port %d, reading %s/%s",
                     settings.replica, self._loaded.profile.label, self.health.port,
                     settings.input_path.bucket, settings.input_path.folder)
@@ -195,8 +198,8 @@ class WarmWorker:
                 return
             waiting = list(self._queue.values())
         chosen = self._choose_and_claim(waiting)
-        if not chosen:
-            return
+        if not chosen or self.stop_event.is_set():
+            return  # a stop while claiming: serve() releases what was claimed
         requests = [candidate.request for candidate in chosen]
         assert all(request is not None for request in requests)
         for candidate in chosen:
@@ -360,8 +363,11 @@ class WarmWorker:
 
     def _reconcile(self) -> None:
         settings = self.settings
+        first = True
         while not self.stop_event.is_set():
-            self._reconcile_now.wait(settings.reconcile_interval)
+            if not first:
+                self._reconcile_now.wait(settings.reconcile_interval)
+            first = False
             self._reconcile_now.clear()
             if self.stop_event.is_set():
                 return
@@ -369,8 +375,10 @@ class WarmWorker:
                 listing = self.store.look(settings.max_listed)
             except Exception as exc:
                 logger.warning("Could not list the input folder (%s)", type(exc).__name__)
+                self._looked.set()
                 continue
             self._last_reconcile = time.monotonic()
+            self._looked.set()
             self.stats.reconcile_rounds += 1
             for job, key in listing.inputs.items():
                 if job in listing.done:
