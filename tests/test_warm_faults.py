@@ -110,9 +110,10 @@ async def test_sigterm_finishes_the_running_batch_and_loses_nothing(double: Clus
 
                 for request in requests:
                     group.start_soon(ask, request)
-                claim = await anyio.to_thread.run_sync(log.wait_for_suffix, ".started.json", 60)
-                assert claim is not None
-                stopping.send_signal(signal.SIGTERM)  # the others are still queued
+                # Generating its first batch (claimed, running): the others still queued.
+                generating = await anyio.to_thread.run_sync(watch.wait_for, "Generating ", 60)
+                assert generating, watch.text
+                stopping.send_signal(signal.SIGTERM)
                 code = await anyio.to_thread.run_sync(stopping.wait, 120)
                 assert code == 0, watch.text
                 finished_by_a = set(log.results())
@@ -131,3 +132,32 @@ async def test_sigterm_finishes_the_running_batch_and_loses_nothing(double: Clus
     assert log.results() == {f"out/{job}.zip": 1 for job in jobs}  # none ran twice
     by_b = {f"out/{job}.zip" for job in replacement.worker.stats.generated}
     assert by_b == set(log.results()) - finished_by_a
+
+
+def test_a_stop_between_claim_and_generation_releases_the_claim(double: ClusterDouble) -> None:
+    """The stop lands after the claim was written and before generation: the
+    replica gives the claim back at once (no waiting for it to expire), and
+    another replica runs the request."""
+    request = slow_request(0)
+    double.put_object(WARM, "in/c0ffee.json", json.dumps(request.to_payload()).encode())
+    log = ResultLog(double)
+    stopping = ThreadReplica(warm_settings(double, "replica-a"))
+    claim = stopping.worker.store.claim
+
+    def claim_then_stop(job: str, replica: str, ttl: float) -> bool:
+        won = claim(job, replica, ttl)
+        stopping.worker.request_stop()  # SIGTERM's handler does just this
+        return won
+
+    stopping.worker.store.claim = claim_then_stop  # type: ignore[method-assign]
+    stopping.thread.start()
+    stopping.thread.join(60)
+    assert not stopping.thread.is_alive() and stopping.error is None, stopping.error
+    assert stopping.worker.stats.claims_won == 1
+    assert stopping.worker.stats.released == 1 and not stopping.worker.stats.generated
+    assert "out/c0ffee.started.json" not in double.list_keys(WARM, "out/")
+
+    with ThreadReplica(warm_settings(double, "replica-b", claim_ttl=600.0)) as other:
+        assert log.wait_for("out/c0ffee.zip", 60)
+    assert other.worker.stats.generated == {"c0ffee": 1}
+    assert log.results() == {"out/c0ffee.zip": 1}

@@ -198,8 +198,14 @@ class WarmWorker:
                 return
             waiting = list(self._queue.values())
         chosen = self._choose_and_claim(waiting)
-        if not chosen or self.stop_event.is_set():
+        if self.stop_event.is_set():
             return  # a stop while claiming: serve() releases what was claimed
+        if not chosen:
+            # What is left could not be read or claimed just now (storage trouble):
+            # look again on the next offer, or in a moment, rather than spin.
+            with self._cond:
+                self._cond.wait(timeout=1.0)
+            return
         requests = [candidate.request for candidate in chosen]
         assert all(request is not None for request in requests)
         for candidate in chosen:
