@@ -121,7 +121,7 @@ async def test_a_crashed_job_fails_the_request_at_once(
                            "PATH": f"{VENV_BIN}{os.pathsep}/usr/bin:/bin",
                            "PYTHONPATH": killed_for_memory(tmp_path)}))
     with anyio.fail_after(60):  # the request's own deadline is 900 s: this is the point
-        async with OscarSD.connect(double.oscar_endpoint, user="alice", password="alice-pw",
+        async with OscarSD.connect(double.oscar_endpoint, user="oscar", password="oscar-pw",
                                    service="sd-broken") as sd:
             with pytest.raises(JobFailedError) as caught:
                 await sd.generate(REQUEST)

@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
         level=os.environ.get("OSCAR_SD_LOG_LEVEL", "INFO").upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    args = sys.argv[1:] if argv is None else argv
+    args = argv or []
     if args and args[0] in ("--warm", "serve"):
         return serve_warm()
     if args:
@@ -109,4 +109,4 @@ def exit_now(code: int) -> None:
 
 
 if __name__ == "__main__":
-    exit_now(main())
+    exit_now(main(sys.argv[1:]))

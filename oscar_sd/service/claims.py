@@ -123,6 +123,8 @@ class WarmStore:
                     break
         done: set[str] = set()
         claim_age: dict[str, float] = {}
+        if not inputs:
+            return Listing(inputs, done, claim_age)  # an idle folder costs one listing
         now = datetime.now(timezone.utc)
         for key, modified in self._list(self.output_path):
             name = key[len(self.output_path.prefix):]
