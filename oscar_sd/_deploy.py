@@ -190,6 +190,9 @@ async def deploy_service(
         endpoint, user=user, password=password, token=token, verify_ssl=verify_ssl
     )
 
+    if _needs_storage_keys(definition):
+        say(f"filling service {name!r}'s MinIO keys with this account's (from /system/config)")
+        _fill_storage_keys(definition, await cluster.config())
     say(f"asking {cluster.endpoint} whether service {name!r} exists")
     created = await cluster.service(name) is None
     if created:
@@ -207,6 +210,43 @@ async def deploy_service(
 
     await _wait_until_listed(cluster, definition, wait_seconds, say)
     return DeployedService(name=name, created=created)
+
+
+#: The secrets of a warm service (manifests/stable-diffusion-warm.yaml) that name its MinIO keys.
+STORAGE_KEY_SECRETS = ("OSCAR_SD_MINIO_ACCESS_KEY", "OSCAR_SD_MINIO_SECRET_KEY")
+
+
+def _needs_storage_keys(definition: dict[str, Any]) -> bool:
+    """True when the definition asks for MinIO keys and leaves them empty.
+
+    An exposed service's pods get no MinIO keys from OSCAR (grycap/oscar mounts
+    them into job pods only, ``pkg/handlers/job.go``), so the warm service takes
+    them from ``environment.secrets``.
+    """
+    secrets = (definition.get("environment") or {}).get("secrets")
+    return isinstance(secrets, dict) and any(
+        name in secrets and not str(secrets[name] or "").strip() for name in STORAGE_KEY_SECRETS)
+
+
+def _fill_storage_keys(definition: dict[str, Any], config: dict[str, Any]) -> None:
+    """Put the deploying account's MinIO keys (``/system/config``) into the empty secrets."""
+    provider = config.get("minio_provider") or {}
+    keys = dict(zip(STORAGE_KEY_SECRETS,
+                    (provider.get("access_key") or "", provider.get("secret_key") or ""),
+                    strict=True))
+    if not all(keys.values()):
+        raise FDLError(
+            f"Service {definition.get('name')!r} needs MinIO keys, and the cluster did not "
+            "report this account's (/system/config has no minio_provider keys). Put the keys "
+            "in the FDL's environment.secrets yourself, in a copy outside the repository."
+        )
+    environment = dict(definition["environment"])
+    secrets = dict(environment["secrets"])
+    for name, value in keys.items():
+        if name in secrets and not str(secrets[name] or "").strip():
+            secrets[name] = value
+    environment["secrets"] = secrets
+    definition["environment"] = environment
 
 
 #: Seconds between "still waiting" reports while the cluster does not list the service.

@@ -12,6 +12,11 @@ and the output path's folder (``input``/``output`` in the docs' example); a
 job started from it writes its output to the same private bucket. A user's
 MinIO access key is their uid (``docs/multitenancy.md``: "a MinIO user with
 its UID as AccessKey"), which is how the app learns the uid.
+
+A warm service (``manifests/stable-diffusion-warm.yaml``) has no ``input``, so
+that OSCAR starts no job per upload: its replicas read the folder named by its
+``OSCAR_SD_INPUT_PATH`` variable, and write to ``OSCAR_SD_OUTPUT_PATH`` (or its
+``output``), and so does the app.
 """
 
 from __future__ import annotations
@@ -47,12 +52,20 @@ def private_bucket(input_bucket: str, user_id: str) -> str:
     return f"{input_bucket}-{user_id[:10]}"
 
 
+#: The variables of a warm service's definition that name its folders.
+WARM_PATH_VARIABLES = {"input": "OSCAR_SD_INPUT_PATH", "output": "OSCAR_SD_OUTPUT_PATH"}
+
+
 def first_minio(definition: dict[str, Any], kind: str) -> StoragePath:
-    """The service's first MinIO ``input`` or ``output`` path."""
+    """The service's first MinIO ``input`` or ``output`` path (a warm service's variable)."""
     for entry in definition.get(kind) or []:
         provider = str(entry.get("storage_provider", "minio"))
         if provider.split(".")[0] == "minio" and entry.get("path"):
             return StoragePath.parse(entry["path"])
+    variables = (definition.get("environment") or {}).get("variables") or {}
+    named = str(variables.get(WARM_PATH_VARIABLES[kind]) or "").strip("/ ")
+    if named:
+        return StoragePath.parse(named)
     raise ServiceMisconfiguredError(
         f"Service {definition.get('name')!r} has no MinIO {kind} path, so the app cannot "
         f"hand it prompts or collect its images. Add an {kind} with storage_provider "

@@ -6,7 +6,7 @@ used, so existing deployments keep working; everything else is ``OSCAR_SD_*``.
 
 from __future__ import annotations
 
-from pydantic import Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -23,8 +23,13 @@ class Settings(BaseSettings):
     host: str = "0.0.0.0"
     #: Name of the Stable Diffusion service on the cluster.
     service: str = "stable-diffusion"
-    #: Path prefix when served behind an Ingress subpath, e.g. "/sd".
-    root_path: str = ""
+    #: Path prefix when served behind an Ingress subpath, e.g. "/sd". As an OSCAR
+    #: exposed service (manifests/app.yaml) OSCAR sets OSCAR_SERVICE_BASE_PATH
+    #: (/system/services/<name>/exposed, or "/" with DNS routing): the fallback.
+    root_path: str = Field(
+        "", validation_alias=AliasChoices("OSCAR_SD_ROOT_PATH", "OSCAR_SERVICE_BASE_PATH",
+                                          "root_path"),
+    )
     #: Seconds a request may take before it fails with a timeout.
     timeout: float = 900.0
     #: How many generate requests the page runs at once.
@@ -52,6 +57,12 @@ class Settings(BaseSettings):
     results_budget_mb: int = Field(512, gt=0)
     #: Web app: MB of images kept per login (its own oldest runs go first beyond it).
     session_budget_mb: int = Field(100, gt=0)
+
+    @field_validator("root_path")
+    @classmethod
+    def _no_trailing_slash(cls, value: str) -> str:
+        """``/`` (OSCAR's DNS routing) is no prefix at all; ``/sd/`` is ``/sd``."""
+        return value.rstrip("/")
 
     @property
     def local(self) -> bool:

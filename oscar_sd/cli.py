@@ -33,6 +33,7 @@ import time
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -272,8 +273,9 @@ def build_parser() -> argparse.ArgumentParser:
         "exists, then wait until the cluster lists it.",
     )
     deploy.add_argument(
-        "--fdl", type=Path, default=DEFAULT_FDL,
-        help=f"FDL file of the service (default: {DEFAULT_FDL})",
+        "--fdl", type=Path, action="append",
+        help=f"FDL file of the service (default: {DEFAULT_FDL}); give it again for more "
+        "services, e.g. --fdl manifests/stable-diffusion-warm.yaml --fdl manifests/app.yaml",
     )
     deploy.add_argument(
         "--wait", type=float, default=DEFAULT_DEPLOY_WAIT, metavar="SECONDS",
@@ -561,28 +563,32 @@ def run_deploy(args: argparse.Namespace, secrets: list[str]) -> int:
     settings = load_settings()
     if not args.wait > 0:
         raise UsageError("--wait must be a number of seconds above 0")
-    if not args.fdl.is_file():
-        raise UsageError(f"no FDL file at {args.fdl}: pass --fdl with the path of one")
+    fdls: list[Path] = args.fdl or [DEFAULT_FDL]
+    for fdl in fdls:
+        if not fdl.is_file():
+            raise UsageError(f"no FDL file at {fdl}: pass --fdl with the path of one")
     cluster = resolve_cluster(args, settings, secrets, required=True)
     assert cluster is not None
-    print(f"oscar-sd: deploying {args.fdl} to {cluster.endpoint}", file=sys.stderr)
-    started = time.monotonic()
-    deployed: DeployedService = anyio.run(
-        lambda: deploy_service(
-            cluster.endpoint,
-            fdl_path=args.fdl,
-            **cluster.credentials(),
-            # Only a --service given here picks the FDL entry; the environment's
-            # OSCAR_SD_SERVICE names what the app uses, not what the file holds.
-            service=args.service,
-            verify_ssl=cluster.verify_ssl,
-            wait_seconds=args.wait,
-            on_progress=_say,
+    for fdl in fdls:
+        print(f"oscar-sd: deploying {fdl} to {cluster.endpoint}", file=sys.stderr)
+        started = time.monotonic()
+        deployed: DeployedService = anyio.run(
+            partial(
+                deploy_service,
+                cluster.endpoint,
+                fdl_path=fdl,
+                **cluster.credentials(),
+                # Only a --service given here picks the FDL entry; the environment's
+                # OSCAR_SD_SERVICE names what the app uses, not what the file holds.
+                service=args.service,
+                verify_ssl=cluster.verify_ssl,
+                wait_seconds=args.wait,
+                on_progress=_say,
+            )
         )
-    )
-    action = "created" if deployed.created else "updated"
-    print(f"{action} service {deployed.name} on {cluster.endpoint} "
-          f"({time.monotonic() - started:.1f} s)")
+        action = "created" if deployed.created else "updated"
+        print(f"{action} service {deployed.name} on {cluster.endpoint} "
+              f"({time.monotonic() - started:.1f} s)")
     return EXIT_OK
 
 

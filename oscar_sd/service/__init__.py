@@ -26,7 +26,9 @@ Modules, one idea each: :mod:`.pipeline` (which model, loading once),
 (batch-invariant forwards), :mod:`.marker` (``<job>.started.json``),
 :mod:`.metadata` (what each PNG carries), :mod:`.job` (input file → zip or
 error object), :mod:`.errors` (error types and exit codes), :mod:`.download`
-(weights into the image at build time).
+(weights into the image at build time); warm mode (``--warm``): :mod:`.warm`
+(the long-running replica), :mod:`.claims` (claims by conditional PUT),
+:mod:`.health` (``/health``), :mod:`.warm_config` (its environment).
 """
 
 from .errors import GenerationError, ModelLoadError, ServiceError

@@ -1,5 +1,9 @@
 """``python -m oscar_sd.service``: the command of the OSCAR job (``manifests/script.sh``).
 
+``python -m oscar_sd.service --warm`` (or ``serve``) runs the warm replica
+instead: long-running, model loaded once (:mod:`.warm`, settings in
+:mod:`.warm_config`); SIGTERM finishes the batch that runs and exits 0.
+
 Environment (set by OSCAR's faas-supervisor, or by hand)::
 
     INPUT_FILE_PATH   the downloaded input object, <job>.json or <job>.txt
@@ -27,12 +31,18 @@ from .job import execute_job
 logger = logging.getLogger("oscar_sd.service")
 
 
-def main() -> int:
-    """Run the job the environment describes; return the process exit code."""
+def main(argv: list[str] | None = None) -> int:
+    """Run the job the environment describes (or the warm replica); return the exit code."""
     logging.basicConfig(
         level=os.environ.get("OSCAR_SD_LOG_LEVEL", "INFO").upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    args = argv or []
+    if args and args[0] in ("--warm", "serve"):
+        return serve_warm()
+    if args:
+        logger.error("Unknown arguments %s: run with no arguments (one job) or --warm", args)
+        return EXIT_ENVIRONMENT
     input_path = os.environ.get("INPUT_FILE_PATH", "")
     output_dir = os.environ.get("TMP_OUTPUT_DIR", "")
     if not input_path or not output_dir:
@@ -59,6 +69,31 @@ def main() -> int:
     return outcome.exit_code
 
 
+def serve_warm() -> int:
+    """The warm replica until SIGTERM or SIGINT: 0 after a clean stop."""
+    import signal
+
+    from .errors import ConfigurationError
+    from .warm import WarmWorker
+    from .warm_config import WarmSettings
+
+    try:
+        settings = WarmSettings.from_environment()
+    except ConfigurationError as exc:
+        logger.error("%s", exc)
+        return EXIT_ENVIRONMENT
+    worker = WarmWorker(settings)
+
+    def stop(signum: int, frame: object) -> None:
+        logger.info("Signal %d: finishing the batch that runs, then stopping", signum)
+        worker.request_stop()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    worker.serve()
+    return 0
+
+
 def exit_now(code: int) -> None:
     """End the process without tearing down its modules, once everything is written.
 
@@ -74,4 +109,4 @@ def exit_now(code: int) -> None:
 
 
 if __name__ == "__main__":
-    exit_now(main())
+    exit_now(main(sys.argv[1:]))

@@ -53,30 +53,41 @@ def job_name(input_file: Path) -> str:
 
 def read_request(input_file: Path) -> GenerationRequest:
     """The request in ``input_file`` (``.json`` or ``.txt``); InvalidRequestError if unusable."""
-    suffix = input_file.suffix.lower()
-    if suffix not in (".json", ".txt"):
+    if input_file.suffix.lower() not in (".json", ".txt"):
         raise InvalidRequestError(
             "input", f"{input_file.name} is neither a .json request nor a .txt prompt"
         )
     try:
-        text = input_file.read_text(encoding="utf-8")
+        data = input_file.read_bytes()
     except FileNotFoundError:
         raise InvalidRequestError("input", f"{input_file.name} does not exist") from None
+    return parse_request(input_file.name, data)
+
+
+def parse_request(name: str, data: bytes) -> GenerationRequest:
+    """The request in the input object ``name`` holding ``data``; InvalidRequestError if unusable.
+
+    ``name`` ends in ``.json`` (a :class:`~oscar_sd.GenerationRequest`) or ``.txt`` (a prompt).
+    """
+    suffix = Path(name).suffix.lower()
+    if suffix not in (".json", ".txt"):
+        raise InvalidRequestError("input", f"{name} is neither a .json request nor a .txt prompt")
+    try:
+        text = data.decode("utf-8")
     except UnicodeDecodeError:
-        raise InvalidRequestError("input", f"{input_file.name} is not UTF-8 text") from None
+        raise InvalidRequestError("input", f"{name} is not UTF-8 text") from None
     if suffix == ".txt":
         return GenerationRequest(prompt=text)
     try:
-        data = json.loads(text)
+        payload = json.loads(text)
     except json.JSONDecodeError as exc:
         raise InvalidRequestError(
             "input",
-            f"{input_file.name} is not valid JSON ({exc.msg} at line {exc.lineno}, "
-            f"column {exc.colno})",
+            f"{name} is not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})",
         ) from None
-    if not isinstance(data, dict):
-        raise InvalidRequestError("input", f"{input_file.name} must hold a JSON object")
-    return GenerationRequest(**data)
+    if not isinstance(payload, dict):
+        raise InvalidRequestError("input", f"{name} must hold a JSON object")
+    return GenerationRequest(**payload)
 
 
 def zip_images(images: list[GeneratedImage]) -> bytes:
@@ -132,8 +143,16 @@ def run_job(
 
 def _fail(job: str, output_dir: Path, exc: Exception) -> JobOutcome:
     kind = error_kind(exc)
+    output = output_dir / f"{job}.error.json"
+    output.write_bytes(error_report(job, exc))
+    return JobOutcome(output, exit_code_for(exc), kind)
+
+
+def error_report(job: str, exc: Exception) -> bytes:
+    """The body of ``<job>.error.json`` for ``exc``, logged: ``{"error", "type"}``."""
+    kind = error_kind(exc)
     if kind == "InternalError":
-        logger.exception("Job %s failed unexpectedly", job)
+        logger.error("Job %s failed unexpectedly", job, exc_info=exc)
         # Only the exception's class: its text may hold anything, and the error
         # object travels to the app and to the person.
         message = (
@@ -145,6 +164,4 @@ def _fail(job: str, output_dir: Path, exc: Exception) -> JobOutcome:
         message = str(exc)
     if isinstance(exc, InvalidRequestError):
         message = f"The request is not valid: {message}."
-    output = output_dir / f"{job}.error.json"
-    output.write_text(json.dumps({"error": message, "type": kind}), encoding="utf-8")
-    return JobOutcome(output, exit_code_for(exc), kind)
+    return json.dumps({"error": message, "type": kind}).encode()

@@ -11,6 +11,7 @@ using ``moto.mock_aws``) never see each other's buckets.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import re
 import threading
@@ -144,6 +145,8 @@ class S3Front:
         self._stalled_lock = threading.Lock()
         self.stalled_uploads = 0
         self._moto = _shared_moto_app()
+        # Conditional writes (If-None-Match / If-Match) check and write in one step.
+        self._conditional_write = threading.Lock()
 
     # -- switches ---------------------------------------------------------------
 
@@ -318,13 +321,22 @@ class S3Front:
         def capture(status: str, headers: list, exc_info: Any = None) -> None:
             captured["status"], captured["headers"] = status, headers
 
-        result = self._moto(environ, capture)
-        try:
-            body = b"".join(result)
-        finally:
-            close = getattr(result, "close", None)
-            if close is not None:
-                close()
+        # moto 5.2.5 (s3/responses.py put_object) already answers 412 PreconditionFailed
+        # for If-None-Match: * on an existing key and for an If-Match that names another
+        # ETag, as MinIO does (cmd/object-handlers.go PutObjectHandler -> CheckPrecondFn,
+        # cmd/object-handlers-common.go checkPreconditionsPUT). MinIO evaluates the
+        # condition under the object's write lock, so of two racing claims exactly one
+        # wins; moto checks, then writes. The lock makes the two one step here too.
+        conditional = method in ("PUT", "POST") and key and (
+            "HTTP_IF_NONE_MATCH" in environ or "HTTP_IF_MATCH" in environ)
+        with self._conditional_write if conditional else contextlib.nullcontext():
+            result = self._moto(environ, capture)
+            try:
+                body = b"".join(result)
+            finally:
+                close = getattr(result, "close", None)
+                if close is not None:
+                    close()
         status = captured["status"]
         if status.startswith("2"):
             events = self._events_for(environ, method, bucket, key, query, deleted_keys, body)

@@ -1,0 +1,396 @@
+"""Warm mode: one long-running replica that keeps the model loaded and consumes the input folder.
+
+``python -m oscar_sd.service --warm`` runs :class:`WarmWorker` with
+:class:`~.warm_config.WarmSettings` from the environment. Same objects in,
+same objects out as the per-job mode: ``<input>/<job>.json|.txt`` in,
+``<output>/<job>.started.json`` (the claim), then ``<job>.zip`` or
+``<job>.error.json``. The input is left where it is, as OSCAR leaves it for a
+job; the app deletes what it uploaded.
+
+Three threads feed one queue, and the caller's thread runs the model:
+
+- the listen thread reads MinIO's listen stream on the input folder (every
+  ``s3:ObjectCreated:*`` record), reconnecting with backoff;
+- the reconcile thread lists the folder on every (re)connect and every
+  ``reconcile_interval`` seconds, for inputs whose event never came (MinIO
+  drops events for slow readers and while disconnected, and never replays);
+- the health endpoint (:mod:`.health`).
+
+Each round takes the oldest queued request and every other queued request of
+its shape (size, steps, guidance) up to ``max_batch_images``, claims each
+(:mod:`.claims`; a request another replica claimed is dropped), and runs them
+in one :func:`~.generate.generate_batch` call. Each result is written as its
+call ends. So requests that arrive while the model is busy share the next call.
+
+:meth:`WarmWorker.request_stop` (SIGTERM) stops taking work: the round that
+runs finishes and writes its results, claims not yet run are released, and
+:meth:`serve` returns. Unclaimed inputs stay for another replica.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import unquote
+
+from .._models import GenerationRequest
+from .._storage import MinioStorage
+from .._stream import Backoff, ListenUnsupported, created_keys, lines
+from .batch import embeds_guidance, shape_key
+from .claims import WarmStore
+from .generate import RequestOutcome, generate_batch, resolve_request
+from .health import HealthServer
+from .job import error_report, parse_request, zip_images
+from .pipeline import LoadedModel, load_pipeline
+from .warm_config import WarmSettings
+
+logger = logging.getLogger("oscar_sd.service")
+
+#: How many finished jobs a replica remembers, so it does not look at them again.
+DONE_MEMORY = 10_000
+
+
+@dataclass
+class Candidate:
+    """A request some event or listing told us about."""
+
+    job: str
+    key: str
+    #: Filled in on first look: the request (resolved), or why it cannot run.
+    request: GenerationRequest | None = None
+    error: Exception | None = None
+
+
+@dataclass
+class WarmStats:
+    """Counters for tests, the benchmark and the health body."""
+
+    #: job -> how many times this replica generated it (1, or a bug).
+    generated: dict[str, int] = field(default_factory=dict)
+    #: Requests per pipeline call, in order.
+    batches: list[int] = field(default_factory=list)
+    claims_won: int = 0
+    claims_lost: int = 0
+    released: int = 0
+    connects: int = 0
+    reconcile_rounds: int = 0
+    #: Seconds inside generate_batch, per round (the benchmark's "pure generation").
+    generate_seconds: list[float] = field(default_factory=list)
+
+
+class WarmWorker:
+    """One warm replica. ``serve()`` blocks until :meth:`request_stop`."""
+
+    def __init__(self, settings: WarmSettings, *,
+                 on_result: Callable[[str, str], None] | None = None) -> None:
+        self.settings = settings
+        self.store = WarmStore(settings.endpoint, settings.access_key, settings.secret_key,
+                               input_path=settings.input_path, output_path=settings.output_path,
+                               region=settings.region, verify=settings.verify)
+        self._listen_source = MinioStorage(settings.endpoint, settings.access_key,
+                                           settings.secret_key, region=settings.region,
+                                           verify=settings.verify, pool_size=2)
+        self.stats = WarmStats()
+        self.stop_event = threading.Event()
+        #: Set once the model is loaded, the health endpoint answers and the
+        #: first look at the input folder is done (or failed): /health is 200.
+        self.ready = threading.Event()
+        self._looked = threading.Event()
+        self.health: HealthServer | None = None
+        self._on_result = on_result
+        self._queue: OrderedDict[str, Candidate] = OrderedDict()
+        self._cond = threading.Condition()
+        self._reconcile_now = threading.Event()
+        self._done: set[str] = set()
+        self._done_order: deque[str] = deque()
+        self._claimed_not_run: set[str] = set()
+        self._listening = False
+        self._last_reconcile = 0.0
+        self._loaded: LoadedModel | None = None
+        self._response: Any = None
+
+    # -- life -----------------------------------------------------------------------
+
+    def serve(self) -> None:
+        """Load the model, start listening and serving health, run rounds until stopped."""
+        settings = self.settings
+        self._loaded = load_pipeline(settings.model, settings.device)
+        self.health = HealthServer(self.check_health, settings.host, settings.port,
+                                   settings.base_path)
+        self.health.start()
+        threads = [threading.Thread(target=self._listen, name="warm-listen", daemon=True),
+                   threading.Thread(target=self._reconcile, name="warm-reconcile", daemon=True)]
+        for thread in threads:
+            thread.start()
+        self._looked.wait(30)  # bounded: a storage outage shows in /health, not as a hang
+        logger.info("Warm replica %s ready: model %s, health on port %d, reading %s/%s",
+                    settings.replica, self._loaded.profile.label, self.health.port,
+                    settings.input_path.bucket, settings.input_path.folder)
+        self.ready.set()
+        try:
+            while not self.stop_event.is_set():
+                self.run_round()
+        finally:
+            self._release_unstarted()
+            self._close_stream()
+            self.health.stop()
+            for thread in threads:
+                thread.join(timeout=10)
+            logger.info("Warm replica %s stopped", settings.replica)
+
+    def request_stop(self) -> None:
+        """Finish the round that runs, take nothing more, and let :meth:`serve` return."""
+        self.stop_event.set()
+        self._reconcile_now.set()
+        with self._cond:
+            self._cond.notify_all()
+        self._close_stream()
+
+    def check_health(self) -> tuple[bool, dict[str, Any]]:
+        """Healthy: model loaded, and the stream is open or reconciliation ran lately."""
+        recent = time.monotonic() - self._last_reconcile < 3 * self.settings.reconcile_interval + 5
+        details = {
+            "model": self._loaded.profile.label if self._loaded else None,
+            "listening": self._listening,
+            "reconciling": recent,
+            "queued": len(self._queue),
+            "stopping": self.stop_event.is_set(),
+        }
+        healthy = (self._loaded is not None and (self._listening or recent)
+                   and not self.stop_event.is_set())
+        return healthy, details
+
+    # -- the queue --------------------------------------------------------------------
+
+    def offer(self, key: str) -> None:
+        """An input object exists at ``key``: queue its request unless known."""
+        job = self.store.input_job(key)
+        if job is None or self.stop_event.is_set():
+            return
+        with self._cond:
+            if job in self._done or job in self._queue:
+                return
+            self._queue[job] = Candidate(job, key)
+            self._cond.notify()
+
+    def _finished(self, job: str) -> None:
+        with self._cond:
+            self._queue.pop(job, None)
+            if job not in self._done:
+                self._done.add(job)
+                self._done_order.append(job)
+                if len(self._done_order) > DONE_MEMORY:
+                    self._done.discard(self._done_order.popleft())
+
+    # -- one round ----------------------------------------------------------------------
+
+    def run_round(self) -> None:
+        """Wait for work, claim one shape's worth, generate it, write each result."""
+        with self._cond:
+            while not self._queue and not self.stop_event.is_set():
+                self._cond.wait(timeout=1.0)
+            if self.stop_event.is_set():
+                return
+            waiting = list(self._queue.values())
+        chosen = self._choose_and_claim(waiting)
+        if self.stop_event.is_set():
+            return  # a stop while claiming: serve() releases what was claimed
+        if not chosen:
+            # What is left could not be read or claimed just now (storage trouble):
+            # look again on the next offer, or in a moment, rather than spin.
+            with self._cond:
+                self._cond.wait(timeout=1.0)
+            return
+        requests = [candidate.request for candidate in chosen]
+        assert all(request is not None for request in requests)
+        for candidate in chosen:
+            self._claimed_not_run.discard(candidate.job)
+
+        def written(index: int, outcome: RequestOutcome) -> None:
+            self._write_outcome(chosen[index].job, outcome)
+
+        started = time.perf_counter()
+        generate_batch(requests, model=self.settings.model,  # type: ignore[arg-type]
+                       device=self.settings.device,
+                       max_images=self.settings.max_batch_images, on_outcome=written)
+        self.stats.generate_seconds.append(time.perf_counter() - started)
+        self.stats.batches.append(len(chosen))
+
+    def _choose_and_claim(self, waiting: list[Candidate]) -> list[Candidate]:
+        """The oldest request's shape-mates, up to the image cap, each claimed."""
+        assert self._loaded is not None
+        guidance_input = embeds_guidance(self._loaded)
+        chosen: list[Candidate] = []
+        shape, images = None, 0
+        for candidate in waiting:
+            if self.stop_event.is_set():
+                break
+            if candidate.request is None and candidate.error is None and not self._read(candidate):
+                continue
+            if candidate.error is not None:
+                if self._claim(candidate):
+                    self._claimed_not_run.discard(candidate.job)
+                    self._write_error(candidate.job, candidate.error)
+                continue
+            request = candidate.request
+            assert request is not None
+            this_shape = shape_key(request, guidance_input)
+            if shape is None:
+                shape = this_shape
+            elif this_shape != shape or images + request.num_images > \
+                    self.settings.max_batch_images:
+                continue
+            if self._claim(candidate):
+                chosen.append(candidate)
+                images += request.num_images
+        return chosen
+
+    def _read(self, candidate: Candidate) -> bool:
+        """Fetch and resolve the candidate's request; False if its input is gone."""
+        assert self._loaded is not None
+        try:
+            data = self.store.read_input(candidate.key)
+        except Exception as exc:
+            logger.warning("Could not read %s (%s); will look again", candidate.key,
+                           type(exc).__name__)
+            return False
+        if data is None:
+            self._finished(candidate.job)  # taken back by the app: nothing to do
+            return False
+        try:
+            request = parse_request(candidate.key.rsplit("/", 1)[-1], data)
+            candidate.request = resolve_request(request, self._loaded.profile)
+        except Exception as exc:  # an invalid request still gets its error object
+            candidate.error = exc
+        return True
+
+    def _claim(self, candidate: Candidate) -> bool:
+        try:
+            won = self.store.claim(candidate.job, self.settings.replica, self.settings.claim_ttl)
+        except Exception as exc:
+            logger.warning("Could not claim %s (%s); will try again", candidate.job,
+                           type(exc).__name__)
+            return False
+        if not won:
+            self.stats.claims_lost += 1
+            with self._cond:
+                self._queue.pop(candidate.job, None)  # the listing brings it back if it expires
+            return False
+        self.stats.claims_won += 1
+        self._claimed_not_run.add(candidate.job)
+        with self._cond:
+            self._queue.pop(candidate.job, None)
+        return True
+
+    def _release_unstarted(self) -> None:
+        for job in sorted(self._claimed_not_run):
+            try:
+                self.store.release(job)
+                self.stats.released += 1
+                logger.info("Released the claim on %s for another replica", job)
+            except Exception as exc:  # it expires after claim_ttl instead
+                logger.warning("Could not release %s (%s)", job, type(exc).__name__)
+        self._claimed_not_run.clear()
+
+    # -- results ------------------------------------------------------------------------
+
+    def _write_outcome(self, job: str, outcome: RequestOutcome) -> None:
+        self.stats.generated[job] = self.stats.generated.get(job, 0) + 1
+        if outcome.error is not None:
+            self._write_error(job, outcome.error)
+            return
+        self._write(job, ".zip", zip_images(outcome.images), "application/zip")
+
+    def _write_error(self, job: str, exc: Exception) -> None:
+        self._write(job, ".error.json", error_report(job, exc), "application/json")
+
+    def _write(self, job: str, suffix: str, data: bytes, content_type: str) -> None:
+        try:
+            self.store.write_result(job, suffix, data, content_type)
+        except Exception as exc:
+            # The claim expires and another replica runs the request again.
+            logger.error("Could not write %s%s (%s)", job, suffix, type(exc).__name__)
+            return
+        self._finished(job)
+        if self._on_result is not None:
+            self._on_result(job, suffix)
+
+    # -- hearing about inputs -----------------------------------------------------------
+
+    def _listen(self) -> None:
+        backoff, attempt = Backoff(), 0
+        path = self.settings.input_path
+        while not self.stop_event.is_set():
+            try:
+                response = self._listen_source.open_listen(path.bucket, path.prefix)
+            except ListenUnsupported:
+                logger.warning("The storage has no listen API: reconciliation alone finds inputs")
+                self.stop_event.wait(300)
+                continue
+            except Exception as exc:
+                logger.warning("Could not open the listen stream (%s)", type(exc).__name__)
+                self.stop_event.wait(backoff.delay(attempt))
+                attempt += 1
+                continue
+            self._response, self._listening = response, True
+            self.stats.connects += 1
+            self._reconcile_now.set()  # what landed while no stream was open
+            try:
+                for line in lines(response):
+                    attempt = 0
+                    for key in created_keys(line) or []:
+                        self.offer(unquote(key))
+                    if self.stop_event.is_set():
+                        break
+            except Exception as exc:
+                if not self.stop_event.is_set():
+                    logger.info("The listen stream dropped (%s); reconnecting",
+                                type(exc).__name__)
+            finally:
+                self._listening = False
+                self._close_stream()
+            self.stop_event.wait(backoff.delay(attempt))
+            attempt += 1
+
+    def _close_stream(self) -> None:
+        response, self._response = self._response, None
+        if response is None:
+            return
+        for close in ("shutdown", "close", "release_conn"):
+            try:
+                getattr(response, close)()
+            except Exception:  # already closed
+                pass
+
+    def _reconcile(self) -> None:
+        settings = self.settings
+        first = True
+        while not self.stop_event.is_set():
+            if not first:
+                self._reconcile_now.wait(settings.reconcile_interval)
+            first = False
+            self._reconcile_now.clear()
+            if self.stop_event.is_set():
+                return
+            try:
+                listing = self.store.look(settings.max_listed)
+            except Exception as exc:
+                logger.warning("Could not list the input folder (%s)", type(exc).__name__)
+                self._looked.set()
+                continue
+            self._last_reconcile = time.monotonic()
+            self._looked.set()
+            self.stats.reconcile_rounds += 1
+            for job, key in listing.inputs.items():
+                if job in listing.done:
+                    self._finished(job)
+                    continue
+                age = listing.claim_age.get(job)
+                if age is not None and age < settings.claim_ttl:
+                    continue  # another replica holds it, and not for too long
+                self.offer(key)
