@@ -7,6 +7,7 @@ real exit code and output streams.
 
 from __future__ import annotations
 
+import getpass
 import io
 import json
 import os
@@ -21,7 +22,6 @@ from pathlib import Path
 import pytest
 import requests
 
-from oscar_sd import cli
 from oscar_sd._deploy import load_fdl_service
 from oscar_sd.cli import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, main
 from tests.double import ClusterDouble
@@ -333,7 +333,7 @@ def test_a_refresh_token_from_the_environment_is_renewed_and_never_printed(
 
 def test_without_a_password_and_no_terminal_exit_2(alice, monkeypatch, capsys):
     monkeypatch.delenv("OSCAR_SD_PASSWORD")
-    monkeypatch.setattr(cli.getpass, "getpass", lambda prompt: pytest.fail("prompted"))
+    monkeypatch.setattr(getpass, "getpass", lambda prompt: pytest.fail("prompted"))
 
     assert main(["status"]) == EXIT_USAGE
     line = error_line(capsys.readouterr().err)
@@ -349,7 +349,7 @@ def test_at_a_terminal_the_password_is_asked_for_and_never_shown(alice, monkeypa
         prompts.append(prompt)
         return PASSWORD
 
-    monkeypatch.setattr(cli.getpass, "getpass", fake_getpass)
+    monkeypatch.setattr(getpass, "getpass", fake_getpass)
 
     assert main(["status"]) == EXIT_OK
     out, err = capsys.readouterr()
