@@ -1,9 +1,13 @@
-"""Small helpers shared by the tests of the service worker and the local backend."""
+"""Small helpers shared by the tests."""
 
 from __future__ import annotations
 
 import io
+import time
+from collections.abc import Callable
 
+import anyio
+import anyio.to_thread
 import numpy as np
 from PIL import Image
 
@@ -21,3 +25,16 @@ def pixels(png: bytes) -> np.ndarray:
     """A PNG's RGB pixels, signed so that differences can be taken."""
     with Image.open(io.BytesIO(png)) as image:
         return np.asarray(image.convert("RGB")).astype(np.int16)
+
+
+async def until(predicate: Callable[[], bool], limit: float = 10.0) -> None:
+    """A deadline-bounded wait for state another thread changes (no event exists for it)."""
+
+    def poll() -> None:
+        deadline = time.monotonic() + limit
+        while not predicate():
+            assert time.monotonic() < deadline, "condition not reached"
+            time.sleep(0.01)
+
+    with anyio.fail_after(limit + 5):
+        await anyio.to_thread.run_sync(poll)

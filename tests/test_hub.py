@@ -6,7 +6,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 import anyio
 import anyio.to_thread
@@ -16,6 +16,7 @@ from oscar_sd._hub import Backoff, NotificationHub, StreamAddress, get_hub
 from oscar_sd._storage import MinioStorage
 from oscar_sd._stream import on_line
 from tests.double import ClusterDouble, escape_key
+from tests.helpers import until
 
 pytestmark = pytest.mark.anyio
 
@@ -47,18 +48,6 @@ async def feed(hub: NotificationHub, raw: bytes) -> None:
     """Hand the hub one line as its reader thread would."""
     await anyio.to_thread.run_sync(on_line, hub, raw)
 
-
-async def until(predicate: Callable[[], bool], limit: float = 10.0) -> None:
-    """A deadline-bounded wait for state another thread changes (no event exists for it)."""
-
-    def poll() -> None:
-        deadline = time.monotonic() + limit
-        while not predicate():
-            assert time.monotonic() < deadline, "condition not reached"
-            time.sleep(0.01)
-
-    with anyio.fail_after(limit + 5):
-        await anyio.to_thread.run_sync(poll)
 
 
 async def test_every_record_of_a_line_is_matched_by_exact_key(hub: NotificationHub):

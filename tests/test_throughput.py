@@ -4,8 +4,6 @@ library's own threads in two lanes, and a burst of results reaches every caller.
 from __future__ import annotations
 
 import threading
-import time
-from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -16,24 +14,13 @@ from oscar_sd import GenerationRequest, GenerationResult, OscarSD
 from oscar_sd._hub import Backoff, NotificationHub, StreamAddress
 from oscar_sd._storage import MinioStorage
 from tests.double import ClusterDouble
+from tests.helpers import until
 from tests.test_oscar_client import Uploads, connect, expected, fingerprints, objects_left
 
 pytestmark = pytest.mark.anyio
 
 BUCKET = "stable-diffusion"
 
-
-async def until(predicate: Callable[[], bool], limit: float = 10.0) -> None:
-    """A deadline-bounded wait for state the double's threads change (no event exists)."""
-
-    def poll() -> None:
-        deadline = time.monotonic() + limit
-        while not predicate():
-            assert time.monotonic() < deadline, "condition not reached"
-            time.sleep(0.01)
-
-    with anyio.fail_after(limit + 5):
-        await anyio.to_thread.run_sync(poll)
 
 
 # -- the hub hands results to event loops without waiting for them --------------------

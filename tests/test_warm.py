@@ -13,6 +13,7 @@ import anyio
 import pytest
 
 from oscar_sd import GenerationRequest, OscarSD
+from oscar_sd._connect import Connecting
 from oscar_sd._service_paths import service_paths
 from oscar_sd.service import generate_images
 from tests.double import ClusterDouble
@@ -21,7 +22,9 @@ from tests.warm_fixtures import (
     WARM,
     ResultLog,
     ThreadReplica,
+    connect_warm,
     deploy_warm,
+    warm_cluster,
     warm_settings,
 )
 
@@ -30,14 +33,12 @@ pytestmark = pytest.mark.anyio
 
 @pytest.fixture
 def double() -> Iterator[ClusterDouble]:
-    with ClusterDouble() as cluster:
-        deploy_warm(cluster)
+    with warm_cluster() as cluster:
         yield cluster
 
 
-def connect(double: ClusterDouble) -> object:
-    return OscarSD.connect(endpoint=double.oscar_endpoint, user="oscar", password="oscar-pw",
-                           service=WARM, timeout=120)
+def connect(double: ClusterDouble) -> Connecting[OscarSD]:
+    return connect_warm(double, timeout=120)
 
 
 def test_the_app_finds_a_warm_services_folders_in_its_variables(double: ClusterDouble) -> None:
@@ -59,7 +60,7 @@ async def test_two_replicas_run_each_of_100_requests_exactly_once(double: Cluste
                                   num_images=1) for n in range(100)]
     with anyio.fail_after(240), ThreadReplica(warm_settings(double, "replica-a")) as a, \
             ThreadReplica(warm_settings(double, "replica-b")) as b:
-        async with connect(double) as client:  # type: ignore[attr-defined]
+        async with connect(double) as client:
             results = [None] * len(requests)
 
             async def run(index: int) -> None:

@@ -17,14 +17,16 @@ import anyio.to_thread
 import pytest
 
 from oscar_sd import GenerationRequest, GenerationResult, OscarSD
+from oscar_sd._connect import Connecting
 from tests.double import ClusterDouble
 from tests.warm_fixtures import (
     WARM,
     LogWatch,
     ResultLog,
     ThreadReplica,
-    deploy_warm,
+    connect_warm,
     start_replica_process,
+    warm_cluster,
     warm_settings,
 )
 
@@ -34,14 +36,12 @@ READY = "ready: model"
 
 @pytest.fixture
 def double() -> Iterator[ClusterDouble]:
-    with ClusterDouble() as cluster:
-        deploy_warm(cluster)
+    with warm_cluster() as cluster:
         yield cluster
 
 
-def connect(double: ClusterDouble) -> object:
-    return OscarSD.connect(endpoint=double.oscar_endpoint, user="oscar", password="oscar-pw",
-                           service=WARM, timeout=150)
+def connect(double: ClusterDouble) -> Connecting[OscarSD]:
+    return connect_warm(double, timeout=150)
 
 
 def slow_request(n: int) -> GenerationRequest:
@@ -67,7 +67,7 @@ async def test_a_replica_killed_mid_request_leaves_a_claim_the_other_takes_over(
     with anyio.fail_after(150):
         dying = start_replica_process(double, OSCAR_SD_CLAIM_TTL="2")
         await anyio.to_thread.run_sync(started, dying)
-        async with connect(double) as client:  # type: ignore[attr-defined]
+        async with connect(double) as client:
             async with anyio.create_task_group() as group:
 
                 async def ask() -> None:
@@ -105,7 +105,7 @@ async def test_sigterm_finishes_the_running_batch_and_loses_nothing(double: Clus
     with anyio.fail_after(240):
         stopping = start_replica_process(double)
         watch = await anyio.to_thread.run_sync(started, stopping)
-        async with connect(double) as client:  # type: ignore[attr-defined]
+        async with connect(double) as client:
             async with anyio.create_task_group() as group:
 
                 async def ask(request: GenerationRequest) -> None:

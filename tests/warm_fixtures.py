@@ -7,9 +7,13 @@ import subprocess
 import sys
 import threading
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from oscar_sd import OscarSD
+from oscar_sd._connect import Connecting
 from oscar_sd._storage import StoragePath
 from oscar_sd.service.warm import WarmWorker
 from oscar_sd.service.warm_config import WarmSettings
@@ -29,6 +33,20 @@ def deploy_warm(double: ClusterDouble) -> dict[str, Any]:
                                       "OSCAR_SD_OUTPUT_PATH": OUTPUT}},
         "expose": {"api_port": 8080, "min_scale": 1, "max_scale": 2},
     }, services.fake_generator)  # never called: without input no upload starts a job
+
+
+@contextmanager
+def warm_cluster() -> Iterator[ClusterDouble]:
+    """A started double with the warm service deployed."""
+    with ClusterDouble() as cluster:
+        deploy_warm(cluster)
+        yield cluster
+
+
+def connect_warm(double: ClusterDouble, timeout: float) -> Connecting[OscarSD]:
+    """The app's client for the warm service, as the cluster's admin."""
+    return OscarSD.connect(endpoint=double.oscar_endpoint, user="oscar", password="oscar-pw",
+                           service=WARM, timeout=timeout)
 
 
 def warm_settings(double: ClusterDouble, replica: str, **changes: Any) -> WarmSettings:
