@@ -275,10 +275,10 @@ class OscarSD:
 
         input_key, body, content_type = self._input_object(job_id, request)
         result_keys = {self.output_path.key(job_id + suffix) for suffix in RESULT_SUFFIXES}
+        marker_key = self.output_path.key(job_id + STARTED_SUFFIX)
         started = JobStarted(report)
         waiter = self._hub.register(
-            result_keys, self._storage,
-            progress_keys=[self.output_path.key(job_id + STARTED_SUFFIX)], on_progress=started,
+            result_keys, self._storage, progress_keys=[marker_key], on_progress=started
         )
         landed: str | None = None
         upload: threading.Event | None = None
@@ -302,9 +302,7 @@ class OscarSD:
             if landed is None:
                 # The deadline also takes one last look, but it is never the recovery
                 # path for a lost event: reconciliation finds those within seconds.
-                landed = await self._storage_call(
-                    self._hub.look_now, waiter, lanes.requests, run=False
-                )
+                landed = await self._last_look(waiter)
             if landed is None:
                 raise GenerationTimeout(
                     f"No result from service {self.service!r} after {self.timeout:g} s. "
@@ -352,8 +350,7 @@ class OscarSD:
                 self._hub.discard(waiter)
             if upload is not None:
                 with anyio.CancelScope(shield=True):
-                    await self._tidy(input_key, landed, upload,
-                                     self.output_path.key(job_id + STARTED_SUFFIX))
+                    await self._tidy(input_key, landed, upload, marker_key)
 
     async def _until_landed(
         self, job_id: str, waiter: Waiter, started: JobStarted, deadline: float,
