@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -136,14 +136,6 @@ class HistoryEntry:
             model=result.model,
             run=run or result.directory.name,
         )
-
-    def to_state(self) -> dict[str, Any]:
-        """Stored in a ``gr.State`` as a plain dict (it is deep-copied per session)."""
-        return asdict(self)
-
-    @classmethod
-    def from_state(cls, data: dict[str, Any]) -> HistoryEntry:
-        return cls(**data)
 
     @property
     def caption(self) -> str:
