@@ -15,6 +15,9 @@ its output into the log and never looks at its exit code, then uploads
 whatever is in ``$TMP_OUTPUT_DIR``.  So a script that fails, or a handler that
 raises, still ends Succeeded with its outputs uploaded; only a killed pod
 (``kill_next``: out of memory, evicted) ends Failed, with nothing uploaded.
+OSCAR lists a job's status as its pod's phase (grycap/oscar
+``pkg/handlers/logs.go``, ``MakeJobsInfoHandler``: ``pod.Status.Phase``), and a
+pod whose container was killed ends in phase Failed.
 ``kill_next_after_start`` kills the pod once its handler ran (after a
 started marker it wrote straight to storage) and before the upload;
 ``next_leaves_nothing`` ends a job Succeeded with nothing to upload (a script

@@ -160,7 +160,11 @@ class S3Front:
         self.hub.drop_all()
 
     def stall_uploads(self, prefix: str) -> None:
-        """PUTs of keys under ``prefix`` stay in flight (not stored) until resumed."""
+        """PUTs of keys under ``prefix`` stay in flight (not stored) until resumed.
+
+        As MinIO does: ``PutObjectHandler`` (minio/minio ``cmd/object-handlers.go``)
+        stores the object, and the event fires, only once the whole body is read.
+        """
         self._upload_gate = (prefix, threading.Event())
 
     def resume_uploads(self) -> None:
