@@ -27,13 +27,15 @@ def pixels(png: bytes) -> np.ndarray:
         return np.asarray(image.convert("RGB")).astype(np.int16)
 
 
-async def until(predicate: Callable[[], bool], limit: float = 10.0) -> None:
+async def until(
+    predicate: Callable[[], bool], limit: float = 10.0, what: str = "condition not reached"
+) -> None:
     """A deadline-bounded wait for state another thread changes (no event exists for it)."""
 
     def poll() -> None:
         deadline = time.monotonic() + limit
         while not predicate():
-            assert time.monotonic() < deadline, "condition not reached"
+            assert time.monotonic() < deadline, what
             time.sleep(0.01)
 
     with anyio.fail_after(limit + 5):

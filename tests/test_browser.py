@@ -11,12 +11,14 @@ import io
 import os
 import shutil
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 from PIL import Image
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
+from oscar_sd.ui import WebApp
 from tests.conftest import ADMIN
 from tests.double import ClusterDouble
 from tests.ui_fixtures import cluster_settings, running_app
@@ -55,6 +57,18 @@ def log_in(page: Page, url: str, user: str = ADMIN[0], password: str = ADMIN[1])
     expect(page.get_by_role("button", name="From Text to Image")).to_be_visible(timeout=20_000)
 
 
+@contextmanager
+def signed_in_page(browser: Browser, app: WebApp, viewport: tuple[int, int]) -> Iterator[Page]:
+    """A page of ``app`` logged in with the cluster's account, closed when the block ends."""
+    assert app.url is not None
+    page = browser.new_page(viewport={"width": viewport[0], "height": viewport[1]})
+    try:
+        log_in(page, app.url)
+        yield page
+    finally:
+        page.close()
+
+
 def save_screenshot(page: Page) -> None:
     """docs/screenshot.png for the README, kept small: 96 colours are plenty for a UI.
 
@@ -84,28 +98,20 @@ def make_six_images(page: Page, prompt: str) -> None:
 
 def test_log_in_type_a_prompt_see_six_images(browser: Browser, cluster: ClusterDouble) -> None:
     with running_app(cluster_settings(cluster.oscar_endpoint)) as app:
-        page = browser.new_page(viewport={"width": 1000, "height": 620})
-        try:
-            assert app.url is not None
-            log_in(page, app.url)
+        with signed_in_page(browser, app, (1000, 620)) as page:
             expect(page.locator("#backend-line")).to_contain_text("OSCAR service")
             make_six_images(page, "a lighthouse at dusk, oil painting")
             # The images are served as the PNG files the service made.
             first = page.locator("#results img").first.get_attribute("src") or ""
             assert first.endswith(".png"), first
             save_screenshot(page)
-        finally:
-            page.close()
 
 
 def test_enter_submits_and_history_restores_parameters(
     browser: Browser, cluster: ClusterDouble
 ) -> None:
     with running_app(cluster_settings(cluster.oscar_endpoint)) as app:
-        page = browser.new_page(viewport={"width": 1100, "height": 900})
-        try:
-            assert app.url is not None
-            log_in(page, app.url)
+        with signed_in_page(browser, app, (1100, 900)) as page:
             prompt = page.get_by_label("Prompt")
             prompt.fill("a blue whale")
             prompt.press("Enter")
@@ -119,8 +125,6 @@ def test_enter_submits_and_history_restores_parameters(
             page.get_by_text("Advanced").click()
             expect(page.get_by_label("Seed", exact=True)).to_have_value(seed_used)
             expect(page.get_by_label("Randomize seed")).not_to_be_checked()
-        finally:
-            page.close()
 
 
 def test_the_same_under_a_root_path_and_log_out(browser: Browser, cluster: ClusterDouble) -> None:

@@ -19,7 +19,7 @@ from playwright.sync_api import Browser, Page, expect
 from oscar_sd.ui import WebApp
 from tests.conftest import ADMIN, SERVICE
 from tests.double import ClusterDouble, services
-from tests.test_browser import browser, log_in, make_six_images, pytestmark  # noqa: F401
+from tests.test_browser import browser, log_in, make_six_images, pytestmark, signed_in_page  # noqa: F401
 from tests.ui_fixtures import cluster_settings, running_app, wait_until
 
 PROGRESS_SHOT = Path(__file__).resolve().parent.parent / "docs" / "screenshot-progress.png"
@@ -42,10 +42,7 @@ def advanced(page: Page) -> None:
 def test_the_stage_is_written_while_a_cluster_job_waits(
     browser: Browser, slow_app: WebApp  # noqa: F811
 ) -> None:
-    page = browser.new_page(viewport={"width": 1000, "height": 620})
-    try:
-        assert slow_app.url is not None
-        log_in(page, slow_app.url)
+    with signed_in_page(browser, slow_app, (1000, 620)) as page:
         page.get_by_label("Prompt", exact=True).fill("a lighthouse at dusk, oil painting")
         page.get_by_role("button", name="From Text to Image").click()
         overlay = page.locator("#results")
@@ -54,18 +51,13 @@ def test_the_stage_is_written_while_a_cluster_job_waits(
         if not PROGRESS_SHOT.exists() or os.environ.get("OSCAR_SD_UPDATE_SCREENSHOT") == "1":
             page.screenshot(path=str(PROGRESS_SHOT), scale="css")
         expect(page.locator("#results img")).to_have_count(6, timeout=30_000)
-    finally:
-        page.close()
 
 
 def test_the_status_line_shows_the_last_error_with_the_fields_name(
     browser: Browser, cluster: ClusterDouble  # noqa: F811
 ) -> None:
     with running_app(cluster_settings(cluster.oscar_endpoint)) as app:
-        page = browser.new_page(viewport={"width": 1100, "height": 900})
-        try:
-            assert app.url is not None
-            log_in(page, app.url)
+        with signed_in_page(browser, app, (1100, 900)) as page:
             make_six_images(page, "a red fox")
             advanced(page)
             page.get_by_label("Steps").fill("200")
@@ -78,8 +70,6 @@ def test_the_status_line_shows_the_last_error_with_the_fields_name(
             cluster.fail_next_job("CUDA out of memory")
             page.get_by_role("button", name="From Text to Image").click()
             expect(status).to_contain_text("ask for fewer or smaller images")
-        finally:
-            page.close()
 
 
 def test_a_refused_prompt_is_not_told_to_try_again(
@@ -166,10 +156,7 @@ def test_cancel_says_cancelled_and_the_next_generate_works(browser: Browser) -> 
 def test_cancel_of_a_cluster_job_says_cancelled_not_error(
     browser: Browser, slow_app: WebApp  # noqa: F811
 ) -> None:
-    page = browser.new_page(viewport={"width": 1100, "height": 900})
-    try:
-        assert slow_app.url is not None
-        log_in(page, slow_app.url)
+    with signed_in_page(browser, slow_app, (1100, 900)) as page:
         page.get_by_label("Prompt", exact=True).fill("a lighthouse, cancelled")
         page.get_by_role("button", name="From Text to Image").click()
         results = page.locator("#results")
@@ -190,18 +177,13 @@ def test_cancel_of_a_cluster_job_says_cancelled_not_error(
         expect(page.locator("#results img")).to_have_count(6, timeout=30_000)
         expect(page.locator("#status")).to_contain_text("6 images")
         expect(results.get_by_text("Error", exact=True)).to_be_hidden()
-    finally:
-        page.close()
 
 
 def test_the_examples_sit_below_the_button_on_a_wide_screen(
     browser: Browser, cluster: ClusterDouble  # noqa: F811
 ) -> None:
     with running_app(cluster_settings(cluster.oscar_endpoint)) as app:
-        page = browser.new_page(viewport={"width": 1400, "height": 900})
-        try:
-            assert app.url is not None
-            log_in(page, app.url)
+        with signed_in_page(browser, app, (1400, 900)) as page:
             prompt = page.locator("#prompt").bounding_box()
             button = page.locator("#generate").bounding_box()
             examples = page.locator("#examples").bounding_box()
@@ -209,5 +191,3 @@ def test_the_examples_sit_below_the_button_on_a_wide_screen(
             # The button right under the prompt: nothing pushes it down.
             assert button["y"] < examples["y"]
             assert button["y"] - (prompt["y"] + prompt["height"]) < 40
-        finally:
-            page.close()

@@ -23,6 +23,7 @@ from oscar_sd import GenerationRequest, JobFailedError, OscarSD, Progress, Stage
 from oscar_sd._jobwatch import FAILED_BY, JobWatch, useful_line
 from oscar_sd.ui.progress import stage_text
 from tests.double import ClusterDouble, services
+from tests.helpers import until
 
 pytestmark = pytest.mark.anyio
 
@@ -74,14 +75,6 @@ class Running:
         return on_progress
 
 
-async def until(condition: Callable[[], bool], what: str, limit: float = 10.0) -> None:
-    """A deadline-bounded wait for a condition no event announces (the hub's background
-    deletions, what the double's jobs wrote)."""
-    with anyio.fail_after(limit):
-        while not condition():  # noqa: ASYNC110 - no event exists for these
-            await anyio.sleep(0.02)
-
-
 async def until_rounds(watch: JobWatch, condition: Callable[[], bool]) -> None:
     """Wait, round after round of the job watch, until ``condition`` holds."""
     while not condition():
@@ -127,7 +120,7 @@ async def test_a_cancelled_request_leaves_no_marker_behind(cluster: ClusterDoubl
                 gate.set()  # the job now writes its result, for nobody: the hub deletes it
                 (job,) = cluster.jobs(SERVICE).values()
                 await anyio.to_thread.run_sync(job.done.wait, 20)
-                await until(lambda: objects_left(cluster) == [], "everything deleted")
+                await until(lambda: objects_left(cluster) == [], what="everything deleted")
     finally:
         gate.set()
 

@@ -37,6 +37,7 @@ from oscar_sd import (
 from oscar_sd._hub import close_all_hubs
 from oscar_sd._reconcile import ReconcilePolicy
 from tests.double import ClusterDouble, services
+from tests.helpers import until
 
 pytestmark = pytest.mark.anyio
 
@@ -93,6 +94,34 @@ async def wait_for_thread_event(event: threading.Event, limit: float = 10.0) -> 
             pass
 
 
+async def error_once_storage_breaks(
+    sd: OscarSD, prompt: str, break_storage: Callable[[], None], *, limit: float,
+    on_progress: Callable[[Progress], None] | None = None,
+) -> BaseException:
+    """Generate ``prompt``; once it is uploaded, ``break_storage``; the error it ends with."""
+    uploads = Uploads(1)
+    caught: list[BaseException] = []
+
+    def progress(report: Progress) -> None:
+        uploads(report)
+        if on_progress is not None:
+            on_progress(report)
+
+    async def generate() -> None:
+        try:
+            await sd.generate(prompt, progress)
+        except Exception as exc:
+            caught.append(exc)
+
+    with anyio.fail_after(limit):
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(generate)
+            await uploads.all_uploaded.wait()
+            break_storage()
+    (error,) = caught
+    return error
+
+
 async def reconnected(sd: OscarSD, connects_before: int) -> None:
     """Wait until the hub's stream has been opened again.
 
@@ -100,12 +129,8 @@ async def reconnected(sd: OscarSD, connects_before: int) -> None:
     while the stream was down, so the reconnect is awaited, not assumed.
     """
     stats = sd._hub.stats
-
-    def poll() -> None:
-        while not (stats.connects > connects_before and sd._hub.connected):
-            time.sleep(0.01)
-
-    await anyio.to_thread.run_sync(poll, abandon_on_cancel=True)
+    await until(lambda: stats.connects > connects_before and sd._hub.connected, limit=30,
+                what="the stream was not opened again")
 
 
 async def warm_up(sd: OscarSD) -> None:
@@ -511,34 +536,17 @@ async def test_storage_dying_while_waiting_says_so_then_raises_unreachable(
     cluster: ClusterDouble, how: str
 ):
     messages: list[str] = []
-    uploads = Uploads(1)
-
-    def progress(report: Progress) -> None:
-        uploads(report)
-        messages.append(report.message)
-
     cluster.hold_jobs()
     try:
         async with connect(cluster, timeout=600, outage_timeout=2.0) as sd:
-            with anyio.fail_after(15):
-                async with anyio.create_task_group() as tasks:
-                    caught: list[BaseException] = []
-
-                    async def generate() -> None:
-                        try:
-                            await sd.generate("into the void", progress)
-                        except Exception as exc:
-                            caught.append(exc)
-
-                    tasks.start_soon(generate)
-                    await uploads.all_uploaded.wait()
-                    if how == "refused":
-                        kill_storage(cluster)
-                    else:
-                        cluster.restart_minio(downtime=3600)
+            error = await error_once_storage_breaks(
+                sd, "into the void",
+                (lambda: kill_storage(cluster)) if how == "refused"
+                else (lambda: cluster.restart_minio(downtime=3600)),
+                limit=15, on_progress=lambda report: messages.append(report.message),
+            )
     finally:
         cluster.release_jobs()
-    (error,) = caught
     assert isinstance(error, ClusterUnreachableError), repr(error)
     assert "storage" in str(error)
     assert any(m.startswith("Cannot reach the cluster's storage, retrying (") for m in messages)
@@ -547,26 +555,14 @@ async def test_storage_dying_while_waiting_says_so_then_raises_unreachable(
 async def test_storage_dead_at_the_deadline_is_unreachable_not_a_raw_urllib3_error(
     cluster: ClusterDouble,
 ):
-    uploads = Uploads(1)
     cluster.hold_jobs()
     try:
         async with connect(cluster, timeout=1.5, outage_timeout=600) as sd:
-            with anyio.fail_after(10):
-                async with anyio.create_task_group() as tasks:
-                    caught: list[BaseException] = []
-
-                    async def generate() -> None:
-                        try:
-                            await sd.generate("deadline in an outage", uploads)
-                        except Exception as exc:
-                            caught.append(exc)
-
-                    tasks.start_soon(generate)
-                    await uploads.all_uploaded.wait()
-                    kill_storage(cluster)
+            error = await error_once_storage_breaks(
+                sd, "deadline in an outage", lambda: kill_storage(cluster), limit=10
+            )
     finally:
         cluster.release_jobs()
-    (error,) = caught
     assert isinstance(error, ClusterUnreachableError), repr(error)
 
 
