@@ -1,15 +1,29 @@
-"""Click-to-six-images time of the web app, through gradio_client.
+"""Click-to-six-images time of the web app, with browser-like clients and with gradio_client.
 
 The app runs on loopback against the cluster double, whose service answers
 at once (the fake generator, no job delay). The double, the app and the
-clients each run in a process of their own, as on three machines. Measured is the app:
-Gradio's queue, the OSCAR client, MinIO upload, the notification, the
-download and unpacking, and the six PNGs fetched by the client. Each user is
-a login of its own (all with the cluster's one basic-auth account, as OSCAR
-has one, so each login its own session) with its own client; all users click
-at the same time, round after round.
+clients each run in a process of their own, as on three machines (here they
+share two cores). Measured is the app: Gradio's queue, the OSCAR client,
+MinIO upload, the notification, the download and unpacking, and the six PNGs
+fetched by the client. Each user is a login of its own (all with the
+cluster's one basic-auth account, as OSCAR has one, so each login its own
+session); all users click at the same time, round after round.
 
-    .venv/bin/python bench/ui.py [--rounds 10] [--users 1 50]
+Two kinds of client click, one after the other, each against a fresh app:
+
+- ``browser``: what a browser tab sends (Gradio 6's protocol: ``queue/join``,
+  the ``queue/data`` event stream, then the six images at once over at most
+  six kept-alive connections), all users in one asyncio process (httpx);
+- ``gradio_client``: ``Client.predict`` in a thread per user. It opens a new
+  connection for every request and a thread per event stream, and its CPU
+  per click is about the app's own: on two shared cores that is time taken
+  from the app, so it is the baseline, not the measure.
+
+The app runs as ``manifests/deploy_gradio.yaml`` ships it (its
+``OSCAR_SD_CONCURRENCY``: that many runs at once, the rest wait in Gradio's
+queue), unless ``--concurrency`` says otherwise.
+
+    .venv/bin/python bench/ui.py [--rounds 10] [--users 1 50] [--clients browser gradio_client]
 
 Target: p50 at or under 1 s with 50 users.
 """
@@ -17,8 +31,11 @@ Target: p50 at or under 1 s with 50 users.
 from __future__ import annotations
 
 import argparse
+import asyncio
+import json
 import multiprocessing
 import os
+import secrets
 import ssl
 import statistics
 import sys
@@ -33,6 +50,8 @@ from multiprocessing.synchronize import Event
 from pathlib import Path
 from typing import Any
 
+import httpx
+import yaml
 from gradio_client import Client
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -40,7 +59,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tests.double import ClusterDouble, services
 from tests.ui_fixtures import cluster_settings, running_app
 
+ROOT = Path(__file__).resolve().parent.parent
 SERVICE = "stable-diffusion"
+ADMIN = ("oscar", "oscar-pw")
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def shipped_concurrency() -> int:
+    """``OSCAR_SD_CONCURRENCY`` of the app's Deployment in manifests/deploy_gradio.yaml."""
+    for document in yaml.safe_load_all((ROOT / "manifests" / "deploy_gradio.yaml").read_text()):
+        if document and document.get("kind") == "Deployment":
+            for container in document["spec"]["template"]["spec"]["containers"]:
+                for variable in container.get("env", []):
+                    if variable["name"] == "OSCAR_SD_CONCURRENCY":
+                        return int(variable["value"])
+    raise LookupError("manifests/deploy_gradio.yaml sets no OSCAR_SD_CONCURRENCY")
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -48,15 +81,12 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
 
 
-ADMIN = ("oscar", "oscar-pw")
-
-
 def accounts_for(users: int) -> dict[str, tuple[str, str]]:
     """One login per user, each with the cluster's only basic-auth account."""
     return {f"user{index:02d}": ADMIN for index in range(users)}
 
 
-def serve_cluster(users: int, ready: Connection, stop: Event) -> None:
+def serve_cluster(ready: Connection, stop: Event) -> None:
     """In a process of its own, as a real cluster is: the double, until ``stop``."""
     with ClusterDouble(admin=ADMIN) as double:
         double.add_service(
@@ -69,9 +99,9 @@ def serve_cluster(users: int, ready: Connection, stop: Event) -> None:
         stop.wait()
 
 
-def serve_app(endpoint: str, users: int, ready: Connection, stop: Event) -> None:
+def serve_app(endpoint: str, concurrency: int, ready: Connection, stop: Event) -> None:
     """In a process of its own: the web app, until ``stop``."""
-    settings = cluster_settings(endpoint, concurrency=max(64, users))
+    settings = cluster_settings(endpoint, concurrency=concurrency)
     with running_app(settings) as app:
         ready.send(app.url)
         stop.wait()
@@ -87,14 +117,6 @@ def start(target: Callable[..., None], *args: object) -> tuple[Any, BaseProcess,
     return ready.recv(), process, stop
 
 
-@dataclass
-class Run:
-    """One measured run: every request's seconds, and the CPU each process spent on them."""
-
-    timings: list[float]
-    cpu: dict[str, float]  # seconds, per process, while the timed rounds ran
-
-
 def cpu_seconds(pid: int | None = None) -> float:
     """CPU time (user + system) of a process: this one, or a child by its pid (Linux /proc)."""
     if pid is None:
@@ -103,86 +125,211 @@ def cpu_seconds(pid: int | None = None) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def measure(users: int, rounds: int, downloads: Path) -> Run:
-    """Seconds from click to six images in hand, for every request of every user."""
-    endpoint, cluster, stop_cluster = start(serve_cluster, users)
-    url, app, stop_app = start(serve_app, endpoint, users)
-    accounts = accounts_for(users)
-    # gradio_client opens a new HTTP client for every file it downloads; left
-    # alone, each one reads the system's CA bundle anew, and that costs more CPU
-    # than the app itself. One TLS context, as a browser has, measures the app.
-    tls = ssl.create_default_context()
-    try:
-        apis = [
-            Client(
-                url,
-                auth=account,
-                verbose=False,
-                download_files=str(downloads / name),
-                ssl_verify=tls,  # type: ignore[arg-type]
-            )
-            for name, account in accounts.items()
-        ]
-        for api in apis:  # warm up: first connection, hub stream open
-            api.predict("warm-up", api_name="/generate")
+class BrowserTab:
+    """A logged-in browser tab, clicking Generate as the page's JavaScript does."""
 
+    def __init__(self, url: str, account: tuple[str, str]) -> None:
+        self.account = account
+        self.tab = secrets.token_hex(6)  # Gradio's session_hash: one per tab
+        self.http = httpx.AsyncClient(  # a browser keeps up to six connections per host
+            base_url=url, timeout=60, limits=httpx.Limits(max_connections=6))
+        self.generate_id = -1
+        self.form: list[object] = []
+
+    async def open(self) -> None:
+        """Log in, then read the page: the Generate event's inputs and their first values."""
+        user, password = self.account
+        (await self.http.post("/login", data={"username": user, "password": password})
+         ).raise_for_status()
+        config = (await self.http.get("/config")).json()
+        values = {c["id"]: c.get("props", {}).get("value") for c in config["components"]}
+        generate = next(d for d in config["dependencies"] if d.get("api_name") == "generate")
+        self.generate_id = generate["id"]
+        self.form = [values.get(component) for component in generate["inputs"]]
+
+    async def click(self, prompt: str) -> list[bytes]:
+        """Generate with ``prompt`` and the form's other values; the six PNGs, as bytes."""
+        joined = await self._send("POST", "/gradio_api/queue/join", json={
+            "data": [prompt, *self.form[1:]], "fn_index": self.generate_id,
+            "trigger_id": None, "session_hash": self.tab, "event_data": None,
+        })
+        urls = await self._image_urls(joined.json()["event_id"])
+        answers = await asyncio.gather(*(self._send("GET", url) for url in urls))
+        if not all(answer.content.startswith(PNG_SIGNATURE) for answer in answers):
+            raise RuntimeError("an image is not a PNG")
+        return [answer.content for answer in answers]
+
+    async def _send(self, method: str, url: str, **options: Any) -> httpx.Response:
+        # A kept-alive connection the server closed while idle fails before any
+        # answer; browsers send such a request again on a new connection.
+        for attempt in (1, 2):
+            try:
+                answer = await self.http.request(method, url, **options)
+                return answer.raise_for_status()
+            except httpx.RemoteProtocolError:
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    async def _image_urls(self, event: str) -> list[str]:
+        async with self.http.stream(
+            "GET", "/gradio_api/queue/data", params={"session_hash": self.tab}
+        ) as stream:
+            async for line in stream.aiter_lines():
+                if not line.startswith("data:"):
+                    continue
+                message = json.loads(line[5:])
+                if message.get("event_id") == event and message["msg"] == "process_completed":
+                    if not message.get("success"):
+                        raise RuntimeError(f"the run failed: {message.get('output')}")
+                    return [item["image"]["url"] for item in message["output"]["data"][0]]
+        raise RuntimeError("the event stream ended before the run completed")
+
+
+def click_in_browsers(url: str, users: int, rounds: int, begin: Callable[[], None]) -> list[float]:
+    """Every user's clicks, all users clicking together each round; seconds per click.
+
+    ``begin`` is called once everyone is logged in and warmed up, as the timed rounds start.
+    """
+
+    async def run() -> list[float]:
+        tabs = [BrowserTab(url, account) for account in accounts_for(users).values()]
+        for tab in tabs:
+            await tab.open()
+        await asyncio.gather(*(tab.click("warm-up") for tab in tabs))  # hub stream open
+        begin()
         timings: list[float] = []
-        lock = threading.Lock()
-        start_together = threading.Barrier(users)
+        together = asyncio.Barrier(users)
 
-        def one_user(index: int) -> None:
-            api = apis[index]
+        async def one_user(index: int, tab: BrowserTab) -> None:
             for round_ in range(rounds):
-                start_together.wait()
+                await together.wait()
                 started = time.perf_counter()
-                images, _, _ = api.predict(f"user {index} round {round_}", api_name="/generate")
-                took = time.perf_counter() - started
-                assert len(images) == 6, images
-                with lock:
-                    timings.append(took)
+                images = await tab.click(f"user {index} round {round_}")
+                timings.append(time.perf_counter() - started)
+                assert len(images) == 6, len(images)
 
-        processes = {"app": app.pid, "cluster double": cluster.pid, "clients": None}
-        cpu_before = {name: cpu_seconds(pid) for name, pid in processes.items()}
-        threads = [threading.Thread(target=one_user, args=(i,)) for i in range(users)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        try:
+            await asyncio.gather(*(one_user(index, tab) for index, tab in enumerate(tabs)))
+        finally:
+            for tab in tabs:
+                await tab.http.aclose()
+        return timings
+
+    return asyncio.run(run())
+
+
+def click_in_gradio_clients(
+    url: str, users: int, rounds: int, begin: Callable[[], None], downloads: Path
+) -> list[float]:
+    """The same clicks through gradio_client, a thread per user."""
+    # gradio_client opens a new HTTP client for every file it downloads; left
+    # alone, each one reads the system's CA bundle anew. One TLS context, as a
+    # browser has, gives it its best chance.
+    tls = ssl.create_default_context()
+    apis = [
+        Client(url, auth=account, verbose=False, download_files=str(downloads / name),
+               ssl_verify=tls)  # type: ignore[arg-type]
+        for name, account in accounts_for(users).items()
+    ]
+    for api in apis:  # warm up: first connection, hub stream open
+        api.predict("warm-up", api_name="/generate")
+    timings: list[float] = []
+    lock = threading.Lock()
+    together = threading.Barrier(users)
+
+    def one_user(index: int) -> None:
+        for round_ in range(rounds):
+            together.wait()
+            started = time.perf_counter()
+            images = apis[index].predict(f"user {index} round {round_}", api_name="/generate")[0]
+            took = time.perf_counter() - started
+            assert len(images) == 6, images
+            with lock:
+                timings.append(took)
+
+    threads = [threading.Thread(target=one_user, args=(i,)) for i in range(users)]
+    begin()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return timings
+
+
+@dataclass
+class Run:
+    """One measured run: every click's seconds, and the CPU each process spent on them."""
+
+    client: str
+    users: int
+    timings: list[float]
+    cpu: dict[str, float]  # seconds, per process, while the timed rounds ran
+
+
+def measure(client: str, users: int, rounds: int, concurrency: int, downloads: Path) -> Run:
+    """Seconds from click to six images in hand, for every click of every user."""
+    endpoint, cluster, stop_cluster = start(serve_cluster)
+    url, app, stop_app = start(serve_app, endpoint, concurrency)
+    processes = {"app": app.pid, "cluster double": cluster.pid, "clients": None}
+    cpu_before: dict[str, float] = {}
+
+    def begin() -> None:
+        cpu_before.update({name: cpu_seconds(pid) for name, pid in processes.items()})
+
+    try:
+        if client == "browser":
+            timings = click_in_browsers(url, users, rounds, begin)
+        else:
+            timings = click_in_gradio_clients(url, users, rounds, begin, downloads)
         cpu = {name: cpu_seconds(pid) - cpu_before[name] for name, pid in processes.items()}
-        return Run(timings, cpu)
+        return Run(client, users, timings, cpu)
     finally:
         for stop, process in ((stop_app, app), (stop_cluster, cluster)):
             stop.set()
             process.join(timeout=30)
 
 
+def report(runs: list[Run], concurrency: int) -> None:
+    print()
+    print(f"click-to-six-images (cluster double, service answers at once; app concurrency "
+          f"{concurrency}; {os.cpu_count()} cores shared by app, double and clients)")
+    print(f"{'client':<14} {'users':>5} {'clicks':>6} {'p50 s':>7} {'p95 s':>7} {'max s':>7}"
+          f"  {'CPU ms per click: app':>21} {'double':>7} {'clients':>8}")
+    for run in runs:
+        timings = run.timings
+        app, double, clients = (1000 * run.cpu[name] / len(timings)
+                                for name in ("app", "cluster double", "clients"))
+        print(f"{run.client:<14} {run.users:>5} {len(timings):>6}"
+              f" {statistics.median(timings):>7.3f} {percentile(timings, 0.95):>7.3f}"
+              f" {max(timings):>7.3f}"
+              f"  {app:>21.1f} {double:>7.1f} {clients:>8.1f}")
+    by_kind = {(run.client, run.users): statistics.median(run.timings) for run in runs}
+    for users in sorted({run.users for run in runs}):
+        if ("browser", users) in by_kind and ("gradio_client", users) in by_kind:
+            ratio = by_kind[("gradio_client", users)] / by_kind[("browser", users)]
+            print(f"{users} users: p50 through gradio_client is {ratio:.2f}x the browser's")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=10, help="clicks per user (default 10)")
     parser.add_argument("--users", type=int, nargs="+", default=[1, 50])
+    parser.add_argument("--clients", nargs="+", default=["browser", "gradio_client"],
+                        choices=["browser", "gradio_client"])
+    parser.add_argument("--concurrency", type=int, default=None,
+                        help="the app's concurrency (default: manifests/deploy_gradio.yaml's)")
     args = parser.parse_args()
+    concurrency = args.concurrency or shipped_concurrency()
 
-    runs: list[tuple[int, Run]] = []
+    runs: list[Run] = []
     with tempfile.TemporaryDirectory(prefix="oscar-sd-bench-") as downloads:
-        for users in args.users:
-            runs.append((users, measure(users, args.rounds, Path(downloads) / f"{users}")))
+        for client in args.clients:
+            for users in args.users:
+                place = Path(downloads) / f"{client}-{users}"
+                runs.append(measure(client, users, args.rounds, concurrency, place))
+    report(runs, concurrency)
 
-    print()
-    print("click-to-six-images through gradio_client (cluster double, service answers at once)")
-    print(f"{'users':>5}  {'requests':>8}  {'p50 (s)':>8}  {'p95 (s)':>8}  {'max (s)':>8}")
-    for users, run in runs:
-        timings = run.timings
-        print(
-            f"{users:>5}  {len(timings):>8}  {statistics.median(timings):>8.3f}  "
-            f"{percentile(timings, 0.95):>8.3f}  {max(timings):>8.3f}"
-        )
-    print()
-    print(f"CPU per click (ms), on {os.cpu_count()} cores")
-    names = list(runs[0][1].cpu)
-    print(f"{'users':>5}  " + "  ".join(f"{name:>14}" for name in names))
-    for users, run in runs:
-        per_click = [1000 * run.cpu[name] / len(run.timings) for name in names]
-        print(f"{users:>5}  " + "  ".join(f"{ms:>14.1f}" for ms in per_click))
 
 if __name__ == "__main__":
     main()
