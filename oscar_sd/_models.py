@@ -124,6 +124,8 @@ def _friendly(exc: ValidationError) -> InvalidRequestError:
         message = "is not a field of a generation request"
     elif error["type"] == "missing":
         message = "is required"
+    elif error["type"] == "string_type":
+        message = "must be text"
     return InvalidRequestError(name, message)
 
 

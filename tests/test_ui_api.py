@@ -7,6 +7,7 @@ MinIO and jobs; only the browser is left out (tests/test_browser.py).
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -419,3 +420,53 @@ def test_a_parameter_out_of_range_is_named(web: WebApp, tmp_path: Path) -> None:
         generate(api, PROMPT, seed=2**33, randomize_seed=False)
     with pytest.raises(AppError, match="Size must be width x height"):
         generate(api, PROMPT, size="huge")
+
+
+def test_values_of_the_wrong_type_are_named(web: WebApp, tmp_path: Path) -> None:
+    # Gradio hands the values over as sent (no preprocessing, see page.py): an API
+    # caller's wrong types get the same named errors as the page's own mistakes.
+    api = client(web, tmp_path, auth=ADMIN)
+    wrong = [
+        ({"num_images": "six"}, "Number of images must be a whole number from 1 to 8"),
+        ({"num_images": 2.5}, "Number of images must be a whole number from 1 to 8"),
+        ({"num_images": 20}, "Number of images must be between 1 and 8"),
+        ({"seed": [1], "randomize_seed": False}, "Seed must be a number"),
+        ({"randomize_seed": "no"}, "Randomize seed must be true or false"),
+        ({"size": 512}, "Size must be width x height"),
+        ({"steps": {"many": 1}}, "Steps must be a number"),
+    ]
+    for parameters, said in wrong:
+        with pytest.raises(AppError, match=said):
+            generate(api, PROMPT, **parameters)
+    with pytest.raises(AppError, match="Prompt must be text"):
+        generate(api, 42)  # type: ignore[arg-type]
+    images, _, _ = generate(api, PROMPT, num_images=2.0)  # a whole number, as the slider sends
+    assert len(images) == 2
+
+
+def test_a_missing_matplotlib_is_looked_for_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Gradio tries `import matplotlib` around every event; a failed import is not
+    # remembered by Python, so each try would search sys.path again.
+    import importlib.util
+
+    from oscar_sd.ui.app import remember_missing_matplotlib
+
+    if importlib.util.find_spec("matplotlib") is not None:
+        pytest.skip("matplotlib is installed here")
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # put back as it was, afterwards
+    monkeypatch.delitem(sys.modules, "matplotlib")
+    searched: list[str] = []
+    real_find_spec = importlib.util.find_spec
+
+    def find_spec(name: str, *args: object) -> object:
+        searched.append(name)
+        return real_find_spec(name, *args)
+
+    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
+    remember_missing_matplotlib()
+    assert searched == ["matplotlib"]
+    assert sys.modules["matplotlib"] is None
+    with pytest.raises(ImportError):
+        import matplotlib  # noqa: F401
+    remember_missing_matplotlib()  # already known: no second search
+    assert searched == ["matplotlib"]

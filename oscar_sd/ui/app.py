@@ -17,8 +17,10 @@ sessions are keyed by a random id per login, never by user name.
 from __future__ import annotations
 
 import html
+import importlib.util
 import logging
 import secrets
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -54,6 +56,18 @@ PAGE_DESCRIPTION = "Type a prompt, get six images made by Stable Diffusion on an
 IDLE_TIMEOUT = 8 * 3600.0
 #: How often due OIDC tokens are renewed (each is due 60 s before it expires).
 TOKEN_CHECK_INTERVAL = 10.0
+
+
+def remember_missing_matplotlib() -> None:
+    """Make ``import matplotlib`` fail at once when it is not installed.
+
+    Gradio imports it twice around every event (``utils.MatplotlibBackendMananger``
+    in ``route_utils.call_process_api``); Python keeps no record of a failed import,
+    so without matplotlib each try searches all of sys.path again. A None in
+    ``sys.modules`` is Python's documented way to say "this module is not there".
+    """
+    if "matplotlib" not in sys.modules and importlib.util.find_spec("matplotlib") is None:
+        sys.modules["matplotlib"] = None  # type: ignore[assignment]
 
 
 class WebApp:
@@ -111,6 +125,7 @@ class WebApp:
     ) -> str:
         """Serve; return the URL. Blocks until interrupted without ``prevent_thread_lock``."""
         settings = self.settings
+        remember_missing_matplotlib()
         # Many users wait at once: never Gradio's default of one at a time.
         self.blocks.queue(default_concurrency_limit=settings.concurrency)
         _, self.url, _ = self.blocks.launch(

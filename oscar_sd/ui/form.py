@@ -34,11 +34,14 @@ FIELD_LABELS = {
     "height": "Height",
     "num_images": "Number of images",
     "size": "Size",
+    "randomize_seed": "Randomize seed",
 }
 
 
 def parse_size(size: str) -> tuple[int, int]:
     """``"768x512"`` (or ``"768 × 512"``) → ``(768, 512)``; empty means the default."""
+    if size is not None and not isinstance(size, str):
+        raise InvalidRequestError("size", "must be width x height, e.g. 768x512")
     width, _, height = (size or DEFAULT_SIZE).lower().replace("×", "x").partition("x")
     try:
         return int(width), int(height)
@@ -63,7 +66,7 @@ def _optional_number(field: str, value: FieldValue) -> float | None:
         return None
     try:
         return float(value)
-    except ValueError:
+    except (TypeError, ValueError):  # TypeError: a list or an object from an API caller
         raise InvalidRequestError(field, f"must be a number, {EMPTY_MEANS[field]}") from None
 
 
@@ -86,9 +89,16 @@ def build_request(
     size: str,
     num_images: float | None,
 ) -> GenerationRequest:
-    """The request the form describes; raises :class:`~oscar_sd.InvalidRequestError`."""
+    """The request the form describes; raises :class:`~oscar_sd.InvalidRequestError`.
+
+    The values come as the page or an API caller sent them (Gradio does not
+    preprocess them, see ``page.py``), so each is checked for its type here too.
+    """
     width, height = parse_size(size)
+    if randomize_seed is not None and not isinstance(randomize_seed, bool):
+        raise InvalidRequestError("randomize_seed", "must be true or false")
     return GenerationRequest(
+        # Anything but text fails the request's own check, which names the field.
         prompt=prompt or "",
         negative_prompt=negative_prompt or "",
         seed=None if randomize_seed else _optional_int("seed", seed),
@@ -97,8 +107,17 @@ def build_request(
         guidance_scale=_optional_number("guidance_scale", guidance_scale),
         width=width,
         height=height,
-        num_images=6 if num_images is None else round(num_images),
+        num_images=_image_count(num_images),
     )
+
+
+def _image_count(value: object) -> int:
+    """The slider's value (a whole number from 1 to 8, checked by the request); empty is 6."""
+    if value is None:
+        return 6
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != round(value):
+        raise InvalidRequestError("num_images", "must be a whole number from 1 to 8")
+    return round(value)
 
 
 @dataclass(frozen=True)

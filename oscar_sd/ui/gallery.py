@@ -10,6 +10,11 @@ Gradio's cache folder, in folders the app made, and the app's file guard
 check, no disk) the gallery answers "already in the cache" at once and keeps
 no record of it (the sessions delete their own folders).
 
+The generate event skips Gradio's postprocessing (``postprocess=False`` in
+``page.py``): :func:`gallery_value` gives the gallery's value in the form
+``Gallery.postprocess`` would, without its thread pool (a new one per call)
+or its second pass of path checks.
+
 An instance is adapted rather than subclassed: Gradio writes a ``.pyi`` stub
 beside the module of every Component subclass when it is defined, which a
 read-only container filesystem refuses.
@@ -21,6 +26,17 @@ import os
 from pathlib import Path
 
 import gradio as gr
+from gradio.components.gallery import GalleryData, GalleryImage
+from gradio.data_classes import ImageData
+
+
+def gallery_value(images: list[str]) -> list[dict[str, object]]:
+    """A gallery of the PNG files ``images``, as ``Gallery.postprocess`` gives it for paths."""
+    shown = [
+        GalleryImage(image=ImageData(path=path, orig_name=Path(path).name, mime_type="image/png"))
+        for path in images
+    ]
+    return GalleryData(root=shown).model_dump()  # type: ignore[arg-type]
 
 
 def serving_results_as_they_are(gallery: gr.Gallery, results_home: Path) -> gr.Gallery:

@@ -36,6 +36,7 @@ from .form import (
     image_info,
     image_seed_of,
 )
+from .gallery import gallery_value
 from .progress import StageDisplay
 from .sessions import SESSION_EXPIRED, SessionExpired, Sessions, UserSession, tab_key
 
@@ -121,12 +122,13 @@ class Handlers:
         num_images: float = 6,
         request: gr.Request | None = None,
         progress: gr.Progress = gr.Progress(),  # noqa: B008 (Gradio's documented idiom)
-    ) -> tuple[list[str], str, str, str]:
+    ) -> tuple[list[dict[str, object]], str, str, str]:
         """Make the images the form asks for; returns gallery, seed used, status, run id.
 
         The defaults are the API's: ``client.predict("a red fox", api_name="/generate")``.
-        Gradio fills ``request`` and ``progress``. The run joins the login's history,
-        kept on the server (see ``Sessions.keep``).
+        Gradio fills ``request`` and ``progress``; it neither pre- nor postprocesses
+        (see ``page.py``), so the values come as sent and go as shown. The run joins
+        the login's history, kept on the server (see ``Sessions.keep``).
         """
         if request is None:
             raise _shown(SESSION_EXPIRED)
@@ -174,7 +176,7 @@ class Handlers:
         status = status_line(result)
         entry = await self._sessions.keep(session, result)
         log.info("generated %d images in %.1f s", len(result.images), result.timings.total)
-        return list(entry.images), str(result.request.seed), status, entry.run
+        return gallery_value(entry.images), str(result.request.seed), status, entry.run
 
     def _failed(self, tab: str, message: str) -> gr.Error:
         """The error for ``message``, kept for the tab's status line as well."""

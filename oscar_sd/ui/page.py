@@ -230,6 +230,11 @@ def build_page(
             api_name="generate",
             concurrency_limit=concurrency,
             show_progress_on=[results],
+            # build_request checks the values as sent, and the handler returns them as
+            # shown: Gradio's own passes cost a worker-thread trip per component and,
+            # for the gallery, a thread pool and a second round of path checks per click.
+            preprocess=False,
+            postprocess=False,
         )
         making.success(
             handlers.show_run,
