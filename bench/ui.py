@@ -13,7 +13,8 @@ Two kinds of client click, one after the other, each against a fresh app:
 
 - ``browser``: what a browser tab sends (Gradio 6's protocol: ``queue/join``,
   the ``queue/data`` event stream, then the six images at once over at most
-  six kept-alive connections), all users in one asyncio process (httpx);
+  six kept-alive connections, and the page's follow-up event that shows the
+  run in the history), all users in one asyncio process (aiohttp);
 - ``gradio_client``: ``Client.predict`` in a thread per user. It opens a new
   connection for every request and a thread per event stream, and its CPU
   per click is about the app's own: on two shared cores that is time taken
@@ -42,7 +43,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
@@ -50,7 +51,7 @@ from multiprocessing.synchronize import Event
 from pathlib import Path
 from typing import Any
 
-import httpx
+import aiohttp
 import yaml
 from gradio_client import Client
 
@@ -126,64 +127,96 @@ def cpu_seconds(pid: int | None = None) -> float:
 
 
 class BrowserTab:
-    """A logged-in browser tab, clicking Generate as the page's JavaScript does."""
+    """A logged-in browser tab, clicking Generate as the page's JavaScript does.
+
+    A click joins the queue with the form's values, reads the event stream
+    until the run completes, fetches the six images at once (a browser keeps
+    up to six connections per host) and, as the page does after a success,
+    runs the follow-up event that shows the run in the history strip.
+    """
 
     def __init__(self, url: str, account: tuple[str, str]) -> None:
+        self.url = url.rstrip("/") + "/"
         self.account = account
         self.tab = secrets.token_hex(6)  # Gradio's session_hash: one per tab
-        self.http = httpx.AsyncClient(  # a browser keeps up to six connections per host
-            base_url=url, timeout=60, limits=httpx.Limits(max_connections=6))
-        self.generate_id = -1
+        self.generate_id = self.follow_up_id = -1
         self.form: list[object] = []
+        self._http: aiohttp.ClientSession | None = None
+
+    @property
+    def http(self) -> aiohttp.ClientSession:
+        assert self._http is not None, "open() first"
+        return self._http
 
     async def open(self) -> None:
         """Log in, then read the page: the Generate event's inputs and their first values."""
+        self._http = aiohttp.ClientSession(
+            base_url=self.url,
+            cookie_jar=aiohttp.CookieJar(unsafe=True),  # the login cookie of 127.0.0.1
+            connector=aiohttp.TCPConnector(limit=6),
+            timeout=aiohttp.ClientTimeout(total=60),
+        )
         user, password = self.account
-        (await self.http.post("/login", data={"username": user, "password": password})
-         ).raise_for_status()
-        config = (await self.http.get("/config")).json()
+        async with self.http.post("login", data={"username": user, "password": password}) as answer:
+            answer.raise_for_status()
+        async with self.http.get("config") as answer:
+            config = await answer.json()
         values = {c["id"]: c.get("props", {}).get("value") for c in config["components"]}
         generate = next(d for d in config["dependencies"] if d.get("api_name") == "generate")
-        self.generate_id = generate["id"]
+        follow_up = next(d for d in config["dependencies"]
+                         if d.get("trigger_after") == generate["id"]
+                         and d.get("trigger_only_on_success"))
+        self.generate_id, self.follow_up_id = generate["id"], follow_up["id"]
         self.form = [values.get(component) for component in generate["inputs"]]
 
-    async def click(self, prompt: str) -> list[bytes]:
-        """Generate with ``prompt`` and the form's other values; the six PNGs, as bytes."""
-        joined = await self._send("POST", "/gradio_api/queue/join", json={
-            "data": [prompt, *self.form[1:]], "fn_index": self.generate_id,
-            "trigger_id": None, "session_hash": self.tab, "event_data": None,
-        })
-        urls = await self._image_urls(joined.json()["event_id"])
-        answers = await asyncio.gather(*(self._send("GET", url) for url in urls))
-        if not all(answer.content.startswith(PNG_SIGNATURE) for answer in answers):
-            raise RuntimeError("an image is not a PNG")
-        return [answer.content for answer in answers]
+    async def click(self, prompt: str) -> tuple[list[bytes], Awaitable[object]]:
+        """Generate with ``prompt`` and the form's other values.
 
-    async def _send(self, method: str, url: str, **options: Any) -> httpx.Response:
-        # A kept-alive connection the server closed while idle fails before any
-        # answer; browsers send such a request again on a new connection.
-        for attempt in (1, 2):
-            try:
-                answer = await self.http.request(method, url, **options)
-                return answer.raise_for_status()
-            except httpx.RemoteProtocolError:
-                if attempt == 2:
-                    raise
-        raise AssertionError("unreachable")
+        Returns the six PNGs, as bytes, once they are in hand, and the page's
+        follow-up event, which runs on meanwhile.
+        """
+        event = await self._join(self.generate_id, [prompt, *self.form[1:]])
+        output = await self._completion(event)
+        urls = [item["image"]["url"] for item in output["data"][0]]
+        follow_up = asyncio.ensure_future(self._follow_up())
+        images = await asyncio.gather(*(self._image(url) for url in urls))
+        return images, follow_up
 
-    async def _image_urls(self, event: str) -> list[str]:
-        async with self.http.stream(
-            "GET", "/gradio_api/queue/data", params={"session_hash": self.tab}
-        ) as stream:
-            async for line in stream.aiter_lines():
-                if not line.startswith("data:"):
-                    continue
-                message = json.loads(line[5:])
-                if message.get("event_id") == event and message["msg"] == "process_completed":
+    async def _follow_up(self) -> object:
+        # The run shown lives in the session's state on the server: the page sends null.
+        return await self._completion(await self._join(self.follow_up_id, [None]))
+
+    async def _join(self, event: int, data: list[object]) -> str:
+        body = {"data": data, "fn_index": event, "trigger_id": None,
+                "session_hash": self.tab, "event_data": None}
+        async with self.http.post("gradio_api/queue/join", json=body) as answer:
+            answer.raise_for_status()
+            return (await answer.json())["event_id"]
+
+    async def _completion(self, event: str) -> dict[str, Any]:
+        """The output of ``event``, read from the tab's event stream (opened again when
+        Gradio closes it between events, as the page's client does)."""
+        while True:
+            async with self.http.get(
+                "gradio_api/queue/data", params={"session_hash": self.tab}
+            ) as stream:
+                async for line in stream.content:
+                    if not line.startswith(b"data:"):
+                        continue
+                    message = json.loads(line[5:])
+                    if message.get("event_id") != event or message["msg"] != "process_completed":
+                        continue
                     if not message.get("success"):
-                        raise RuntimeError(f"the run failed: {message.get('output')}")
-                    return [item["image"]["url"] for item in message["output"]["data"][0]]
-        raise RuntimeError("the event stream ended before the run completed")
+                        raise RuntimeError(f"the event failed: {message.get('output')}")
+                    return message["output"]
+
+    async def _image(self, url: str) -> bytes:
+        async with self.http.get(url) as answer:
+            answer.raise_for_status()
+            image = await answer.read()
+        if not image.startswith(PNG_SIGNATURE):
+            raise RuntimeError(f"not a PNG: {url}")
+        return image
 
 
 def click_in_browsers(url: str, users: int, rounds: int, begin: Callable[[], None]) -> list[float]:
@@ -196,7 +229,8 @@ def click_in_browsers(url: str, users: int, rounds: int, begin: Callable[[], Non
         tabs = [BrowserTab(url, account) for account in accounts_for(users).values()]
         for tab in tabs:
             await tab.open()
-        await asyncio.gather(*(tab.click("warm-up") for tab in tabs))  # hub stream open
+        for _, follow_up in await asyncio.gather(*(tab.click("warm-up") for tab in tabs)):
+            await follow_up  # first connections made, the hub's stream open
         begin()
         timings: list[float] = []
         together = asyncio.Barrier(users)
@@ -205,15 +239,16 @@ def click_in_browsers(url: str, users: int, rounds: int, begin: Callable[[], Non
             for round_ in range(rounds):
                 await together.wait()
                 started = time.perf_counter()
-                images = await tab.click(f"user {index} round {round_}")
+                images, follow_up = await tab.click(f"user {index} round {round_}")
                 timings.append(time.perf_counter() - started)
                 assert len(images) == 6, len(images)
+                await follow_up  # the next click comes after the page has settled
 
         try:
             await asyncio.gather(*(one_user(index, tab) for index, tab in enumerate(tabs)))
         finally:
             for tab in tabs:
-                await tab.http.aclose()
+                await tab.http.close()
         return timings
 
     return asyncio.run(run())

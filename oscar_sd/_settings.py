@@ -57,6 +57,8 @@ class Settings(BaseSettings):
     results_budget_mb: int = Field(512, gt=0)
     #: Web app: MB of images kept per login (its own oldest runs go first beyond it).
     session_budget_mb: int = Field(100, gt=0)
+    #: Web app: runs kept per login (its history strip; its own oldest go first beyond it).
+    session_runs: int = Field(24, gt=0)
 
     @field_validator("root_path")
     @classmethod

@@ -41,11 +41,29 @@ def test_the_run_just_made_stays_even_when_larger_than_a_budget() -> None:
     assert budget.get("a2") is not None
 
 
+def test_a_login_keeps_at_most_its_number_of_runs() -> None:
+    # Its whole history strip goes to the page after every run: it must not grow without end.
+    budget = ResultsBudget(total_bytes=10_000, per_session_bytes=10_000, per_session_runs=3)
+    for index in range(1, 4):
+        assert budget.add(Run(f"a{index}", "alice", 10)) == []
+    assert budget.add(Run("b1", "bob", 10)) == []
+    assert [run.run_id for run in budget.add(Run("a4", "alice", 10))] == ["a1"]
+    assert [run.run_id for run in budget.add(Run("a5", "alice", 0))] == ["a2"]
+    assert budget.used_by("alice") == 20 and budget.get("b1") is not None
+    for run_id in ("a3", "a4", "a5"):
+        budget.forget(run_id)
+    assert budget.used_by("alice") == 0 and len(budget) == 1
+    assert budget.add(Run("a6", "alice", 10)) == []  # her count starts again from nothing
+
+
 def test_the_budgets_are_settings_in_mb() -> None:
-    settings = Settings(results_budget_mb=300, session_budget_mb=40)
+    settings = Settings(results_budget_mb=300, session_budget_mb=40, session_runs=12)
     assert (settings.results_budget_mb, settings.session_budget_mb) == (300, 40)
+    assert settings.session_runs == 12 and Settings().session_runs == 24
     with pytest.raises(ValueError, match="greater than 0"):
         Settings(results_budget_mb=0)
+    with pytest.raises(ValueError, match="greater than 0"):
+        Settings(session_runs=0)
 
 
 def fake_run(folder: Path, prompt: str, size: int) -> GenerationResult:

@@ -470,3 +470,24 @@ def test_a_missing_matplotlib_is_looked_for_once(monkeypatch: pytest.MonkeyPatch
         import matplotlib  # noqa: F401
     remember_missing_matplotlib()  # already known: no second search
     assert searched == ["matplotlib"]
+
+
+def test_clicks_do_not_grow_gradio_s_event_analytics(
+    web: WebApp, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Gradio's queue would keep 10,000 events and sum them all up in a pandas table
+    # after every event, for a monitoring page the app turns off.
+    from gradio.queueing import Queue
+
+    tables: list[int] = []
+    real_get_df = Queue._get_df
+    monkeypatch.setattr(
+        Queue, "_get_df", staticmethod(lambda records: tables.append(len(records)) or
+                                       real_get_df(records)))
+    api = client(web, tmp_path, auth=ADMIN)
+    for index in range(3):
+        images, _, _ = generate(api, f"{PROMPT} {index}", num_images=1)
+        assert len(images) == 1
+    queue = web.blocks._queue
+    assert tables == [], "the summary was built"
+    assert len(queue.event_analytics) <= 1

@@ -19,6 +19,7 @@ from __future__ import annotations
 import html
 import importlib.util
 import logging
+import os
 import secrets
 import sys
 from collections.abc import AsyncIterator
@@ -70,6 +71,19 @@ def remember_missing_matplotlib() -> None:
         sys.modules["matplotlib"] = None  # type: ignore[assignment]
 
 
+def skip_gradio_event_analytics() -> None:
+    """Keep Gradio from summing up its past events after every event.
+
+    Its queue keeps up to 10,000 events and, after each one, builds a pandas
+    table of them all for the monitoring page (``queueing.Queue.compute_analytics_summary``),
+    so every click costs more the longer the app runs. The app turns monitoring
+    off, so nobody reads that summary. Gradio's own variables, read when the
+    queue is made, keep one event and never recompute, unless the operator set them.
+    """
+    os.environ.setdefault("GRADIO_ANALYTICS_MAX_EVENTS", "1")
+    os.environ.setdefault("GRADIO_ANALYTICS_CACHE_FREQUENCY", str(2**62))
+
+
 class WebApp:
     """The Gradio page with its sessions; :meth:`launch` serves it, :meth:`close` stops it."""
 
@@ -81,6 +95,7 @@ class WebApp:
         budget = ResultsBudget(
             total_bytes=settings.results_budget_mb * MB,
             per_session_bytes=settings.session_budget_mb * MB,
+            per_session_runs=settings.session_runs,
         )
         self.sessions = Sessions(root, idle_timeout, budget)
         self.local = settings.local
@@ -126,6 +141,7 @@ class WebApp:
         """Serve; return the URL. Blocks until interrupted without ``prevent_thread_lock``."""
         settings = self.settings
         remember_missing_matplotlib()
+        skip_gradio_event_analytics()
         # Many users wait at once: never Gradio's default of one at a time.
         self.blocks.queue(default_concurrency_limit=settings.concurrency)
         _, self.url, _ = self.blocks.launch(

@@ -14,8 +14,12 @@ them (and their history entries) is the caller's part (``Sessions.keep``).
 ['a1']
 >>> budget.add(Run("b1", "bob", 50))
 []
->>> [run.run_id for run in budget.add(Run("b2", "bob", 20))]     # 110 in all: the oldest
+>>> [run.run_id for run in budget.add(Run("c1", "carol", 50))]  # 140 in all: the oldest
 ['a2']
+
+A login also keeps at most ``per_session_runs`` runs: its history strip is
+sent whole after every run, and each image in it costs Gradio a round of
+path checks, so a strip without end would make every click dearer.
 """
 
 from __future__ import annotations
@@ -37,19 +41,26 @@ class Run:
 
 
 class ResultsBudget:
-    """The runs on disk, oldest first, held to ``total_bytes`` and ``per_session_bytes``.
+    """The runs on disk, oldest first, held to ``total_bytes``, ``per_session_bytes``
+    and ``per_session_runs``.
 
     The run just added always stays (a single run larger than a budget is
     still shown to the person who made it); everything older may go.
     """
 
-    def __init__(self, total_bytes: int, per_session_bytes: int) -> None:
+    def __init__(
+        self, total_bytes: int, per_session_bytes: int, per_session_runs: int = 24
+    ) -> None:
         if total_bytes <= 0 or per_session_bytes <= 0:
             raise ValueError("a results budget must be more than 0 bytes")
+        if per_session_runs <= 0:
+            raise ValueError("a login must be able to keep at least one run")
         self.total_bytes = total_bytes
         self.per_session_bytes = per_session_bytes
+        self.per_session_runs = per_session_runs
         self._runs: dict[str, Run] = {}  # insertion order: oldest first
-        self._used: dict[str, int] = {}  # per owner
+        self._used: dict[str, int] = {}  # bytes per owner
+        self._count: dict[str, int] = {}  # runs per owner
         self.used = 0
 
     def __len__(self) -> int:
@@ -65,11 +76,17 @@ class ResultsBudget:
         """Count ``run`` in; returns the older runs that must leave the disk for it."""
         self._runs[run.run_id] = run
         self._used[run.owner] = self._used.get(run.owner, 0) + run.size
+        self._count[run.owner] = self._count.get(run.owner, 0) + 1
         self.used += run.size
         evicted: list[Run] = []
-        if self._used[run.owner] > self.per_session_bytes:
+
+        def over_own_share() -> bool:
+            return (self._used[run.owner] > self.per_session_bytes
+                    or self._count[run.owner] > self.per_session_runs)
+
+        if over_own_share():
             for old in [r for r in self._runs.values() if r.owner == run.owner]:
-                if self._used[run.owner] <= self.per_session_bytes or old is run:
+                if not over_own_share() or old is run:
                     break
                 evicted.append(self._drop(old))
         for old in list(self._runs.values()):
@@ -91,9 +108,9 @@ class ResultsBudget:
     def _drop(self, run: Run) -> Run:
         del self._runs[run.run_id]
         self.used -= run.size
-        left = self._used[run.owner] - run.size
-        if left:
-            self._used[run.owner] = left
+        self._count[run.owner] -= 1
+        if self._count[run.owner]:
+            self._used[run.owner] -= run.size
         else:
-            del self._used[run.owner]
+            del self._used[run.owner], self._count[run.owner]
         return run

@@ -10,8 +10,8 @@ Gradio's cache folder, in folders the app made, and the app's file guard
 check, no disk) the gallery answers "already in the cache" at once and keeps
 no record of it (the sessions delete their own folders).
 
-The generate event skips Gradio's postprocessing (``postprocess=False`` in
-``page.py``): :func:`gallery_value` gives the gallery's value in the form
+The events that fill a gallery skip Gradio's postprocessing (``postprocess=False``
+in ``page.py``): :func:`gallery_value` gives the gallery's value in the form
 ``Gallery.postprocess`` would, without its thread pool (a new one per call)
 or its second pass of path checks.
 
@@ -23,6 +23,7 @@ read-only container filesystem refuses.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import gradio as gr
@@ -30,12 +31,14 @@ from gradio.components.gallery import GalleryData, GalleryImage
 from gradio.data_classes import ImageData
 
 
-def gallery_value(images: list[str]) -> list[dict[str, object]]:
-    """A gallery of the PNG files ``images``, as ``Gallery.postprocess`` gives it for paths."""
-    shown = [
-        GalleryImage(image=ImageData(path=path, orig_name=Path(path).name, mime_type="image/png"))
-        for path in images
-    ]
+def gallery_value(images: Sequence[str | tuple[str, str]]) -> list[dict[str, object]]:
+    """A gallery of PNG files (paths, or (path, caption) pairs), as ``Gallery.postprocess``
+    gives it for paths."""
+    shown = []
+    for image in images:
+        path, caption = image if isinstance(image, tuple) else (image, None)
+        data = ImageData(path=path, orig_name=Path(path).name, mime_type="image/png")
+        shown.append(GalleryImage(image=data, caption=caption))
     return GalleryData(root=shown).model_dump()  # type: ignore[arg-type]
 
 

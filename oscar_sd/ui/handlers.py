@@ -195,13 +195,13 @@ class Handlers:
             return gr.skip()
         return f"⚠ {html.escape(message, quote=False)}"
 
-    def history(self, request: gr.Request) -> tuple[list[tuple[str, str]], dict[str, Any]]:
+    def history(self, request: gr.Request) -> tuple[list[dict[str, object]], dict[str, Any]]:
         """The history strip of this login (the first image of each run on disk, newest
         first, captioned with the prompt's start and the seed), shown only when there
-        is something in it: no empty white box."""
+        is something in it: no empty white box. The strip comes as Gradio shows it."""
         entries = self._history_of(request)
         thumbnails = [(entry.images[0], entry.caption) for entry in entries if entry.images]
-        return thumbnails, gr.update(visible=bool(thumbnails))
+        return gallery_value(thumbnails), gr.update(visible=bool(thumbnails))
 
     async def show_run(self, run: str, request: gr.Request) -> tuple[Any, ...]:
         """After a run is shown: the history strip, the first image picked (its

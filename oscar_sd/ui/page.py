@@ -244,6 +244,7 @@ def build_page(
             show_progress="hidden",
             # Heard when the tab is in the background: the title says the images are ready.
             js=NOTIFY_WHEN_HIDDEN,
+            postprocess=False,  # the history strip comes as shown (gallery.py)
         )
         # The status line shows the error of a failed run, in place of the last success.
         making.failure(
@@ -274,11 +275,12 @@ def build_page(
             [past_runs, history_box, picked, parameters, actions, download_all],
             api_visibility="private",
             show_progress="hidden",
+            postprocess=False,
         )
         # The login's history is kept on the server: a reload of the tab shows it again.
         page.load(
             handlers.history, None, [past_runs, history_box],
-            api_visibility="private", show_progress="hidden",
+            api_visibility="private", show_progress="hidden", postprocess=False,
         )
         page.load(describe_backend, None, backend_line, api_visibility="private")
         page.unload(handlers.forget_tab)
