@@ -6,9 +6,11 @@ MinIO and jobs; only the browser is left out (tests/test_browser.py).
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote
@@ -491,3 +493,51 @@ def test_clicks_do_not_grow_gradio_s_event_analytics(
     queue = web.blocks._queue
     assert tables == [], "the summary was built"
     assert len(queue.event_analytics) <= 1
+
+
+def test_a_waiting_tab_hears_its_place_once_a_second_not_once_per_start(
+    cluster: ClusterDouble,
+) -> None:
+    # Gradio's default tells every waiting tab its place each time any run starts:
+    # a line of n costs n messages per start. The app sends them once a second.
+    settings = cluster_settings(cluster.oscar_endpoint, concurrency=1)
+    with running_app(settings) as app, browser_session(app, *ADMIN) as http:
+        generate_id = next(d["id"] for d in http.get("/config").json()["dependencies"]
+                           if d.get("api_name") == "generate")
+
+        def join(tab: str) -> None:
+            http.post("/gradio_api/queue/join", json={
+                "data": [f"{PROMPT} {tab}", "", None, True, None, None, "512x512", 1],
+                "fn_index": generate_id, "trigger_id": None, "session_hash": tab,
+            }).raise_for_status()
+
+        heard: list[tuple[float, dict]] = []
+
+        def listen(tab: str) -> None:
+            with http.stream("GET", "/gradio_api/queue/data", params={"session_hash": tab},
+                             timeout=httpx.Timeout(60)) as stream:
+                for line in stream.iter_lines():
+                    if line.startswith("data:"):
+                        message = json.loads(line.removeprefix("data:"))
+                        heard.append((time.monotonic(), message))
+                        if message.get("msg") in ("process_starts", "close_stream"):
+                            return
+
+        cluster.hold_jobs()
+        join("first")  # runs, and its job is held on the cluster
+        wait_until(lambda: len(cluster.jobs(SERVICE)) == 1, what="the first job")
+        for tab in range(6):
+            join(f"waiting{tab}")
+        join("last")  # seventh in line: six runs start before it
+        listener = threading.Thread(target=listen, args=("last",))
+        listener.start()
+        wait_until(lambda: any(m.get("msg") == "estimation" for _, m in heard),
+                   what="the last tab's place in line")
+        assert heard[0][1]["rank"] == 6
+        released = time.monotonic()
+        cluster.release_jobs()
+        listener.join(timeout=60)
+        started = next(at for at, m in heard if m.get("msg") == "process_starts")
+        during = [m for at, m in heard if released <= at and m.get("msg") == "estimation"]
+        # One a second while the line moves (and one more at the edge), not one per start.
+        assert len(during) <= 2 + int(started - released), during

@@ -142,8 +142,10 @@ class WebApp:
         settings = self.settings
         remember_missing_matplotlib()
         skip_gradio_event_analytics()
-        # Many users wait at once: never Gradio's default of one at a time.
-        self.blocks.queue(default_concurrency_limit=settings.concurrency)
+        # Many users wait at once: never Gradio's default of one at a time. Waiting
+        # tabs hear their place in line once a second: Gradio's "auto" tells every
+        # waiting tab each time any run starts, n messages per start for a line of n.
+        self.blocks.queue(default_concurrency_limit=settings.concurrency, status_update_rate=1)
         _, self.url, _ = self.blocks.launch(
             server_name=server_name or settings.host,
             server_port=server_port or settings.port,
