@@ -6,6 +6,7 @@ Synchronisation is always on the thing awaited (a record on the stream, a job's
 
 from __future__ import annotations
 
+import http.client
 import io
 import json
 import queue
@@ -193,6 +194,30 @@ def test_starts_fast_and_stops_cleanly() -> None:
         assert requests.get(f"{double.oscar_endpoint}/health", timeout=5).status_code == 200
     with pytest.raises(requests.ConnectionError):
         requests.get(f"{double.oscar_endpoint}/health", timeout=5)
+
+
+@pytest.mark.parametrize("server", ["minio", "oscar"])
+def test_a_connection_serves_request_after_request(cluster: ClusterDouble, server: str) -> None:
+    # MinIO and OSCAR are Go net/http servers: they keep connections alive, so a
+    # client's pool reuses one connection (werkzeug's own server closes each).
+    endpoint = cluster.minio_endpoint if server == "minio" else cluster.oscar_endpoint
+    connection = http.client.HTTPConnection(urllib.parse.urlsplit(endpoint).netloc, timeout=10)
+    try:
+        # A body the server answers without reading (the request is refused): the
+        # rest of it must not be taken for the next request.
+        connection.request("PUT", "/refused/key", body=b"x" * 200_000)
+        first = connection.getresponse()
+        first.read()
+        assert first.getheader("Connection") != "close"
+        socket_used = connection.sock
+        for _ in range(3):
+            connection.request("GET", "/health" if server == "oscar" else "/refused")
+            answer = connection.getresponse()
+            answer.read()
+            assert answer.status in (200, 403, 404), answer.status
+            assert connection.sock is socket_used, "the server closed the connection"
+    finally:
+        connection.close()
 
 
 def test_stop_closes_open_streams() -> None:

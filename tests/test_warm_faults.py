@@ -10,15 +10,18 @@ import json
 import logging
 import signal
 import subprocess
+import urllib.parse
 from collections.abc import Iterator
 
 import anyio
 import anyio.to_thread
 import pytest
+from minio import Minio
 
 from oscar_sd import GenerationRequest, GenerationResult, OscarSD
 from oscar_sd._connect import Connecting
 from tests.double import ClusterDouble
+from tests.helpers import until
 from tests.warm_fixtures import (
     WARM,
     LogWatch,
@@ -164,3 +167,28 @@ def test_a_stop_between_claim_and_generation_releases_the_claim(double: ClusterD
         assert log.wait_for("out/c0ffee.zip", 60)
     assert other.worker.stats.generated == {"c0ffee": 1}
     assert log.results() == {"out/c0ffee.zip": 1}
+
+
+async def test_a_request_finished_meanwhile_is_not_run_again(double: ClusterDouble) -> None:
+    """Between reading a request and claiming it, another replica ran it and its
+    client tidied up (the input first, then result and marker, in one request).
+    The claim finds no marker, so it is won; the input is gone, so the replica
+    gives the claim back and does not run the request a second time."""
+    double.put_object(WARM, "in/c0ffee.json", json.dumps(slow_request(0).to_payload()).encode())
+    late = ThreadReplica(warm_settings(double, "replica-a"))
+    claim = late.worker.store.claim
+    storage = Minio(urllib.parse.urlsplit(double.minio_endpoint).netloc,
+                    double.minio_access_key, double.minio_secret_key, secure=False)
+
+    def finished_elsewhere_then_claim(job: str, replica: str, ttl: float) -> bool:
+        storage.remove_object(WARM, "in/c0ffee.json")  # the client's tidy, input first
+        return claim(job, replica, ttl)
+
+    late.worker.store.claim = finished_elsewhere_then_claim  # type: ignore[method-assign]
+    stats = late.worker.stats
+    with late:
+        await until(lambda: stats.claims_lost == 1 or bool(stats.generated), 60,
+                    "the claim given back, or the request run")
+    assert not stats.generated, "a finished request ran again"
+    assert stats.claims_won == 0 and stats.claims_lost == 1
+    assert double.list_keys(WARM, "out/") == []  # its claim given back, nothing written

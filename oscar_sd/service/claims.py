@@ -112,6 +112,16 @@ class WarmStore:
             response.close()
             response.release_conn()
 
+    def input_exists(self, key: str) -> bool:
+        """Whether input ``key`` is still there (its request not finished nor taken back)."""
+        try:
+            self._client.stat_object(self.input_path.bucket, key)
+        except S3Error as exc:
+            if exc.code in ("NoSuchKey", "NoSuchObject"):
+                return False
+            raise
+        return True
+
     def look(self, limit: int) -> Listing:
         """Inputs (at most ``limit``), finished jobs and claim ages: two listings."""
         inputs: dict[str, str] = {}

@@ -276,6 +276,8 @@ class WarmWorker:
             logger.warning("Could not claim %s (%s); will try again", candidate.job,
                            type(exc).__name__)
             return False
+        if won and not self._still_wanted(candidate):
+            won = False
         if not won:
             self.stats.claims_lost += 1
             with self._cond:
@@ -286,6 +288,27 @@ class WarmWorker:
         with self._cond:
             self._queue.pop(candidate.job, None)
         return True
+
+    def _still_wanted(self, candidate: Candidate) -> bool:
+        """After a claim: is the request's input still there?
+
+        The input was read before the claim; meanwhile another replica may have
+        run the request and its client tidied up. The client deletes the input
+        before the started marker (one request, in that order), so a claim that
+        found no marker and no input is a finished request's: it is given back.
+        """
+        try:
+            if self.store.input_exists(candidate.key):
+                return True
+        except Exception as exc:  # storage hiccup: run it; a result for nobody is deleted
+            logger.warning("Could not check %s (%s)", candidate.job, type(exc).__name__)
+            return True
+        try:
+            self.store.release(candidate.job)
+        except Exception as exc:  # it expires after claim_ttl instead
+            logger.warning("Could not release %s (%s)", candidate.job, type(exc).__name__)
+        logger.info("Request %s was finished meanwhile; gave its claim back", candidate.job)
+        return False
 
     def _release_unstarted(self) -> None:
         for job in sorted(self._claimed_not_run):

@@ -1,27 +1,116 @@
 """Serve a WSGI app on 127.0.0.1 in a daemon thread, one thread per connection.
 
-werkzeug's threaded dev server does the HTTP (chunked responses included);
-this adds a quiet handler and a stop that also ends open connections, so no
-listen stream outlives its double.
+werkzeug's threaded dev server parses the requests; the handler here answers
+them on kept-alive connections, as MinIO and OSCAR (both Go ``net/http``
+servers) do, where werkzeug's own closes the connection after every answer
+and so would have the client connect anew for every request. A stop also ends
+open connections, so no listen stream outlives its double.
 """
 
 from __future__ import annotations
 
 import socket
 import threading
+import traceback
+from collections.abc import Callable
 from typing import Any
 
 from moto.moto_server.werkzeug_app import MotoRequestHandler
 from werkzeug.serving import ThreadedWSGIServer, make_server
+from werkzeug.wsgi import LimitedStream
 
 
-class _QuietHandler(MotoRequestHandler):
-    # HTTP/1.1 is what makes werkzeug stream a body without Content-Length as chunks.
+class _KeepAliveHandler(MotoRequestHandler):
+    """Answers on a kept-alive HTTP/1.1 connection; a body without a length goes as chunks."""
+
     protocol_version = "HTTP/1.1"
 
     def log(self, type: str, message: str, *args: Any) -> None:
         if type != "info":  # tests would drown in access logs; errors still show
             super().log(type, message, *args)
+
+    def run_wsgi(self) -> None:
+        if self.headers.get("Expect", "").lower().strip() == "100-continue":
+            self.wfile.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        environ = self.environ = self.make_environ()
+        body: LimitedStream | None = None
+        if environ.get("wsgi.input_terminated"):
+            self.close_connection = True  # a chunked upload: its end is the app's to find
+        else:  # what the app leaves unread is read below, before the next request
+            body = LimitedStream(self.rfile, int(environ.get("CONTENT_LENGTH") or 0))
+            environ["wsgi.input"] = body
+        answer = _Answer(self)
+        try:
+            chunks = self.server.app(environ, answer.start)
+            try:
+                for chunk in chunks:
+                    answer.write(chunk)
+                answer.end()
+            finally:
+                if hasattr(chunks, "close"):
+                    chunks.close()
+        except (ConnectionError, TimeoutError):
+            self.close_connection = True  # the client went away (a listen stream ended)
+            return
+        except Exception:
+            self.close_connection = True
+            self.log_error("%s", traceback.format_exc())
+            if not answer.started:
+                answer.fail()
+            return
+        if body is not None:
+            body.exhaust()
+
+
+class _Answer:
+    """One response on the handler's connection: status, headers, then the body."""
+
+    def __init__(self, handler: _KeepAliveHandler) -> None:
+        self.handler = handler
+        self.status = ""
+        self.headers: list[tuple[str, str]] = []
+        self.started = False
+        self.chunked = False
+
+    def start(self, status: str, headers: list[tuple[str, str]],
+              exc_info: Any = None) -> Callable[[bytes], None]:
+        if exc_info is not None and self.started:
+            raise exc_info[1].with_traceback(exc_info[2])
+        self.status, self.headers = status, headers
+        return self.write
+
+    def write(self, data: bytes) -> None:
+        out = self.handler.wfile
+        if not self.started:
+            self._send_head()
+        if data:
+            out.write(b"%x\r\n%b\r\n" % (len(data), data) if self.chunked else data)
+        out.flush()
+
+    def end(self) -> None:
+        if not self.started:
+            self._send_head()
+        if self.chunked:
+            self.handler.wfile.write(b"0\r\n\r\n")
+        self.handler.wfile.flush()
+
+    def fail(self) -> None:
+        self.status, self.headers = "500 INTERNAL SERVER ERROR", [("Content-Length", "0")]
+        self.end()
+
+    def _send_head(self) -> None:
+        handler = self.handler
+        code, _, reason = self.status.partition(" ")
+        handler.send_response(int(code), reason)
+        for name, value in self.headers:
+            handler.send_header(name, value)
+        names = {name.lower() for name, _ in self.headers}
+        bodiless = handler.command == "HEAD" or int(code) in (204, 304) or int(code) < 200
+        if "content-length" not in names and not bodiless:
+            self.chunked = True
+            handler.send_header("Transfer-Encoding", "chunked")
+        handler.end_headers()
+        self.started = True
 
 
 class LoopbackServer:
@@ -29,7 +118,7 @@ class LoopbackServer:
 
     def __init__(self, app: Any, name: str) -> None:
         self._server: ThreadedWSGIServer = make_server(
-            "127.0.0.1", 0, app, threaded=True, request_handler=_QuietHandler)
+            "127.0.0.1", 0, app, threaded=True, request_handler=_KeepAliveHandler)
         self._server.daemon_threads = True
         self._connections: set[socket.socket] = set()
         self._lock = threading.Lock()
