@@ -18,7 +18,8 @@ Two kinds of client click, one after the other, each against a fresh app:
 - ``gradio_client``: ``Client.predict`` in a thread per user. It opens a new
   connection for every request and a thread per event stream, and its CPU
   per click is about the app's own: on two shared cores that is time taken
-  from the app, so it is the baseline, not the measure.
+  from the app, so it is the baseline, not the measure. It runs no follow-up
+  event, so the app does less per click for it.
 
 The app runs as ``manifests/deploy_gradio.yaml`` ships it (its
 ``OSCAR_SD_CONCURRENCY``: that many runs at once, the rest wait in Gradio's
