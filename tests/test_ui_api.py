@@ -6,11 +6,8 @@ MinIO and jobs; only the browser is left out (tests/test_browser.py).
 
 from __future__ import annotations
 
-import json
 import logging
-import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote
@@ -444,100 +441,3 @@ def test_values_of_the_wrong_type_are_named(web: WebApp, tmp_path: Path) -> None
         generate(api, 42)  # type: ignore[arg-type]
     images, _, _ = generate(api, PROMPT, num_images=2.0)  # a whole number, as the slider sends
     assert len(images) == 2
-
-
-def test_a_missing_matplotlib_is_looked_for_once(monkeypatch: pytest.MonkeyPatch) -> None:
-    # Gradio tries `import matplotlib` around every event; a failed import is not
-    # remembered by Python, so each try would search sys.path again.
-    import importlib.util
-
-    from oscar_sd.ui.app import remember_missing_matplotlib
-
-    if importlib.util.find_spec("matplotlib") is not None:
-        pytest.skip("matplotlib is installed here")
-    monkeypatch.setitem(sys.modules, "matplotlib", None)  # put back as it was, afterwards
-    monkeypatch.delitem(sys.modules, "matplotlib")
-    searched: list[str] = []
-    real_find_spec = importlib.util.find_spec
-
-    def find_spec(name: str, *args: object) -> object:
-        searched.append(name)
-        return real_find_spec(name, *args)
-
-    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
-    remember_missing_matplotlib()
-    assert searched == ["matplotlib"]
-    assert sys.modules["matplotlib"] is None
-    with pytest.raises(ImportError):
-        import matplotlib  # noqa: F401
-    remember_missing_matplotlib()  # already known: no second search
-    assert searched == ["matplotlib"]
-
-
-def test_clicks_do_not_grow_gradio_s_event_analytics(
-    web: WebApp, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # Gradio's queue would keep 10,000 events and sum them all up in a pandas table
-    # after every event, for a monitoring page the app turns off.
-    from gradio.queueing import Queue
-
-    tables: list[int] = []
-    real_get_df = Queue._get_df
-    monkeypatch.setattr(
-        Queue, "_get_df", staticmethod(lambda records: tables.append(len(records)) or
-                                       real_get_df(records)))
-    api = client(web, tmp_path, auth=ADMIN)
-    for index in range(3):
-        images, _, _ = generate(api, f"{PROMPT} {index}", num_images=1)
-        assert len(images) == 1
-    queue = web.blocks._queue
-    assert tables == [], "the summary was built"
-    assert len(queue.event_analytics) <= 1
-
-
-def test_a_waiting_tab_hears_its_place_once_a_second_not_once_per_start(
-    cluster: ClusterDouble,
-) -> None:
-    # Gradio's default tells every waiting tab its place each time any run starts:
-    # a line of n costs n messages per start. The app sends them once a second.
-    settings = cluster_settings(cluster.oscar_endpoint, concurrency=1)
-    with running_app(settings) as app, browser_session(app, *ADMIN) as http:
-        generate_id = next(d["id"] for d in http.get("/config").json()["dependencies"]
-                           if d.get("api_name") == "generate")
-
-        def join(tab: str) -> None:
-            http.post("/gradio_api/queue/join", json={
-                "data": [f"{PROMPT} {tab}", "", None, True, None, None, "512x512", 1],
-                "fn_index": generate_id, "trigger_id": None, "session_hash": tab,
-            }).raise_for_status()
-
-        heard: list[tuple[float, dict]] = []
-
-        def listen(tab: str) -> None:
-            with http.stream("GET", "/gradio_api/queue/data", params={"session_hash": tab},
-                             timeout=httpx.Timeout(60)) as stream:
-                for line in stream.iter_lines():
-                    if line.startswith("data:"):
-                        message = json.loads(line.removeprefix("data:"))
-                        heard.append((time.monotonic(), message))
-                        if message.get("msg") in ("process_starts", "close_stream"):
-                            return
-
-        cluster.hold_jobs()
-        join("first")  # runs, and its job is held on the cluster
-        wait_until(lambda: len(cluster.jobs(SERVICE)) == 1, what="the first job")
-        for tab in range(6):
-            join(f"waiting{tab}")
-        join("last")  # seventh in line: six runs start before it
-        listener = threading.Thread(target=listen, args=("last",))
-        listener.start()
-        wait_until(lambda: any(m.get("msg") == "estimation" for _, m in heard),
-                   what="the last tab's place in line")
-        assert heard[0][1]["rank"] == 6
-        released = time.monotonic()
-        cluster.release_jobs()
-        listener.join(timeout=60)
-        started = next(at for at, m in heard if m.get("msg") == "process_starts")
-        during = [m for at, m in heard if released <= at and m.get("msg") == "estimation"]
-        # One a second while the line moves (and one more at the edge), not one per start.
-        assert len(during) <= 2 + int(started - released), during
