@@ -84,7 +84,7 @@ def save_screenshot(page: Page) -> None:
 
 
 def make_six_images(page: Page, prompt: str) -> None:
-    page.get_by_label("Prompt").fill(prompt)
+    page.get_by_label("Prompt", exact=True).fill(prompt)
     page.get_by_role("button", name="From Text to Image").click()
     images = page.locator("#results img")
     expect(images).to_have_count(6, timeout=30_000)
@@ -112,7 +112,7 @@ def test_enter_submits_and_history_restores_parameters(
 ) -> None:
     with running_app(cluster_settings(cluster.oscar_endpoint)) as app:
         with signed_in_page(browser, app, (1100, 900)) as page:
-            prompt = page.get_by_label("Prompt")
+            prompt = page.get_by_label("Prompt", exact=True)
             prompt.fill("a blue whale")
             prompt.press("Enter")
             expect(page.locator("#results img")).to_have_count(6, timeout=30_000)

@@ -140,7 +140,7 @@ def test_a_refused_renewal_says_sign_in_again(
         assert session.token is not None
         oidc_provider.revoke("eve@egi.eu")  # e.g. signed out everywhere at EGI
         session.token.expires_at = time.time()  # due for renewal now
-        page.get_by_label("Prompt").fill("after the revocation")
+        page.get_by_label("Prompt", exact=True).fill("after the revocation")
         page.get_by_role("button", name="From Text to Image").click()
         expect(page.get_by_text("Your sign-in has expired, sign in again").first).to_be_visible(
             timeout=20_000)
