@@ -100,27 +100,12 @@ class WarmStore:
 
     def read_input(self, key: str) -> bytes | None:
         """The input object's bytes; None once it is gone (its request was taken back)."""
-        try:
-            response = self._client.get_object(self.input_path.bucket, key)
-        except S3Error as exc:
-            if exc.code == "NoSuchKey":
-                return None
-            raise
-        try:
-            return response.read(1_000_001)[:1_000_000]  # a request is a few hundred bytes
-        finally:
-            response.close()
-            response.release_conn()
+        found = self._get(self.input_path.bucket, key, 1_000_001)
+        return None if found is None else found[1][:1_000_000]  # a request is a few hundred bytes
 
     def input_exists(self, key: str) -> bool:
         """Whether input ``key`` is still there (its request not finished nor taken back)."""
-        try:
-            self._client.stat_object(self.input_path.bucket, key)
-        except S3Error as exc:
-            if exc.code in ("NoSuchKey", "NoSuchObject"):
-                return False
-            raise
-        return True
+        return self._exists(self.input_path.bucket, key)
 
     def look(self, limit: int) -> Listing:
         """Inputs (at most ``limit``), finished jobs and claim ages: two listings."""
@@ -185,35 +170,45 @@ class WarmStore:
                                    self.output_path.key(job + STARTED_SUFFIX))
 
     def has_result(self, job: str) -> bool:
-        for suffix in RESULT_SUFFIXES:
-            try:
-                self._client.stat_object(self.output_path.bucket,
-                                         self.output_path.key(job + suffix))
-                return True
-            except S3Error as exc:
-                if exc.code not in ("NoSuchKey", "NoSuchObject"):
-                    raise
-        return False
+        return any(self._exists(self.output_path.bucket, self.output_path.key(job + suffix))
+                   for suffix in RESULT_SUFFIXES)
 
     def _read_claim(self, key: str) -> tuple[str, float] | None:
         """(ETag, expires_at) of the claim at ``key``; expires_at 0 when unreadable."""
-        try:
-            response = self._client.get_object(self.output_path.bucket, key)
-        except S3Error as exc:
-            if exc.code == "NoSuchKey":
-                return None
-            raise
-        try:
-            etag = response.headers.get("ETag", "")
-            data = response.read(65536)
-        finally:
-            response.close()
-            response.release_conn()
+        found = self._get(self.output_path.bucket, key, 65536)
+        if found is None:
+            return None
+        etag, data = found
         try:
             expires_at = float(json.loads(data).get("expires_at_epoch", 0))
         except (ValueError, AttributeError):
             expires_at = 0.0  # not a claim we can read: treat it as expired
         return etag, expires_at
+
+    # -- objects --------------------------------------------------------------------
+
+    def _exists(self, bucket: str, key: str) -> bool:
+        try:
+            self._client.stat_object(bucket, key)
+        except S3Error as exc:
+            if exc.code in ("NoSuchKey", "NoSuchObject"):
+                return False
+            raise
+        return True
+
+    def _get(self, bucket: str, key: str, limit: int) -> tuple[str, bytes] | None:
+        """(ETag, at most ``limit`` bytes) of an object; None when it is not there."""
+        try:
+            response = self._client.get_object(bucket, key)
+        except S3Error as exc:
+            if exc.code == "NoSuchKey":
+                return None
+            raise
+        try:
+            return response.headers.get("ETag", ""), response.read(limit)
+        finally:
+            response.close()
+            response.release_conn()
 
     # -- results --------------------------------------------------------------------
 
