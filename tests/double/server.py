@@ -1,9 +1,12 @@
 """Serve a WSGI app on 127.0.0.1 in a daemon thread, one thread per connection.
 
 werkzeug's threaded dev server parses the requests; the handler here answers
-them on kept-alive connections, as MinIO and OSCAR (both Go ``net/http``
-servers) do, where werkzeug's own closes the connection after every answer
-and so would have the client connect anew for every request. A stop also ends
+them on kept-alive connections, where werkzeug's own closes the connection
+after every answer and so would have the client connect anew for every
+request. MinIO keeps connections open: minio/minio ``internal/http/server.go``
+embeds Go's ``http.Server`` (keep-alives on by default), closes idle ones
+after 30 s and sends ``Connection: close`` only while it shuts down. OSCAR
+serves its API with gin on the same ``net/http`` server. A stop also ends
 open connections, so no listen stream outlives its double.
 """
 
