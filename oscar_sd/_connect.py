@@ -40,6 +40,8 @@ class Connection:
     results_dir: Path
     #: Strings never repeated from a job's log: the job pods hold these keys.
     hidden: tuple[str, ...]
+    #: The OIDC user's uid (their MinIO access key); None with basic auth.
+    uid: str | None = None
 
 
 async def open_connection(
@@ -113,6 +115,7 @@ async def open_connection(
         limits=limits,
         results_dir=results,
         hidden=(str(provider["access_key"]), str(provider.get("secret_key") or "")),
+        uid=uid,
     )
 
 

@@ -56,6 +56,7 @@ from ._storage import MinioStorage, StoragePath, storage_error
 from ._tokens import OidcToken
 from ._unpack import unpack_result
 from ._waiting import Outage, until_landed, until_ready
+from .history import History, HistoryBudget, cluster_history
 
 logger = logging.getLogger("oscar_sd.oscar")
 
@@ -96,7 +97,10 @@ class OscarSD:
         limits: StorageLimits | None = None,
         job_check_interval: float | None = 15.0,
         hidden: tuple[str, ...] = (),
+        uid: str | None = None,
     ) -> None:
+        #: Who this client is on the cluster: the OIDC uid, None for the basic-auth account.
+        self.uid = uid
         self.outage_timeout = outage_timeout
         #: The library's own worker threads for storage (never anyio's process-wide default).
         self.limits = limits or StorageLimits.create()
@@ -236,6 +240,7 @@ class OscarSD:
                 limits=opened.limits,
                 job_check_interval=job_check_interval,
                 hidden=opened.hidden,
+                uid=opened.uid,
             )
 
         return Connecting(open_client())
@@ -453,6 +458,11 @@ class OscarSD:
                     failed = keys
             if failed:
                 self._hub.delete_later(bucket, failed)
+
+    async def history(self, budget: HistoryBudget | None = None) -> History:
+        """This identity's history on the cluster (its own private bucket, made on first
+        use): see :mod:`oscar_sd.history`. With basic auth, the one account's."""
+        return await cluster_history(self._cluster, self._storage, self.uid, budget)
 
     async def list_jobs(self) -> dict[str, dict[str, Any]]:
         """The service's jobs and their states, as OSCAR reports them (every page)."""

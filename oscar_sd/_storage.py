@@ -108,6 +108,10 @@ class MinioStorage:
     def check_bucket(self, bucket: str) -> bool:
         return self._client.bucket_exists(bucket)
 
+    def make_bucket(self, bucket: str) -> None:
+        """Create ``bucket`` (the root keys may; a user's keys may not, see history/_minio.py)."""
+        self._client.make_bucket(bucket)
+
     def put(self, bucket: str, key: str, data: bytes, content_type: str) -> None:
         self._client.put_object(bucket, key, io.BytesIO(data), len(data), content_type=content_type)
 

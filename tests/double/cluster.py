@@ -47,6 +47,8 @@ class ClusterDouble:
         self.storage.bucket_access = self._may_use_bucket
         # OSCAR makes each OIDC user a MinIO user on their first request: access key = uid.
         self.user_minio_keys: dict[str, tuple[str, str]] = {}
+        # Buckets made through POST /system/buckets by an OIDC user: bucket -> owner uid.
+        self.bucket_owners: dict[str, str] = {}
         self.storage.hub.keepalive_interval = keepalive_interval
         self.runner = JobRunner(self.storage)
         self._s3_server = LoopbackServer(self.storage, "minio")
@@ -110,10 +112,13 @@ class ClusterDouble:
 
     def _may_use_bucket(self, access_key: str, bucket: str) -> bool:
         """The admin key reaches every bucket; a user's key the buckets of the
-        services open to them, and their own private buckets (MinIO policies
-        OSCAR writes in pkg/handlers/create.go)."""
+        services open to them, their own private buckets (MinIO policies
+        OSCAR writes in pkg/handlers/create.go), and the buckets they made
+        through /system/buckets (pkg/handlers/buckets/create_bucket.go)."""
         if access_key == self.minio_access_key:
             return True
+        if bucket in self.bucket_owners:  # a user's own bucket: theirs alone
+            return self.bucket_owners[bucket] == access_key
         for service in list(self.runner.services.values()):
             definition = service.definition
             allowed = definition.get("allowed_users") or []

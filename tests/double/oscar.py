@@ -218,6 +218,25 @@ def create_app(double: ClusterDouble) -> Flask:
         double.restart_minio()
         return Response(status=204)
 
+    @app.post("/system/buckets")
+    def create_bucket() -> Response:
+        """grycap/oscar pkg/handlers/buckets/create_bucket.go (v3.6.0 on): the bucket is
+        made with the admin's client; for a bearer user, private or restricted, the
+        owner's MinIO policy gets s3:* on it (pkg/utils/minio.go SetPolicies). An
+        existing bucket is a 400 ("the bucket ... already exists", createBucket)."""
+        bucket = request.get_json(force=True, silent=True)
+        if not isinstance(bucket, dict) or not isinstance(bucket.get("bucket_name"), str):
+            return _text("The Bucket specification is not valid", 400)
+        name = bucket["bucket_name"].strip(" /").split("/", 1)[0]
+        if name in double.storage.backend.buckets:
+            return _text(f"Error creating bucket with name '{name}': the bucket "
+                         f'"{name}" already exists\n', 400)
+        double.storage.make_bucket(name)
+        uid = oidc_user()
+        if uid is not None and (bucket.get("visibility") or "private") != "public":
+            double.bucket_owners[name] = uid
+        return Response(status=201)
+
     @app.get("/system/logs/<service>")
     def list_jobs(service: str) -> Response:
         if service not in double.runner.services:

@@ -1,0 +1,165 @@
+"""An identity's history: its finished runs, kept where only that identity can read them.
+
+>>> history = History(DiskObjects(Path("~/.local/share/oscar-sd/history")))  # doctest: +SKIP
+>>> record, dropped = await history.add(result)    # the PNGs and their record  # doctest: +SKIP
+>>> [r.prompt for r in await history.runs()]       # newest first              # doctest: +SKIP
+>>> paths = await history.fetch(record, cache)     # the PNGs, as files        # doctest: +SKIP
+>>> await history.delete(record.run_id)                                         # doctest: +SKIP
+
+Each run is ``runs/<run id>/1.png … N.png`` and ``runs/<run id>/run.json``,
+the record written last (a run without it is unfinished and not listed).
+The storage behind it is an :class:`Objects` (a folder, or the identity's
+bucket on the cluster); every storage call runs in a worker thread of the
+history's own, a few at once, so listing 100 runs is not 100 round trips
+in a row. Records never change once written, so each is read once per
+history object; the listing itself is read again each time, so another
+browser's or another replica's runs show up.
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.to_thread
+
+from .._models import GenerationResult
+from ._budget import HistoryBudget
+from ._objects import Objects
+from ._record import RECORD, RUNS, RunRecord, is_run_id, new_run_id, run_prefix
+
+log = logging.getLogger("oscar_sd.history")
+
+#: Storage calls one history makes at once.
+HISTORY_THREADS = 8
+
+
+class History:
+    """The runs of one identity, in ``objects``, held to ``budget`` (oldest go first)."""
+
+    def __init__(
+        self, objects: Objects, budget: HistoryBudget | None = None, *,
+        threads: int = HISTORY_THREADS, shared: bool = False,
+    ) -> None:
+        self.objects = objects
+        self.budget = budget or HistoryBudget()
+        #: True when several people may share it (OSCAR's one basic-auth account).
+        self.shared = shared
+        self._limiter = anyio.CapacityLimiter(threads)
+        self._records: dict[str, RunRecord] = {}
+
+    @property
+    def description(self) -> str:
+        return self.objects.description
+
+    async def _call(self, function: Any, *args: Any) -> Any:
+        return await anyio.to_thread.run_sync(partial(function, *args), limiter=self._limiter)
+
+    async def runs(self) -> list[RunRecord]:
+        """Every finished run, newest first."""
+        keys = await self._call(self.objects.list, RUNS)
+        ids = sorted(
+            {key[len(RUNS):-len(RECORD) - 1] for key in keys if key.endswith("/" + RECORD)},
+            reverse=True,
+        )
+        missing = [run_id for run_id in ids if run_id not in self._records and is_run_id(run_id)]
+        if missing:
+            async with anyio.create_task_group() as tasks:
+                for run_id in missing:
+                    tasks.start_soon(self._load, run_id)
+        gone = set(self._records) - set(ids)
+        for run_id in gone:  # deleted elsewhere (another browser, another replica)
+            del self._records[run_id]
+        return [self._records[run_id] for run_id in ids if run_id in self._records]
+
+    async def _load(self, run_id: str) -> None:
+        record = await self.record(run_id)
+        if record is not None:
+            self._records[run_id] = record
+
+    async def record(self, run_id: str) -> RunRecord | None:
+        """The record of ``run_id``, or None when there is no such finished run."""
+        if not is_run_id(run_id):
+            return None
+        if run_id in self._records:
+            return self._records[run_id]
+        try:
+            data = await self._call(self.objects.get, run_prefix(run_id) + RECORD)
+            return RunRecord.from_json(data)
+        except KeyError:
+            return None
+        except (ValueError, TypeError):
+            log.warning("history: run %s has an unreadable record; skipped", run_id)
+            return None
+
+    async def add(self, result: GenerationResult) -> tuple[RunRecord, list[str]]:
+        """Keep ``result``'s images; returns its record and the ids of the older runs
+        that left to keep the budget."""
+        run_id = new_run_id()
+        images = await anyio.to_thread.run_sync(_read_all, result.images)
+        prefix = run_prefix(run_id)
+        async with anyio.create_task_group() as tasks:
+            for name, data in images:
+                tasks.start_soon(self._call, self.objects.put, prefix + name, data)
+        record = RunRecord.of(result, run_id, sum(len(data) for _, data in images))
+        await self._call(self.objects.put, prefix + RECORD, record.to_json())
+        self._records[run_id] = record
+        oldest_first = list(reversed(await self.runs()))
+        dropped = self.budget.over([(r.run_id, r.size) for r in oldest_first])
+        for old in dropped:
+            await self.delete(old)
+        if dropped:
+            log.info("history budget: %d older run(s) deleted", len(dropped))
+        return record, dropped
+
+    async def image(self, record: RunRecord, name: str) -> bytes:
+        """One image of a run, as stored (the PNG with its parameters)."""
+        if name not in record.images:
+            raise KeyError(name)
+        return await self._call(self.objects.get, record.key(name))
+
+    async def fetch(
+        self, record: RunRecord, folder: Path, names: tuple[str, ...] = ()
+    ) -> list[Path]:
+        """The run's images (or just ``names``) as files in ``folder`` (kept if there)."""
+        wanted = names or record.images
+        paths = [folder / name for name in wanted]
+        await anyio.to_thread.run_sync(partial(folder.mkdir, parents=True, exist_ok=True))
+
+        async def one(name: str, path: Path) -> None:
+            if not await anyio.to_thread.run_sync(path.is_file):
+                data = await self.image(record, name)
+                await anyio.to_thread.run_sync(_write, path, data)
+
+        async with anyio.create_task_group() as tasks:
+            for name, path in zip(wanted, paths, strict=True):
+                tasks.start_soon(one, name, path)
+        return paths
+
+    async def delete(self, run_id: str) -> None:
+        """Delete a run from the storage (all of its files)."""
+        if not is_run_id(run_id):
+            return
+        self._records.pop(run_id, None)
+        prefix = run_prefix(run_id)
+        keys = await self._call(self.objects.list, prefix)
+        # The record first: a run half deleted is no longer listed.
+        record = [key for key in keys if key.endswith("/" + RECORD)]
+        if record:
+            await self._call(self.objects.remove, record)
+        rest = [key for key in keys if key not in record]
+        if rest:
+            await self._call(self.objects.remove, rest)
+
+
+def _read_all(paths: list[Path]) -> list[tuple[str, bytes]]:
+    return [(path.name, path.read_bytes()) for path in paths]
+
+
+def _write(path: Path, data: bytes) -> None:
+    partial_path = path.with_name(path.name + ".partial")
+    partial_path.write_bytes(data)
+    partial_path.replace(path)

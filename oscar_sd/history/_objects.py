@@ -1,0 +1,30 @@
+"""The seam under a history: a flat namespace of keyed objects, blocking calls.
+
+Two kinds sit behind it: a folder on this computer (``_disk.py``, local mode)
+and a bucket of the signed-in identity on the cluster's MinIO
+(``_minio.py``). :class:`~oscar_sd.history.History` runs every call in a
+worker thread.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+
+class Objects(Protocol):
+    """Where one identity's history lives. Every method blocks."""
+
+    #: Says where, for the page and the log (never a key or a secret).
+    description: str
+
+    def put(self, key: str, data: bytes) -> None: ...
+
+    def get(self, key: str) -> bytes:
+        """The object's bytes; :class:`KeyError` when there is none."""
+        ...
+
+    def list(self, prefix: str) -> list[str]:
+        """Every key under ``prefix``."""
+        ...
+
+    def remove(self, keys: list[str]) -> None: ...

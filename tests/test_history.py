@@ -1,0 +1,128 @@
+"""The history library: runs kept per identity, on disk (local) or in their own bucket.
+
+On the cluster double: an OIDC user's history bucket is made through OSCAR's
+buckets API and only that user's keys reach it; the basic-auth account's
+history is one bucket shared by all its logins; the budget drops the oldest.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from minio import Minio
+from minio.error import S3Error
+
+from oscar_sd import GenerationRequest, GenerationResult, OscarSD
+from oscar_sd.history import DiskObjects, History, HistoryBudget, history_bucket
+from tests.conftest import ADMIN, SERVICE
+from tests.double import ClusterDouble
+
+pytestmark = pytest.mark.anyio
+
+
+def fake_result(tmp_path: Path, prompt: str, *, images: int = 2, size: int = 100,
+                seed: int = 7) -> GenerationResult:
+    folder = tmp_path / f"result-{prompt.replace(' ', '-')}"
+    folder.mkdir()
+    paths = []
+    for index in range(1, images + 1):
+        path = folder / f"{index}.png"
+        path.write_bytes(bytes([index]) * size)
+        paths.append(path)
+    request = GenerationRequest(prompt=prompt, seed=seed, num_images=images)
+    return GenerationResult(images=paths, request=request, job_id="j", directory=folder)
+
+
+async def connect(cluster: ClusterDouble, **credentials: Any) -> OscarSD:
+    return await OscarSD.connect(cluster.oscar_endpoint, service=SERVICE,
+                                 connect_timeout=5.0, **credentials)
+
+
+async def test_a_disk_history_survives_a_new_history_object(tmp_path: Path) -> None:
+    """What a restart of the app is to the history: a new object over the same folder."""
+    first = History(DiskObjects(tmp_path / "data"))
+    record, dropped = await first.add(fake_result(tmp_path, "a red fox"))
+    assert dropped == []
+    again = History(DiskObjects(tmp_path / "data"))
+    (listed,) = await again.runs()
+    assert listed == record
+    assert listed.prompt == "a red fox" and listed.seed == 7 and listed.images == (
+        "1.png", "2.png")
+    paths = await again.fetch(listed, tmp_path / "cache")
+    assert [p.read_bytes() for p in paths] == [b"\x01" * 100, b"\x02" * 100]
+
+
+async def test_the_budget_drops_the_oldest_runs_first(tmp_path: Path) -> None:
+    history = History(DiskObjects(tmp_path / "data"), HistoryBudget(max_runs=2, max_bytes=10**6))
+    made = [(await history.add(fake_result(tmp_path, f"run {n}")))[0] for n in range(3)]
+    assert [r.run_id for r in await history.runs()] == [made[2].run_id, made[1].run_id]
+    by_size = History(DiskObjects(tmp_path / "sized"), HistoryBudget(max_runs=50, max_bytes=500))
+    first, _ = await by_size.add(fake_result(tmp_path, "big 1", size=200))
+    _, dropped = await by_size.add(fake_result(tmp_path, "big 2", size=200))
+    assert dropped == [first.run_id]
+    assert not (tmp_path / "sized" / "runs" / first.run_id).exists()
+
+
+async def test_a_deleted_run_is_gone_from_the_storage(tmp_path: Path) -> None:
+    history = History(DiskObjects(tmp_path / "data"))
+    record, _ = await history.add(fake_result(tmp_path, "to delete"))
+    await history.delete(record.run_id)
+    assert await history.runs() == []
+    assert list((tmp_path / "data").rglob("*.png")) == []
+    assert await History(DiskObjects(tmp_path / "data")).record(record.run_id) is None
+
+
+async def test_a_key_cannot_leave_the_disk_history(tmp_path: Path) -> None:
+    objects = DiskObjects(tmp_path / "data")
+    with pytest.raises(ValueError):
+        objects.put("../outside.png", b"x")
+    assert await History(objects).record("../../etc") is None
+
+
+async def test_an_oidc_users_history_is_a_bucket_only_they_can_read(
+    oidc_cluster: ClusterDouble, tmp_path: Path,
+) -> None:
+    cluster = oidc_cluster
+    alice = await connect(cluster, token=cluster.sign_in("alice@egi.eu")["access_token"])
+    history = await alice.history()
+    bucket = history_bucket("alice@egi.eu")
+    # Made through OSCAR's buckets API (a user's own keys may not make buckets).
+    assert cluster.oscar_requests["POST /system/buckets"] == 1
+    assert cluster.bucket_owners[bucket] == "alice@egi.eu"
+    record, _ = await history.add(fake_result(tmp_path, "alice's own"))
+
+    # A second sign-in (another browser, another replica, after a restart) sees it.
+    again = await connect(cluster, token=cluster.sign_in("alice@egi.eu")["access_token"])
+    assert [r.prompt for r in await (await again.history()).runs()] == ["alice's own"]
+    assert cluster.oscar_requests["POST /system/buckets"] == 1  # it was there already
+
+    # Bob's keys cannot read it, nor list it; his history is another bucket.
+    bob = await connect(cluster, token=cluster.sign_in("bob@egi.eu")["access_token"])
+    assert await (await bob.history()).runs() == []
+    access_key, secret_key = cluster.minio_keys_for("bob@egi.eu")
+    bobs_client = Minio(cluster.minio_endpoint.removeprefix("http://"), access_key, secret_key,
+                        secure=False)
+    with pytest.raises(S3Error) as denied:
+        bobs_client.get_object(bucket, record.key("1.png"))
+    assert denied.value.code == "AccessDenied"
+    with pytest.raises(S3Error):
+        list(bobs_client.list_objects(bucket, recursive=True))
+
+
+async def test_the_basic_auth_account_has_one_history_for_all_its_logins(
+    cluster: ClusterDouble, tmp_path: Path,
+) -> None:
+    one = await (await connect(cluster, user=ADMIN[0], password=ADMIN[1],
+                               keep_password=False)).history()
+    assert one.shared
+    with anyio.fail_after(10):
+        record, _ = await one.add(fake_result(tmp_path, "everyone's"))
+    two = await (await connect(cluster, user=ADMIN[0], password=ADMIN[1])).history()
+    assert [r.run_id for r in await two.runs()] == [record.run_id]
+    assert cluster.list_keys(history_bucket(None)) == sorted(
+        [record.key("1.png"), record.key("2.png"), record.key("run.json")])
+    await two.delete(record.run_id)
+    assert cluster.list_keys(history_bucket(None)) == []
