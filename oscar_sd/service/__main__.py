@@ -90,7 +90,11 @@ def serve_warm() -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    worker.serve()
+    try:
+        worker.serve()
+    except ConfigurationError as exc:  # claims cannot be exclusive with several replicas
+        logger.error("%s", exc)
+        return EXIT_ENVIRONMENT
     return 0
 
 

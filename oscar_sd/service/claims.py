@@ -85,6 +85,14 @@ class WarmStore:
         self.output_path = output_path
         self._client = Minio(url.netloc, access_key, secret_key, secure=url.scheme == "https",
                              region=region, http_client=http)
+        #: False when the storage does not honour ``If-None-Match: *`` (the replica's
+        #: start-up probe, :mod:`oscar_sd._claim_probe`): this replica is then the only
+        #: claimer and claims by looking first, with plain PUTs.
+        self.conditional = True
+
+    @property
+    def client(self) -> Minio:
+        return self._client
 
     # -- inputs ---------------------------------------------------------------------
 
@@ -141,6 +149,8 @@ class WarmStore:
         """Claim ``job`` for ``replica`` for ``ttl`` seconds; False if another holds it."""
         key = self.output_path.key(job + STARTED_SUFFIX)
         body = claim_body(replica, ttl)
+        if not self.conditional:
+            return self._claim_alone(job, key, body)
         try:
             self._put(key, body, {"If-None-Match": "*"})
             return True
@@ -162,6 +172,14 @@ class WarmStore:
                 return False  # another replica replaced it first
             raise
         logger.warning("Took over request %s: its claim expired", job)
+        return True
+
+    def _claim_alone(self, job: str, key: str, body: bytes) -> bool:
+        """The only claimer's claim: look, then write (no other replica races it)."""
+        held = self._read_claim(key)
+        if held is not None and (held[1] > time.time() or self.has_result(job)):
+            return False
+        self._put(key, body, {})
         return True
 
     def release(self, job: str) -> None:

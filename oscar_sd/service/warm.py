@@ -38,10 +38,12 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote
 
+from .._claim_probe import ClaimProbe
 from .._models import GenerationRequest
 from .._storage import MinioStorage
 from .._stream import Backoff, ListenUnsupported, created_keys, lines
 from .batch import embeds_guidance, shape_key
+from .claim_check import check_claims, claims_health
 from .claims import WarmStore
 from .generate import RequestOutcome, generate_batch, resolve_request
 from .health import HealthServer
@@ -113,12 +115,15 @@ class WarmWorker:
         self._last_reconcile = 0.0
         self._loaded: LoadedModel | None = None
         self._response: Any = None
+        #: What the start-up probe found (None until it ran, or when it could not run).
+        self.claim_probe: ClaimProbe | None = None
 
     # -- life -----------------------------------------------------------------------
 
     def serve(self) -> None:
         """Load the model, start listening and serving health, run rounds until stopped."""
         settings = self.settings
+        self.claim_probe = check_claims(self.store, settings)
         self._loaded = load_pipeline(settings.model, settings.device)
         self.health = HealthServer(self.check_health, settings.host, settings.port,
                                    settings.base_path)
@@ -160,6 +165,7 @@ class WarmWorker:
             "reconciling": recent,
             "queued": len(self._queue),
             "stopping": self.stop_event.is_set(),
+            "claims": claims_health(self.claim_probe),
         }
         healthy = (self._loaded is not None and (self._listening or recent)
                    and not self.stop_event.is_set())

@@ -22,6 +22,10 @@ endpoint, its keys ``hidden``). The per-user MinIO secret that a job pod gets at
     OSCAR_SD_CLAIM_TTL      seconds a claim lasts (default 600: 2x the longest batch)
     OSCAR_SD_RECONCILE_INTERVAL  seconds between looks at the input folder (default 5)
     OSCAR_SD_MAX_BATCH_IMAGES    images per pipeline call (default 24)
+    OSCAR_SD_REPLICAS       how many replicas may run at once; default the definition's
+                            expose.max_scale (OSCAR's default 10), 1 without one. A
+                            replica refuses to start when claims cannot be exclusive
+                            (the storage ignores If-None-Match: *) and this is above 1.
 """
 
 from __future__ import annotations
@@ -65,6 +69,9 @@ class WarmSettings:
     max_listed: int = 2000
     #: This replica's name in its claims (the pod's host name).
     replica: str = field(default_factory=socket.gethostname)
+    #: How many replicas may run at once (expose.max_scale): claims must be exclusive
+    #: above 1.
+    replicas: int = 1
 
     @classmethod
     def from_environment(cls) -> WarmSettings:
@@ -109,7 +116,19 @@ class WarmSettings:
             reconcile_interval=_number("OSCAR_SD_RECONCILE_INTERVAL",
                                        DEFAULT_RECONCILE_INTERVAL, float),
             max_batch_images=max_images,
+            replicas=int(_number("OSCAR_SD_REPLICAS", _max_scale(config), int)),
         )
+
+
+def _max_scale(config: dict) -> int:  # type: ignore[type-arg]
+    """The definition's ``expose.max_scale`` (OSCAR's default 10); 1 without ``expose``."""
+    expose = config.get("expose")
+    if not isinstance(expose, dict):
+        return 1
+    try:
+        return int(expose.get("max_scale") or 10)
+    except (TypeError, ValueError):
+        return 10
 
 
 def _keys() -> tuple[str, str]:

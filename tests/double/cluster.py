@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from . import services
+from .conditional import release_stamp
 from .jobs import DeployedService, Handler, Job, JobRunner, StoragePath
 from .oidc import OidcProviderDouble
 from .oscar import complete_service, create_app, private_buckets
@@ -231,6 +232,18 @@ class ClusterDouble:
 
     def readers_catch_up(self) -> None:
         self.storage.hub.catch_up()
+
+    @property
+    def minio_release(self) -> str:
+        """The MinIO release whose conditional PUT S3 answers like (double/conditional.py):
+        before RELEASE.2024-05-07 ``If-None-Match: *`` never refuses, RELEASE.2025-09-06
+        refuses every conditional PUT of a missing key with NoSuchKey."""
+        return self.storage.minio_release
+
+    @minio_release.setter
+    def minio_release(self, value: str) -> None:
+        release_stamp(value)  # a name like RELEASE.2024-12-18T13-15-44Z, or ValueError
+        self.storage.minio_release = value
 
     @property
     def listen_api(self) -> str:

@@ -28,6 +28,7 @@ from moto.s3 import responses as s3_responses
 from moto.s3.exceptions import BucketAlreadyExists, MissingBucket
 from moto.s3.models import FakeBucket, S3Backend, s3_backends
 
+from . import conditional
 from .events import (
     OBJECT_CREATED_COPY,
     OBJECT_CREATED_MULTIPART,
@@ -147,6 +148,8 @@ class S3Front:
         self._moto = _shared_moto_app()
         # Conditional writes (If-None-Match / If-Match) check and write in one step.
         self._conditional_write = threading.Lock()
+        #: The MinIO release whose conditional PUT this front answers like (conditional.py).
+        self.minio_release = conditional.DEFAULT_RELEASE
 
     # -- switches ---------------------------------------------------------------
 
@@ -331,9 +334,15 @@ class S3Front:
         # cmd/object-handlers-common.go checkPreconditionsPUT). MinIO evaluates the
         # condition under the object's write lock, so of two racing claims exactly one
         # wins; moto checks, then writes. The lock makes the two one step here too.
-        conditional = method in ("PUT", "POST") and key and (
+        is_conditional = method in ("PUT", "POST") and key and (
             "HTTP_IF_NONE_MATCH" in environ or "HTTP_IF_MATCH" in environ)
-        with self._conditional_write if conditional else contextlib.nullcontext():
+        with self._conditional_write if is_conditional else contextlib.nullcontext():
+            if is_conditional and method == "PUT":
+                refused = self._as_release(environ, bucket, key)
+                if refused:
+                    return self._error(start_response, environ, 404, "NoSuchKey",
+                                       "The specified key does not exist.", f"/{bucket}/{key}",
+                                       bucket, key)
             result = self._moto(environ, capture)
             try:
                 body = b"".join(result)
@@ -348,6 +357,17 @@ class S3Front:
                 self.written(events)
         start_response(status, captured["headers"])
         return [body]
+
+    def _as_release(self, environ: dict, bucket: str, key: str) -> bool:
+        """Bend a conditional PUT to ``minio_release``; True when that release refuses it."""
+        release = self.minio_release
+        if conditional.refuses_missing_key(release) and self.backend.get_object(
+                bucket, key) is None:
+            return True
+        if conditional.star_is_literal(release) and environ.get(
+                "HTTP_IF_NONE_MATCH", "").strip() == "*":
+            del environ["HTTP_IF_NONE_MATCH"]  # a literal "*" matches no ETag: the PUT goes on
+        return False
 
     def _events_for(self, environ: dict, method: str, bucket: str, key: str, query: dict,
                     deleted_keys: list[str], body: bytes) -> list[ObjectEvent]:
