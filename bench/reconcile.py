@@ -28,7 +28,7 @@ import anyio.to_thread
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from oscar_sd._hub import NotificationHub, StreamAddress
+from oscar_sd._notify.hub import NotificationHub, StreamAddress
 from oscar_sd._storage import MinioStorage
 from tests.double import ClusterDouble
 

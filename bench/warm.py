@@ -37,7 +37,7 @@ import anyio
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from oscar_sd import GenerationRequest, OscarSD
-from oscar_sd._hub import close_all_hubs
+from oscar_sd._notify.hub import close_all_hubs
 from oscar_sd.service import load_pipeline, run_job
 from tests.double import ClusterDouble, ScriptHandler
 from tests.warm_fixtures import WARM, ThreadReplica, deploy_warm, warm_settings

@@ -51,9 +51,9 @@ if TYPE_CHECKING:
         Stage,
         Timings,
     )
+    from ._notify.backoff import Backoff
     from ._oscar import OscarSD
     from ._settings import Settings
-    from ._stream import Backoff
     from ._tokens import OidcToken
 
 #: Public name -> the private module that defines it.
@@ -77,7 +77,7 @@ _HOMES = {
     "ServiceMisconfiguredError": "._errors",
     "ServiceNotFoundError": "._errors",
     "SignInExpired": "._errors",
-    "Backoff": "._stream",
+    "Backoff": "._notify.backoff",
     "LocalSD": "._local",
     "GenerationRequest": "._models",
     "GenerationResult": "._models",

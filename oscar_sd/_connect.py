@@ -20,8 +20,9 @@ import anyio.to_thread
 
 from ._cluster import OscarCluster
 from ._errors import ClusterUnreachableError, OscarSDError, ServiceMisconfiguredError
-from ._hub import Backoff, NotificationHub, StreamAddress, get_hub
 from ._limits import StorageLimits
+from ._notify.backoff import Backoff
+from ._notify.hub import NotificationHub, StreamAddress, get_hub
 from ._service_paths import service_paths
 from ._storage import MinioStorage, StoragePath, storage_error
 from ._tokens import OidcToken

@@ -43,7 +43,7 @@ import anyio
 
 from ._errors import JobFailedError
 from ._models import ProgressReporter, Stage
-from ._waiters import Waiter
+from ._notify.waiters import Waiter
 
 logger = logging.getLogger("oscar_sd.jobs")
 

@@ -41,7 +41,6 @@ from ._errors import (
     JobFailedError,
     OscarSDError,
 )
-from ._hub import Backoff, NotificationHub, Waiter
 from ._jobwatch import JobStarted, JobWatch
 from ._limits import DEFAULT_STORAGE_THREADS, StorageLimits
 from ._models import (
@@ -52,10 +51,13 @@ from ._models import (
     Stage,
     Timings,
 )
+from ._notify.backoff import Backoff
+from ._notify.hub import NotificationHub
+from ._notify.waiters import Waiter
+from ._notify.waiting import Outage, until_landed, until_ready
 from ._storage import MinioStorage, StoragePath, storage_error
 from ._tokens import OidcToken
 from ._unpack import unpack_result
-from ._waiting import Outage, until_landed, until_ready
 from .history import History, HistoryBudget, cluster_history
 
 logger = logging.getLogger("oscar_sd.oscar")

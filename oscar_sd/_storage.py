@@ -18,7 +18,7 @@ from minio.deleteobjects import DeleteObject
 from minio.error import S3Error, ServerError
 
 from ._errors import ClusterUnreachableError, InvalidResultError
-from ._stream import ListenResponse, ListenUnsupported
+from ._notify.source import ListenResponse, ListenUnsupported
 
 #: The largest result object downloaded (a zip of 8 PNGs is a few MB).
 MAX_RESULT_BYTES = 64 * 1024 * 1024

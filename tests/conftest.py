@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from oscar_sd._hub import close_all_hubs
+from oscar_sd._notify.hub import close_all_hubs
 from tests.double import ClusterDouble, OidcProviderDouble, services
 
 pytest_plugins = ["anyio"]

@@ -23,7 +23,7 @@ import pytest
 from PIL import Image
 
 from oscar_sd import GenerationRequest, JobFailedError, OscarSD
-from oscar_sd._hub import close_all_hubs
+from oscar_sd._notify.hub import close_all_hubs
 from oscar_sd.service import generate_images, run_job
 from tests.double import ClusterDouble, ScriptHandler
 

@@ -12,9 +12,10 @@ import anyio
 import anyio.to_thread
 import pytest
 
-from oscar_sd._hub import Backoff, NotificationHub, StreamAddress, get_hub
+from oscar_sd._notify.backoff import Backoff
+from oscar_sd._notify.hub import NotificationHub, StreamAddress, get_hub
+from oscar_sd._notify.stream import on_line
 from oscar_sd._storage import MinioStorage
-from oscar_sd._stream import on_line
 from tests.double import ClusterDouble, escape_key
 from tests.helpers import until
 
@@ -247,7 +248,7 @@ async def test_connecting_retries_with_backoff_while_storage_is_down(
 
 
 def test_abandoned_keys_are_bounded_and_expire() -> None:
-    from oscar_sd._waiters import Waiter, WaiterRegistry
+    from oscar_sd._notify.waiters import Waiter, WaiterRegistry
 
     async def main() -> None:
         registry = WaiterRegistry(abandoned_limit=3)
@@ -263,7 +264,7 @@ def test_abandoned_keys_are_bounded_and_expire() -> None:
 
 
 def test_thread_safety_of_the_registry_under_many_threads() -> None:
-    from oscar_sd._waiters import Waiter, WaiterRegistry
+    from oscar_sd._notify.waiters import Waiter, WaiterRegistry
 
     async def main() -> None:
         registry = WaiterRegistry()

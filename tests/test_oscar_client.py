@@ -34,8 +34,8 @@ from oscar_sd import (
     ServiceNotFoundError,
     Stage,
 )
-from oscar_sd._hub import close_all_hubs
-from oscar_sd._reconcile import ReconcilePolicy
+from oscar_sd._notify.hub import close_all_hubs
+from oscar_sd._notify.reconcile import ReconcilePolicy
 from tests.double import ClusterDouble, services
 from tests.helpers import until
 

@@ -22,7 +22,7 @@ import anyio
 import pytest
 
 from oscar_sd import GenerationRequest, JobFailedError, OscarSD
-from oscar_sd._hub import close_all_hubs
+from oscar_sd._notify.hub import close_all_hubs
 from tests.double import ClusterDouble, ScriptHandler
 
 REPO = Path(__file__).resolve().parents[1]

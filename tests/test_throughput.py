@@ -11,7 +11,8 @@ import anyio.to_thread
 import pytest
 
 from oscar_sd import GenerationRequest, GenerationResult, OscarSD
-from oscar_sd._hub import Backoff, NotificationHub, StreamAddress
+from oscar_sd._notify.backoff import Backoff
+from oscar_sd._notify.hub import NotificationHub, StreamAddress
 from oscar_sd._storage import MinioStorage
 from tests.double import ClusterDouble
 from tests.helpers import until

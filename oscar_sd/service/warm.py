@@ -40,8 +40,10 @@ from urllib.parse import unquote
 
 from .._claim_probe import ClaimProbe
 from .._models import GenerationRequest
+from .._notify.backoff import Backoff
+from .._notify.records import created_keys, lines
+from .._notify.source import ListenUnsupported
 from .._storage import MinioStorage
-from .._stream import Backoff, ListenUnsupported, created_keys, lines
 from .batch import embeds_guidance, shape_key
 from .claim_check import check_claims, claims_health
 from .claims import WarmStore

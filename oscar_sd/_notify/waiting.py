@@ -14,11 +14,11 @@ from dataclasses import dataclass
 
 import anyio
 
-from ._errors import ClusterUnreachableError
-from ._hub import NotificationHub
-from ._models import ProgressReporter, Stage
-from ._storage import storage_error
-from ._waiters import Waiter
+from .._errors import ClusterUnreachableError
+from .._models import ProgressReporter, Stage
+from .._storage import storage_error
+from .hub import NotificationHub
+from .waiters import Waiter
 
 
 @dataclass(frozen=True)

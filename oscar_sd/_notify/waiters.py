@@ -20,7 +20,7 @@ from urllib.parse import unquote, unquote_plus
 
 import anyio
 
-from ._loops import Inbox, current_inbox
+from .loops import Inbox, current_inbox
 
 
 class Waiter:

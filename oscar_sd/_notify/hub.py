@@ -6,10 +6,10 @@ MinIO has subscribed; or the server has no listen API and reconciliation
 alone will do), uploads its input, and then awaits its waiter. Three paths
 resolve a waiter, and the hub counts each:
 
-* an event on the stream (``_stream.py``), the normal path;
+* an event on the stream (``stream.py``), the normal path;
 * the catch-up listing after every (re)connect, for results that landed while
   no stream was open;
-* reconciliation (``_reconcile.py``), for results whose event never came.
+* reconciliation (``reconcile.py``), for results whose event never came.
 
 The same paths deliver a request's *progress* keys (the job's started
 marker): those call the waiter's ``on_progress`` and leave it waiting.
@@ -17,7 +17,7 @@ marker): those call the waiter's ``on_progress`` and leave it waiting.
 Storage trouble (unreachable, or refusing the keys) raises an alarm on every
 waiter, so a request can say so and give up after its ``outage_timeout``.
 Keys of requests that gave up are remembered for a while, and a result that
-lands for one is deleted (``_cleanup.py``).
+lands for one is deleted (``cleanup.py``).
 
 Hubs are keyed by (storage endpoint, access key, bucket, folder): a user
 whose keys are refused never stalls another user's requests.
@@ -28,53 +28,27 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from functools import partial
 
 import anyio
 import anyio.to_thread
 
-from ._cleanup import Deletions
-from ._loops import LoopGone
-from ._reconcile import ReconcilePolicy, Reconciler
-from ._stream import Backoff, ListenResponse, NotificationSource, read_stream
-from ._waiters import Waiter, WaiterRegistry
+from .backoff import Backoff
+from .cleanup import Deletions
+from .loops import LoopGone
+from .reconcile import ReconcilePolicy, Reconciler
+from .source import ListenResponse, NotificationSource, StreamAddress
+from .stats import HubStats
+from .stream import read_stream
+from .waiters import Waiter, WaiterRegistry
 
 logger = logging.getLogger("oscar_sd.hub")
 
-__all__ = ["Backoff", "NotificationHub", "StreamAddress", "Waiter", "close_all_hubs", "get_hub"]
-
-
-@dataclass(frozen=True)
-class StreamAddress:
-    """Identifies one shared stream: which storage, whose keys, which bucket and folder."""
-
-    endpoint: str
-    bucket: str
-    prefix: str
-    access_key: str = field(default="", repr=False)  # never in a log line
-
-
-@dataclass
-class HubStats:
-    """Counters for tests, benchmarks and the periodic log line."""
-
-    connects: int = 0
-    events: int = 0
-    resolved: int = 0
-    resolved_by_event: int = 0
-    #: Progress keys (started markers) delivered to their waiters, by any path / by listing.
-    progress: int = 0
-    progress_reconciled: int = 0
-    caught_up: int = 0
-    reconciled: int = 0
-    reconcile_requests: int = 0
-    late_results_deleted: int = 0
-    listen_unsupported: bool = False
-    #: The latest problems (bounded: an outage retries for as long as it lasts).
-    errors: deque[str] = field(default_factory=lambda: deque(maxlen=100))
+__all__ = [
+    "Backoff", "HubStats", "NotificationHub", "StreamAddress", "Waiter",
+    "close_all_hubs", "get_hub",
+]
 
 
 class NotificationHub:

@@ -12,7 +12,9 @@ wait, the hub's maintenance thread checks the overdue ones by listing:
 * at most ``max_requests_per_minute`` storage requests a minute; past that,
   only whole-folder listings.
 
-Its cost is counted in the hub's stats and logged every minute.
+Its cost is counted in the hub's stats and logged every minute. The
+reconciler runs in a thread of the hub (``hub.py``) and reports to it through
+:class:`ReconcileOwner`, so this file does not depend on the hub.
 """
 
 from __future__ import annotations
@@ -21,12 +23,14 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-if TYPE_CHECKING:
-    from ._hub import NotificationHub
-    from ._waiters import Waiter
+from .cleanup import Deletions
+from .source import NotificationSource, StreamAddress
+from .stats import HubStats
+from .waiters import Waiter, WaiterRegistry
 
 logger = logging.getLogger("oscar_sd.hub")
 
@@ -45,10 +49,29 @@ class ReconcilePolicy:
     max_requests_per_minute: int = 120
 
 
+class ReconcileOwner(Protocol):
+    """What the reconciler needs from its hub."""
+
+    address: StreamAddress
+    source: NotificationSource
+    stats: HubStats
+    registry: WaiterRegistry
+    deletions: Deletions
+    stop_event: threading.Event
+
+    @property
+    def label(self) -> str: ...
+    def keep_running(self, me: threading.Thread) -> bool: ...
+    def on_landed(self, keys: Iterable[str], via: str) -> None: ...
+    def on_trouble(self, what: str, exc: BaseException, attempt: int) -> None: ...
+    def on_storage_ok(self) -> None: ...
+    def note_error(self, what: str, exc: BaseException | None, loud: bool = True) -> None: ...
+
+
 class Reconciler:
     """The maintenance thread of one hub: reconciliation rounds and pending deletions."""
 
-    def __init__(self, hub: NotificationHub, policy: ReconcilePolicy) -> None:
+    def __init__(self, hub: ReconcileOwner, policy: ReconcilePolicy) -> None:
         self.hub = hub
         self.policy = policy
         self._schedule: dict[Waiter, tuple[float, float]] = {}  # waiter -> (due, interval)
