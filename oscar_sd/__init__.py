@@ -134,4 +134,5 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_HOMES))
+    """The public API only (what ``__all__`` lists), not the helpers this module imports."""
+    return sorted(__all__)

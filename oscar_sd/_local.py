@@ -51,6 +51,7 @@ from ._models import (
     ProgressReporter,
     Stage,
     Timings,
+    count_of,
 )
 
 if TYPE_CHECKING:
@@ -63,6 +64,22 @@ TURBO_MODEL = "stabilityai/sd-turbo"  # the service's default model
 TINY_MODEL = "tiny"
 #: How long "auto" waits for the Hugging Face hub before settling for "tiny".
 HUB_CHECK_SECONDS = 3.0
+
+
+class _NoTorchvisionAdvice(logging.Filter):
+    """Drops transformers' "`CLIPImageProcessor` requires torchvision (not installed);
+    falling back to ..." advice: the Stable Diffusion pipelines' feature extractor
+    runs the same on its PIL fallback, so on a person's terminal it is only noise."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "requires torchvision" not in str(record.msg)
+
+
+def _quiet_transformers_advice() -> None:
+    """Install the filter on the transformers logger that gives that advice (once)."""
+    advising = logging.getLogger("transformers.utils.import_utils")
+    if not any(isinstance(kept, _NoTorchvisionAdvice) for kept in advising.filters):
+        advising.addFilter(_NoTorchvisionAdvice())
 
 
 class _Ticket:
@@ -85,6 +102,7 @@ class LocalSD:
         *,
         device: str | None = None,
     ) -> None:
+        _quiet_transformers_advice()
         self._requested_model = model
         # None until "auto" is resolved on first use.
         self._model: str | None = None if model == AUTO_MODEL else model
@@ -217,7 +235,7 @@ class LocalSD:
                 self._leave(ticket)
         elapsed = time.monotonic() - started
         paths = [directory / f"{image.index}.png" for image in images]
-        report(Stage.DONE, f"{len(paths)} image(s) in {elapsed:.1f} s")
+        report(Stage.DONE, f"{count_of(len(paths), 'image')} in {elapsed:.1f} s")
         return GenerationResult(
             images=paths,
             request=images[0].request,

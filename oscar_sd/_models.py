@@ -21,6 +21,8 @@ from ._errors import InvalidRequestError
 logger = logging.getLogger("oscar_sd")
 
 MAX_SEED = 2**32 - 1
+#: The longest prompt (and negative prompt) a request may carry, in characters.
+MAX_PROMPT_CHARS = 2000
 
 
 class GenerationRequest(BaseModel):
@@ -57,16 +59,18 @@ class GenerationRequest(BaseModel):
         value = value.strip()
         if not value:
             raise ValueError("is empty: type what the images should show")
-        if len(value) > 2000:
-            raise ValueError(f"is {len(value)} characters long; the limit is 2,000")
+        if len(value) > MAX_PROMPT_CHARS:
+            raise ValueError(
+                f"is {len(value):,} characters long; the limit is {MAX_PROMPT_CHARS:,}")
         return value
 
     @field_validator("negative_prompt")
     @classmethod
     def _negative_prompt(cls, value: str) -> str:
         value = value.strip()
-        if len(value) > 2000:
-            raise ValueError(f"is {len(value)} characters long; the limit is 2,000")
+        if len(value) > MAX_PROMPT_CHARS:
+            raise ValueError(
+                f"is {len(value):,} characters long; the limit is {MAX_PROMPT_CHARS:,}")
         return value
 
     @field_validator("seed")
@@ -155,6 +159,11 @@ class Progress:
 
 
 ProgressCallback = Callable[[Progress], None]
+
+
+def count_of(number: int, noun: str) -> str:
+    """``"1 image"``, ``"6 images"``: a count with its noun in the right number."""
+    return f"{number} {noun}{'' if number == 1 else 's'}"
 
 
 class ProgressReporter:

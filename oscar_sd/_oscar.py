@@ -50,6 +50,7 @@ from ._models import (
     ProgressReporter,
     Stage,
     Timings,
+    count_of,
 )
 from ._notify.backoff import Backoff
 from ._notify.hub import NotificationHub
@@ -330,7 +331,7 @@ class OscarSD:
                 unpack_result, landed, data, directory, limiter=lanes.results
             )
             finished = time.monotonic()
-            report(Stage.DONE, f"{len(images)} images ready")
+            report(Stage.DONE, f"{count_of(len(images), 'image')} ready")
             return GenerationResult(
                 images=images,
                 request=request,

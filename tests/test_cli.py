@@ -23,7 +23,9 @@ import pytest
 import requests
 
 from oscar_sd._deploy import load_fdl_service
+from oscar_sd._models import Progress, Stage
 from oscar_sd.cli import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, main
+from oscar_sd.cli._commands import ProgressPrinter
 from tests.double import ClusterDouble
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -228,7 +230,44 @@ def test_without_an_endpoint_the_images_are_made_in_process(monkeypatch, capsys,
     paths = [tmp_path / line for line in out.splitlines()]
     assert len(paths) == 2
     assert all(path.read_bytes().startswith(PNG_SIGNATURE) for path in paths)
-    assert "this machine" in err and "generating" in err
+    assert "generating 2 images on this machine" in err
+    assert "2 images in" in err
+
+
+def test_one_image_is_said_in_the_singular(monkeypatch, capsys, tmp_path):
+    monkeypatch.setenv("OSCAR_SD_MODEL", "tiny")
+
+    code = main(["generate", "a fox", "-n", "1", "--size", "64x64", "--steps", "2"])
+
+    err = capsys.readouterr().err
+    assert code == EXIT_OK, err
+    assert "generating 1 image on this machine" in err
+    assert "done: 1 image in" in err and "1 images" not in err and "image(s)" not in err
+
+
+def test_on_a_terminal_the_stage_line_counts_the_seconds() -> None:
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    terminal = Terminal()
+    printer = ProgressPrinter(terminal)
+    printer(Progress(Stage.WAITING, "Waiting for a GPU", elapsed=1.0))
+    printer._began -= 5  # as if 5 s went by: the timer says so when it ticks
+    printer.tick()
+    printer(Progress(Stage.DOWNLOADING, "Downloading the images", elapsed=7.0))
+    printer.finish()
+    lines = terminal.getvalue().split("\n")
+    # The waiting line was redrawn in place (\r) with the later time, then ended.
+    assert lines[0].endswith("[   6.0s] waiting: Waiting for a GPU")
+    assert lines[0].count("\r") == 2
+    assert lines[1].endswith("[   7.0s] downloading: Downloading the images")
+    # Piped, each line comes once, whole, with no control characters.
+    piped = io.StringIO()
+    printer = ProgressPrinter(piped)
+    printer(Progress(Stage.WAITING, "Waiting for a GPU", elapsed=1.0))
+    printer.tick()
+    assert piped.getvalue() == "[   1.0s] waiting: Waiting for a GPU\n"
 
 
 def test_a_failed_job_exits_3(alice, capsys):
@@ -261,7 +300,7 @@ def test_a_job_that_never_finishes_times_out_with_exit_3(alice, capsys):
         (["generate", "fox", "-n", "0"], "-n: must be between 1 and 8"),
         (["generate", "fox", "--seed", "-1"], "--seed: must be between"),
         (["generate", "fox", "--size", "100x100"], "--size: must be a multiple of 8"),
-        (["generate", "   "], "the prompt: is empty"),
+        (["generate", "   "], "the prompt is empty: type what the images should show"),
     ],
 )
 def test_an_invalid_request_exits_2_naming_the_option(alice, capsys, argv, expected):

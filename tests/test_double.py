@@ -560,7 +560,7 @@ def test_upload_runs_the_fake_generator(cluster: ClusterDouble, listen: Any) -> 
         assert services.png_fingerprint(png) == services.expected_png_fingerprint(
             "a red fox", 42, index)
         with Image.open(io.BytesIO(png)) as image:
-            assert image.text["parameters"].startswith("a red fox\nNegative prompt: ")
+            assert image.text["parameters"].startswith("a red fox\nSteps: ")
             assert "Seed: 42" in image.text["parameters"]
             assert "Size: 768x512" in image.text["parameters"]
             meta = json.loads(image.text["oscar-sd"])

@@ -304,3 +304,36 @@ async def test_auto_gives_a_silent_hub_a_few_seconds_only(
             await LocalSD(results_dir=results, device="cpu").load()
     finally:
         release.set()
+
+
+SCRIPT_ON_A_TERMINAL = """
+import anyio, oscar_sd
+from oscar_sd import GenerationRequest, LocalSD
+
+print(sorted(dir(oscar_sd)) == sorted(oscar_sd.__all__))
+
+async def main():
+    async with LocalSD(model="tiny") as sd:
+        request = GenerationRequest(prompt="a fox", width=64, height=64, num_images=1)
+        (await sd.generate(request)).cleanup()
+
+anyio.run(main)
+"""
+
+
+def test_a_fresh_process_sees_only_the_api_and_no_torchvision_advice() -> None:
+    """``dir(oscar_sd)`` lists the public API only, and LocalSD's first model load
+    prints none of transformers' "requires torchvision" advice (a fresh process:
+    transformers gives it once per process)."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", SCRIPT_ON_A_TERMINAL],
+                          capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "True"
+    assert "torchvision" not in done.stderr, done.stderr
+    import oscar_sd
+
+    for helper in ("Any", "TYPE_CHECKING", "annotations", "importlib"):
+        assert helper not in dir(oscar_sd)

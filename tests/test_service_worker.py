@@ -31,6 +31,7 @@ from oscar_sd.service import (
 )
 from oscar_sd.service import generate as generate_module
 from oscar_sd.service import job as job_module
+from oscar_sd.service.metadata import parameters_text
 from oscar_sd.service.pipeline import LoadedModel, profile_for
 from tests.helpers import pixels, small_request
 
@@ -168,6 +169,15 @@ def test_png_chunks_carry_parameters_and_request() -> None:
     assert data["index"] == 2 and data["seed"] == 43
     # The request as run: seed, the model's default steps, the asked guidance.
     assert GenerationRequest(**data["request"]) == request.model_copy(update={"steps": 2})
+
+
+def test_no_empty_negative_prompt_line_as_in_a1111() -> None:
+    request = small_request(prompt="a red fox", negative_prompt="", seed=7).model_copy(
+        update={"steps": 2, "guidance_scale": 0.0})
+    text = parameters_text(request, 7, "Euler", "tiny")
+    assert text == ("a red fox\nSteps: 2, Sampler: Euler, CFG scale: 0.0, Seed: 7, "
+                    "Size: 64x64, Model: tiny")
+    assert "Negative prompt" not in text
 
 
 # --- model defaults ---------------------------------------------------------------
@@ -329,3 +339,16 @@ def test_python_m_oscar_sd_service_exit_codes_on_failure(tmp_path: Path) -> None
     missing = run_worker({"OSCAR_SD_MODEL": "tiny"}, tmp_path)
     assert missing.returncode == 5
     assert "INPUT_FILE_PATH and TMP_OUTPUT_DIR not set" in missing.stderr
+
+
+def test_help_names_the_modes_and_settings_and_exits_0(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from oscar_sd.service.__main__ import main
+
+    assert main(["--help"]) == 0
+    said = capsys.readouterr().out
+    assert "--warm" in said and "usage: python -m oscar_sd.service" in said
+    for setting in ("INPUT_FILE_PATH", "TMP_OUTPUT_DIR", "OSCAR_SD_MODEL", "OSCAR_SD_DEVICE",
+                    "OSCAR_SD_INPUT_PATH", "OSCAR_SD_CLAIM_TTL", "OSCAR_SD_MAX_BATCH_IMAGES"):
+        assert setting in said, setting

@@ -23,7 +23,7 @@ from .._deploy import (
 from .._errors import (
     GenerationTimeout,
 )
-from .._models import GenerationRequest, GenerationResult, Progress
+from .._models import GenerationRequest, GenerationResult, Progress, count_of
 from .._settings import Settings
 from ._account import Cluster, load_settings, resolve_cluster
 from ._common import DEFAULT_FDL, EXIT_OK, UsageError
@@ -50,21 +50,55 @@ def run_serve(args: argparse.Namespace, secrets: list[str]) -> int:
 
 
 class ProgressPrinter:
-    """Prints each new stage (and step) of a request on one line of stderr."""
+    """Prints each new stage (and step) of a request on one line of stderr.
 
-    def __init__(self, stream: TextIO | None = None) -> None:
+    On a terminal (``live``) the line of the stage that runs is redrawn each
+    second (:meth:`tick`), so its timer counts while the cluster waits or runs,
+    as the page's does; a file or pipe gets each line once.
+    """
+
+    def __init__(self, stream: TextIO | None = None, *, live: bool | None = None) -> None:
         self.stream = stream or sys.stderr
+        self.live = self.stream.isatty() if live is None else live
         self._last: tuple[Any, ...] | None = None
+        self._current: Progress | None = None
+        self._began = time.monotonic()  # when elapsed 0 was, by this process's clock
 
     def __call__(self, progress: Progress) -> None:
         shown = (progress.stage, progress.message, progress.step, progress.queue_position)
         if shown == self._last:
             return
-        self._last = shown
+        if self._current is not None and self.live:
+            self.stream.write("\n")  # the previous stage's line stays as it ended
+        self._last, self._current = shown, progress
+        self._began = time.monotonic() - progress.elapsed
+        self._draw(progress.elapsed)
+
+    def tick(self) -> None:
+        """Redraw the current stage's line with the time now (terminals only)."""
+        if self.live and self._current is not None:
+            self._draw(time.monotonic() - self._began)
+
+    def finish(self) -> None:
+        """End the live line, so that what comes next starts on a line of its own."""
+        if self.live and self._current is not None:
+            self.stream.write("\n")
+            self.stream.flush()
+        self._current = None
+
+    def _draw(self, elapsed: float) -> None:
+        progress = self._current
+        assert progress is not None
         # The backends' messages already say the step and the place in the queue.
-        print(f"[{progress.elapsed:6.1f}s] {progress.stage.value}: {progress.message}",
-              file=self.stream)
+        line = f"[{elapsed:6.1f}s] {progress.stage.value}: {progress.message}"
+        self.stream.write(f"\r\033[K{line}" if self.live else f"{line}\n")
         self.stream.flush()
+
+    async def keep_ticking(self) -> None:
+        """Every second, :meth:`tick`; runs beside the request until it is cancelled."""
+        while True:
+            await anyio.sleep(1)
+            self.tick()
 
 
 def run_generate(args: argparse.Namespace, secrets: list[str]) -> int:
@@ -89,9 +123,14 @@ def run_generate(args: argparse.Namespace, secrets: list[str]) -> int:
         _refuse_a_used_folder(args.output)
     cluster = resolve_cluster(args, settings, secrets, required=False)
     where = f"service {cluster.service!r} at {cluster.endpoint}" if cluster else "this machine"
-    print(f"oscar-sd: generating {request.num_images} images on {where}", file=sys.stderr)
+    print(f"oscar-sd: generating {count_of(request.num_images, 'image')} on {where}",
+          file=sys.stderr)
 
-    result = anyio.run(_generate, request, cluster, settings, timeout, ProgressPrinter())
+    printer = ProgressPrinter()
+    try:
+        result = anyio.run(_with_ticks, printer, _generate, request, cluster, settings, timeout)
+    finally:
+        printer.finish()
     directory = args.output or Path("outputs") / result.job_id
     try:
         _make_folder(directory)
@@ -109,8 +148,8 @@ def run_generate(args: argparse.Namespace, secrets: list[str]) -> int:
         raise UsageError(f"cannot write the images to {directory}: {exc.strerror}") from None
     finally:
         result.cleanup()  # the backend's own temporary copy
-    print(f"oscar-sd: seed {result.request.seed}, {len(result.images)} images in {directory}",
-          file=sys.stderr)
+    print(f"oscar-sd: seed {result.request.seed}, {count_of(len(result.images), 'image')} in "
+          f"{directory}", file=sys.stderr)
     return EXIT_OK
 
 
@@ -132,6 +171,24 @@ def _make_folder(directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UsageError(f"cannot write the images to {directory}: {exc.strerror}") from None
+
+
+async def _with_ticks(printer: ProgressPrinter, generate: Any, *args: Any) -> GenerationResult:
+    """``generate(*args, printer)``, the printer's timer ticking beside it; its error is
+    raised as itself (not in an ExceptionGroup), for the exit codes."""
+    outcome: list[GenerationResult] = []
+    failure: list[Exception] = []
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(printer.keep_ticking)
+        try:
+            outcome.append(await generate(*args, printer))
+        except Exception as exc:
+            failure.append(exc)
+        finally:
+            tasks.cancel_scope.cancel()
+    if failure:
+        raise failure[0]
+    return outcome[0]
 
 
 async def _generate(

@@ -64,7 +64,10 @@ def terminal_output(*, verbose: bool) -> Iterator[None]:
 def describe(exc: Exception) -> str:
     """The error as one sentence, with what to do about it."""
     if isinstance(exc, InvalidRequestError):
-        return f"{REQUEST_OPTIONS.get(exc.field, exc.field)}: {exc.problem}"
+        option = REQUEST_OPTIONS.get(exc.field, exc.field)
+        # "--steps: must be ..." for an option, "the prompt is empty: ..." for the words.
+        joint = ": " if option.startswith("-") else " "
+        return f"{option}{joint}{exc.problem}"
     message = str(exc)
     if isinstance(exc, AuthenticationError):
         message += (

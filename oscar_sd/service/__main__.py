@@ -15,6 +15,7 @@ Environment (set by OSCAR's faas-supervisor, or by hand)::
 
 Exit codes are listed in :mod:`oscar_sd.service.errors` (0 success, 2 invalid
 request, 3 model load, 4 generation, 5 environment, 1 anything else).
+``--help`` prints this and the warm replica's settings.
 """
 
 from __future__ import annotations
@@ -38,10 +39,14 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     args = argv or []
+    if args and args[0] in ("-h", "--help", "help"):
+        print(usage())
+        return 0
     if args and args[0] in ("--warm", "serve"):
         return serve_warm()
     if args:
-        logger.error("Unknown arguments %s: run with no arguments (one job) or --warm", args)
+        logger.error("Unknown arguments %s: run with no arguments (one job), --warm, "
+                     "or --help", args)
         return EXIT_ENVIRONMENT
     input_path = os.environ.get("INPUT_FILE_PATH", "")
     output_dir = os.environ.get("TMP_OUTPUT_DIR", "")
@@ -67,6 +72,24 @@ def main(argv: list[str] | None = None) -> int:
                    "to_device": outcome.load.to_device, "generate": outcome.generate_seconds}
         logger.info("Job timings (s): %s", json.dumps({k: round(v, 4) for k, v in timings.items()}))
     return outcome.exit_code
+
+
+def usage() -> str:
+    """The modes and settings of the worker, as ``--help`` prints them: this module's
+    and :mod:`.warm_config`'s own descriptions, so they stay what the code reads."""
+    from . import warm_config
+
+    job = (__doc__ or "").replace(":mod:", "").replace("``", "")
+    warm = (warm_config.__doc__ or "").split("So::", 1)[-1]
+    return (
+        "usage: python -m oscar_sd.service [--warm | --help]\n\n"
+        "Modes:\n"
+        "  (no arguments)  run one OSCAR job: read INPUT_FILE_PATH, write TMP_OUTPUT_DIR\n"
+        "  --warm, serve   run the warm replica until SIGTERM (an exposed OSCAR service)\n"
+        "  --help          print this\n\n"
+        f"One job:\n{job}\n"
+        f"The warm replica (--warm) reads, besides OSCAR_SD_MODEL and OSCAR_SD_DEVICE:\n{warm}"
+    )
 
 
 def serve_warm() -> int:

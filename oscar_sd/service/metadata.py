@@ -10,7 +10,8 @@ Two text chunks:
       Steps: 1, Sampler: EulerDiscreteScheduler, CFG scale: 0.0, Seed: 42, \
       Size: 512x512, Model: stabilityai/sd-turbo
 
-  (one line; broken here to fit)
+  (one line; broken here to fit). As in A1111, the ``Negative prompt:`` line is
+  left out when there is none.
 
 - ``oscar-sd``: JSON ``{"request": {...}, "index": i, "seed": s}``: the whole
   request (with the seed, steps and guidance actually used), the image's
@@ -46,9 +47,11 @@ def image_seed(batch_seed: int, index: int) -> int:
 
 def parameters_text(request: GenerationRequest, seed: int, sampler: str, model: str) -> str:
     """The A1111-style ``parameters`` text of one image (``request`` fully resolved)."""
+    # A1111 writes the line only for a negative prompt that is there.
+    negative = f"Negative prompt: {request.negative_prompt}\n" if request.negative_prompt else ""
     return (
         f"{request.prompt}\n"
-        f"Negative prompt: {request.negative_prompt}\n"
+        f"{negative}"
         f"Steps: {request.steps}, Sampler: {sampler}, CFG scale: {request.guidance_scale}, "
         f"Seed: {seed}, Size: {request.width}x{request.height}, Model: {model}"
     )

@@ -73,9 +73,11 @@ def png_fingerprint(png: bytes) -> str:
 
 
 def a1111_parameters(request: dict[str, Any]) -> str:
-    """The A1111-style ``parameters`` text chunk."""
+    """The A1111-style ``parameters`` text chunk (no empty negative prompt line, as the
+    service's ``oscar_sd/service/metadata.py``)."""
+    negative = request["negative_prompt"]
     return (
-        f"{request['prompt']}\nNegative prompt: {request['negative_prompt']}\n"
+        f"{request['prompt']}\n" + (f"Negative prompt: {negative}\n" if negative else "") +
         f"Steps: {request['steps']}, Sampler: fake, CFG scale: {request['guidance_scale']}, "
         f"Seed: {request['seed']}, Size: {request['width']}x{request['height']}, "
         "Model: oscar-sd-double"
