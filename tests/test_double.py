@@ -519,6 +519,29 @@ def test_a_server_without_the_listen_api(cluster: ClusterDouble, listen: Any) ->
     assert cluster.listen_connections == 0
 
 
+@pytest.mark.parametrize("how, status, marker", [
+    ("access-denied", 403, b"<Code>AccessDenied</Code>"),
+    ("method-not-allowed", 405, b"<Code>MethodNotAllowed</Code>"),
+    ("not-implemented", 501, b"<Code>NotImplemented</Code>"),
+    ("proxy-501", 501, b"501 Not Implemented"),
+    ("proxy-403", 403, b"403 Forbidden"),
+])
+def test_listen_refused_for_one_access_key_while_its_other_calls_work(
+        cluster: ClusterDouble, listen: Any, how: str, status: int, marker: bytes) -> None:
+    user_key, _ = cluster.minio_keys_for("restricted-user")
+    cluster.refuse_listen(user_key, how)
+    refused = listen("prefix=out/&events=s3:ObjectCreated:*", access_key=user_key)
+    assert refused.status == status and marker in refused.body
+    assert ("xml" in refused.headers["content-type"]) == refused.body.startswith(b"<?xml")
+    served = listen("prefix=out/&events=s3:ObjectCreated:*")  # the admin's key still listens
+    cluster.put_object(BUCKET, "out/a.zip", b"x")
+    assert key_of(served.event()) == "out/a.zip"
+    client = minio_client(cluster, access_key=user_key)  # and the user may still use S3
+    assert [o.object_name for o in client.list_objects(BUCKET, "out/")] == ["out/a.zip"]
+    cluster.refuse_listen(user_key, None)
+    assert cluster.storage.hub.refusal(user_key) is None
+
+
 def test_on_object_created_runs_before_the_event(cluster: ClusterDouble, listen: Any) -> None:
     seen: list[tuple[str, str, float]] = []
     cluster.on_object_created = lambda bucket, key, at: seen.append((bucket, key, at))

@@ -24,6 +24,7 @@ from .conditional import release_stamp
 from .jobs import DeployedService, Handler, Job, JobRunner, StoragePath
 from .oidc import OidcProviderDouble
 from .oscar import complete_service, create_app, private_buckets
+from .refusals import KINDS
 from .s3 import S3Front
 from .server import LoopbackServer
 
@@ -247,12 +248,26 @@ class ClusterDouble:
 
     @property
     def listen_api(self) -> str:
-        """"minio", "not-implemented" (501) or "ignored" (a plain listing, as AWS S3)."""
+        """"minio", or how every listen request is refused: one of ``refusals.KINDS``
+        ("not-implemented": 501; "ignored": a plain listing, as AWS S3; ...)."""
         return self.storage.hub.api
 
     @listen_api.setter
     def listen_api(self, value: str) -> None:
+        if value != "minio" and value not in KINDS:
+            raise ValueError(f"listen_api must be 'minio' or one of {KINDS}")
         self.storage.hub.api = value
+
+    def refuse_listen(self, access_key: str, how: str | None = "access-denied") -> None:
+        """Listen requests signed with ``access_key`` are refused ``how`` (one of
+        ``refusals.KINDS``; "access-denied" is MinIO's 403 for a restricted service's
+        users), while every other S3 call of theirs works. ``how=None`` lifts it."""
+        if how is None:
+            self.storage.hub.refusals.pop(access_key, None)
+        elif how not in KINDS:
+            raise ValueError(f"how must be one of {KINDS}")
+        else:
+            self.storage.hub.refusals[access_key] = how
 
     def fail_next_job(self, message: str = "the job failed") -> None:
         """The service reports a failure: the next job skips its handler, writes

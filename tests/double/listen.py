@@ -139,15 +139,22 @@ class ListenHub:
         self.escape_keys = False
         self.keepalive_interval = 0.5
         self.queue_size = DEFAULT_QUEUE_SIZE
-        #: "minio": served; "not-implemented": 501 NotImplemented (MinIO without
-        #: listen support); "ignored": the query is ignored and the bucket is
-        #: listed, as AWS S3 does with unknown parameters.
+        #: "minio": served; else one of ``refusals.KINDS`` for every access key
+        #: ("not-implemented": MinIO without listen support; "ignored": a listing).
         self.api = "minio"
+        #: Access key -> one of ``refusals.KINDS``: how that key's listen is refused
+        #: (a restricted user: "access-denied"), whatever ``api`` says.
+        self.refusals: dict[str, str] = {}
         self._lock = threading.Lock()
         self._streams: list[ListenStream] = []
         self._lose: list[str] = []  # key prefixes of the next created events to lose
         self.connects_total = 0
         self._dropped_by_closed = 0  # events dropped by streams already closed
+
+    def refusal(self, access_key: str) -> str | None:
+        """How a listen request signed with ``access_key`` is refused; None: served."""
+        how = self.refusals.get(access_key, self.api)
+        return None if how == "minio" else how
 
     # -- streams ----------------------------------------------------------------
 

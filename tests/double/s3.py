@@ -37,8 +37,10 @@ from .events import (
     ObjectEvent,
 )
 from .listen import ListenHub, ListenStream
+from .refusals import REFUSALS, XML_ERRORS
 
 BACKEND_ENVIRON_KEY = "tests.double.s3_backend"
+ACCESS_KEY_ENVIRON_KEY = "tests.double.access_key"
 _CREDENTIAL = re.compile(r"Credential=([^/,\s]+)/")
 _account_ids = iter(range(100_000_000_000, 999_999_999_999))
 _account_lock = threading.Lock()
@@ -254,6 +256,7 @@ class S3Front:
             return ("InvalidAccessKeyId",
                     "The Access Key Id you provided does not exist in our records.")
         self.access_keys_used.add(match.group(1))
+        environ[ACCESS_KEY_ENVIRON_KEY] = match.group(1)
         allowed = self.bucket_access
         if bucket and allowed is not None and not allowed(match.group(1), bucket):
             return "AccessDenied", "Access Denied."
@@ -261,7 +264,8 @@ class S3Front:
 
     def _error(self, start_response: Callable, environ: dict, status: int, code: str,
                message: str, resource: str, bucket: str, key: str) -> list[bytes]:
-        reason = {400: "Bad Request", 403: "Forbidden", 404: "Not Found", 501: "Not Implemented",
+        reason = {400: "Bad Request", 403: "Forbidden", 404: "Not Found",
+                  405: "Method Not Allowed", 501: "Not Implemented",
                   503: "Service Unavailable"}[status]
         body = b"" if environ["REQUEST_METHOD"] == "HEAD" else error_xml(
             code, message, resource, bucket, key)
@@ -275,12 +279,11 @@ class S3Front:
     def _listen(self, environ: dict, start_response: Callable, bucket: str,
                 query: dict) -> Iterable[bytes]:
         """MinIO's ListenNotificationHandler (cmd/listen-notification-handlers.go)."""
-        if self.hub.api == "not-implemented":  # MinIO without listen support answers so
-            return self._error(start_response, environ, 501, "NotImplemented",
-                               "A header you provided implies functionality that is not "
-                               "implemented", f"/{bucket}", bucket, "")
-        if self.hub.api == "ignored":  # AWS S3 ignores unknown parameters: a plain listing
+        how = self.hub.refusal(environ.get(ACCESS_KEY_ENVIRON_KEY, ""))
+        if how == "ignored":  # AWS S3 ignores unknown parameters: a plain listing
             return self._storage(environ, start_response, "GET", bucket, "", query)
+        if how is not None:
+            return self._refuse_listen(start_response, environ, how, bucket)
         if bucket not in self.backend.buckets:
             return self._error(start_response, environ, 404, "NoSuchBucket",
                                "The specified bucket does not exist", f"/{bucket}", bucket, "")
@@ -306,6 +309,18 @@ class S3Front:
             ("X-Accel-Buffering", "no"), ("Server", "MinIO"),
             ("x-amz-request-id", uuid.uuid4().hex[:16].upper())])
         return self._stream_body(stream)
+
+    def _refuse_listen(self, start_response: Callable, environ: dict, how: str,
+                       bucket: str) -> list[bytes]:
+        status, content_type, text = REFUSALS[how]
+        if text is None:
+            code, message = XML_ERRORS[how]
+            return self._error(start_response, environ, int(status[:3]), code, message,
+                               f"/{bucket}", bucket, "")
+        body = text(bucket)
+        start_response(status, [("Content-Type", content_type),
+                                ("Content-Length", str(len(body)))])
+        return [body]
 
     def _stream_body(self, stream: ListenStream) -> Iterator[bytes]:
         try:
