@@ -22,6 +22,11 @@ grycap/faas-supervisor ``faassupervisor/storage/config.py`` and ``utils.py``):
   ``minio.default``, ``<bucket>/<folder>``: the very folder faas-supervisor
   uploads the results to. ``OSCAR_SD_OUTPUT_PATH`` overrides it (the warm
   service, which has no per-upload job, sets it in its FDL).
+- under ``isolation_level: USER``, the bucket of the event (``$EVENT``,
+  ``Records[0].s3.bucket.name``) when it is one of the definition's
+  ``bucket_list``: faas-supervisor (``faassupervisor/storage/config.py``,
+  ``upload_output``) then uploads the outputs to ``<event bucket>/<output
+  folder>``, the user's private bucket, and the marker must land beside them.
 
 Writing the marker never fails the job: without keys (a local run, a test) it
 is skipped with one log line, and any error is logged and ignored. The keys
@@ -36,6 +41,7 @@ import json
 import logging
 import os
 import socket
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -95,20 +101,23 @@ class OutputStore:
         return f"{self.folder}/{name}" if self.folder else name
 
     @classmethod
-    def from_job_environment(cls) -> OutputStore | None:
-        """The store described by the job's mounts and environment; None (logged) if absent."""
-        folder = Path(os.environ.get("OSCAR_SD_PROVIDERS_DIR") or PROVIDERS_DIR)
+    def from_job_environment(cls, env: Mapping[str, str] | None = None) -> OutputStore | None:
+        """The store described by the job's mounts and environment (``env``, default
+        ``os.environ``); None (logged) if absent."""
+        env = os.environ if env is None else env
+        folder = Path(env.get("OSCAR_SD_PROVIDERS_DIR") or PROVIDERS_DIR)
         try:
             access_key = (folder / "accessKey").read_text().strip()
             secret_key = (folder / "secretKey").read_text().strip()
         except OSError:
             logger.info("No MinIO keys at %s: not writing the started marker", folder)
             return None
-        config = _function_config()
+        config = _function_config(env)
         provider = ((config.get("storage_providers") or {}).get("minio") or {}).get(
             "default"
         ) or {}
-        path = os.environ.get("OSCAR_SD_OUTPUT_PATH", "").strip() or _output_path(config)
+        path = env.get("OSCAR_SD_OUTPUT_PATH", "").strip() or event_output_path(
+            _output_path(config), config, env.get("EVENT", ""))
         if not path or not access_key or not secret_key:
             logger.info("No output path or empty MinIO keys: not writing the started marker")
             return None
@@ -184,16 +193,17 @@ def _put(store: OutputStore, key: str, body: bytes, exclusive: bool) -> MarkerRe
     return "written"
 
 
-def _function_config() -> dict[str, Any]:
+def _function_config(env: Mapping[str, str] | None = None) -> dict[str, Any]:
     """The service definition OSCAR gives the job (as faas-supervisor reads it)."""
     import yaml
 
+    env = os.environ if env is None else env
     text = ""
-    path = Path(os.environ.get("OSCAR_SD_FUNCTION_CONFIG") or FUNCTION_CONFIG_PATH)
+    path = Path(env.get("OSCAR_SD_FUNCTION_CONFIG") or FUNCTION_CONFIG_PATH)
     if path.is_file():
         text = path.read_text(encoding="utf-8")
-    elif os.environ.get("FUNCTION_CONFIG"):
-        text = base64.b64decode(os.environ["FUNCTION_CONFIG"]).decode("utf-8")
+    elif env.get("FUNCTION_CONFIG"):
+        text = base64.b64decode(env["FUNCTION_CONFIG"]).decode("utf-8")
     config = yaml.safe_load(text) if text else None
     return config if isinstance(config, dict) else {}
 
@@ -204,3 +214,25 @@ def _output_path(config: dict[str, Any]) -> str:
         if provider in ("minio", "minio.default") and entry.get("path"):
             return str(entry["path"])
     return ""
+
+
+def event_output_path(path: str, config: dict[str, Any], event: str) -> str:
+    """Where faas-supervisor puts this event's outputs: ``path``, or under ``isolation_level:
+    USER`` the event's bucket (one of ``bucket_list``) with ``path``'s folder
+    (``faassupervisor/storage/config.py`` ``upload_output``)."""
+    if config.get("isolation_level") != "USER":
+        return path
+    bucket = _event_bucket(event)
+    folder = path.strip("/").split("/")[1:]
+    if not bucket or bucket not in (config.get("bucket_list") or []) or not folder:
+        return path
+    return f"{bucket}/{'/'.join(folder)}"
+
+
+def _event_bucket(event: str) -> str:
+    """``Records[0].s3.bucket.name`` of MinIO's event (faassupervisor/events/minio.py)."""
+    try:
+        record = json.loads(event)["Records"][0]
+        return str(record["s3"]["bucket"]["name"])
+    except (ValueError, KeyError, IndexError, TypeError):
+        return ""

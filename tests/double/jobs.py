@@ -30,6 +30,7 @@ keys of the uploader) through ``pod.current_job()``; ``ScriptHandler`` passes
 
 from __future__ import annotations
 
+import base64
 import heapq
 import itertools
 import json
@@ -49,6 +50,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from . import pod
 from .events import ObjectEvent, build_record
@@ -167,7 +170,10 @@ class DeployedService:
 
     def outputs_for(self, input_bucket: str | None) -> list[StoragePath]:
         """Where a job's files go: a job from a private bucket writes to that bucket's
-        output folder (grycap/oscar docs/multitenancy.md), others to the output paths."""
+        output folder (grycap/oscar docs/multitenancy.md; grycap/faas-supervisor
+        ``faassupervisor/storage/config.py`` ``upload_output``: under ``isolation_level:
+        USER``, an event bucket in ``bucket_list`` replaces the output path's bucket),
+        others to the output paths."""
         if input_bucket in self.private_buckets:
             return [StoragePath(input_bucket, path.folder, path.prefixes, path.suffixes)
                     for path in self.outputs]
@@ -312,13 +318,21 @@ class JobRunner:
         return json.dumps({"EventName": event.name, "Key": f"{event.bucket}/{event.key}",
                            "Records": [record]})
 
-    def _pod(self, job: Job, service: DeployedService) -> pod.JobContext:
+    def _pod(self, job: Job, service: DeployedService, workdir: Path) -> pod.JobContext:
         # OSCAR mounts the uploader's keys; the double records no uploader (every
         # event's principal is the cluster's key), so a pod gets the cluster's keys.
+        providers = workdir / "providers" / "minio.default"
+        providers.mkdir(parents=True)
+        (providers / "accessKey").write_text(self.storage.access_key)
+        (providers / "secretKey").write_text(self.storage.secret_key)
+        definition = {**service.definition, "storage_providers": {"minio": {"default": {
+            "endpoint": self.storage.hub.endpoint, "verify": False, "region": "us-east-1"}}}}
         return pod.JobContext(
             name=job.name, event=job.event, minio_endpoint=self.storage.hub.endpoint,
             outputs=tuple((path.bucket, path.folder) for path in service.outputs_for(job.bucket)),
-            access_key=self.storage.access_key, secret_key=self.storage.secret_key)
+            access_key=self.storage.access_key, secret_key=self.storage.secret_key,
+            providers_dir=str(providers),
+            function_config=base64.b64encode(yaml.safe_dump(definition).encode()).decode())
 
     def _timer_loop(self) -> None:
         with self._lock:
@@ -377,7 +391,7 @@ class JobRunner:
                 write_error(output_dir, job_id(input_file), failure, "JobFailed")
                 log.append(f"the service reported a failure: {failure}\n")
             else:
-                with pod.running(self._pod(job, service)):
+                with pod.running(self._pod(job, service, workdir)):
                     self._call_handler(service.handler, input_file, output_dir, log)
             if killed_late:
                 ok = False  # the pod dies before faas-supervisor uploads anything

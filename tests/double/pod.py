@@ -5,8 +5,13 @@ webhook calls for an upload) gives the job's container ``EVENT`` (the body
 OSCAR was called with: MinIO's webhook event) and ``JOB_UUID`` (the job's
 name, ``<service>-<uuid>``; ``pkg/types/service.go``), and mounts the MinIO
 keys of the user whose upload started the job at
-``/var/run/secrets/providers/minio.default``. A handler
-runs in the runner's thread: :func:`current_job` is its pod's view of these.
+``/var/run/secrets/providers/minio.default`` and the service's definition at
+``/oscar/config/function_config.yaml`` (with ``storage_providers.minio.default``,
+``pkg/handlers/create.go``). A handler runs in the runner's thread:
+:func:`current_job` is its pod's view of these, and :attr:`JobContext.worker_env`
+the environment the worker reads them from (the keys in a folder of the job's
+own, named by ``OSCAR_SD_PROVIDERS_DIR``; the definition as ``FUNCTION_CONFIG``,
+base64 YAML, which faas-supervisor reads when the file is absent).
 """
 
 from __future__ import annotations
@@ -29,11 +34,21 @@ class JobContext:
     outputs: tuple[tuple[str, str], ...]  # (bucket, folder)
     access_key: str = field(repr=False)
     secret_key: str = field(repr=False)
+    #: The mounted keys' folder and the service definition (base64 YAML), for the worker.
+    providers_dir: str = ""
+    function_config: str = ""
 
     @property
     def env(self) -> dict[str, str]:
         """The variables OSCAR adds to the job's container."""
         return {"JOB_UUID": self.name, "EVENT": self.event}
+
+    @property
+    def worker_env(self) -> dict[str, str]:
+        """What the worker reads its mounts from (oscar_sd/service/marker.py)."""
+        return {**self.env, "OSCAR_SD_PROVIDERS_DIR": self.providers_dir,
+                "OSCAR_SD_FUNCTION_CONFIG": "/nonexistent/function_config.yaml",
+                "FUNCTION_CONFIG": self.function_config}
 
     @property
     def minio_host(self) -> str:

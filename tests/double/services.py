@@ -136,7 +136,8 @@ def started_then(generate: Handler = fake_generator) -> Handler:
     The worker (oscar_sd/service/marker.py) writes ``<job>.started.json`` straight
     to the output folder with the MinIO keys OSCAR mounts into the pod, naming
     the OSCAR job from ``$JOB_UUID``, before it generates; faas-supervisor
-    uploads only the result. So does this handler, through the same code.
+    uploads only the result. So does this handler, through the same code, finding
+    its store in the pod's mounts and environment as the worker does.
     """
     from oscar_sd.service.marker import OutputStore, StartedMarker, write_started_marker
 
@@ -144,11 +145,9 @@ def started_then(generate: Handler = fake_generator) -> Handler:
         job = pod.current_job()
         if job is None:
             raise RuntimeError("started_then runs inside a double's job only")
-        bucket, folder = job.outputs[0]
-        store = OutputStore(
-            endpoint=job.minio_host, secure=False, verify=False, region="us-east-1",
-            bucket=bucket, folder=folder, access_key=job.access_key,
-            secret_key=job.secret_key)
+        store = OutputStore.from_job_environment(job.worker_env)
+        if store is None:
+            raise RuntimeError("the pod's mounts describe no output store")
         written = write_started_marker(job_id(input_file), store=store,
                                        marker=StartedMarker.now(job.env["JOB_UUID"]))
         return f"started marker: {written}\n{generate(input_file, output_dir) or ''}"
