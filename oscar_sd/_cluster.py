@@ -15,6 +15,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 import anyio
 import anyio.to_thread
 import requests
+from oscar_python import _utils as oscar_requests
 from oscar_python.client import Client
 
 from ._errors import (
@@ -216,6 +217,38 @@ class OscarCluster:
             what=f"read the log of job {job!r}", missing_ok=True,
         )
         return None if response is None else response.text
+
+
+    # -- an exposed service's replicas (OSCAR v4) -------------------------------------
+
+    async def version(self) -> str:
+        """The cluster's OSCAR version from ``GET /system/info`` ("v4.1.2"), "" if unsaid."""
+        response = await self.call(self.client.get_cluster_info, what="read the OSCAR version")
+        answer = (response.json() if response is not None else None) or {}
+        return str(answer.get("version") or "")
+
+    async def deployment(self, name: str) -> dict[str, Any] | None:
+        """``GET /system/services/{name}/deployment`` (since v4.0.0): the exposed
+        service's ``state`` (ready, degraded, pending, stopped, failed) and
+        ``active_instances``; None where the cluster has no such route or service."""
+        response = await self.call(
+            self.client.get_deployment_status, name,
+            what=f"read the replicas of {name!r}", missing_ok=True,
+        )
+        return None if response is None else response.json()
+
+    async def lifecycle(self, name: str, action: str) -> dict[str, Any]:
+        """``POST /system/services/{name}/stop|start|restart`` (since v4.1.0,
+        grycap/oscar ``pkg/handlers/lifecycle.go``): the Deployment's status after.
+        oscar-python has no call for it; its own request helper sends the auth."""
+        response = await self.call(
+            oscar_requests.make_request, self.client, f"/system/services/{name}/{action}",
+            "post", what=f"{action} service {name!r}",
+        )
+        try:
+            return (response.json() if response is not None else None) or {}
+        except ValueError:
+            return {}
 
 
 #: A bound on the pages read, should a cluster keep answering with new tokens.

@@ -156,6 +156,9 @@ class Progress:
     step: int | None = None
     total_steps: int | None = None
     queue_position: int | None = None
+    #: Which path runs the request where a service has two: "warm" (its long-running
+    #: replicas) or "per-job" (an OSCAR job of its own); None where there is one.
+    route: str | None = None
 
 
 ProgressCallback = Callable[[Progress], None]

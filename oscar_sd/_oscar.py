@@ -262,8 +262,13 @@ class OscarSD:
         self,
         request: GenerationRequest | str,
         on_progress: ProgressCallback | None = None,
+        *,
+        job_id: str | None = None,
     ) -> GenerationResult:
         """Run ``request`` on the service and return its images.
+
+        ``job_id`` names the request's objects (default: a fresh uuid4 hex); the
+        spill-over (``_spill.py``) passes one so that both of its services use it.
 
         Raises :class:`JobFailedError` when the service reports a failure,
         :class:`GenerationTimeout` past ``timeout``, :class:`InvalidResultError`
@@ -277,7 +282,7 @@ class OscarSD:
         if isinstance(request, str):
             request = GenerationRequest(prompt=request)
         request = request.with_seed()
-        job_id = uuid.uuid4().hex
+        job_id = job_id or uuid.uuid4().hex
         deadline = time.monotonic() + self.timeout
         report = ProgressReporter(on_progress)
 

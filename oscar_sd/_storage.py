@@ -115,6 +115,20 @@ class MinioStorage:
     def put(self, bucket: str, key: str, data: bytes, content_type: str) -> None:
         self._client.put_object(bucket, key, io.BytesIO(data), len(data), content_type=content_type)
 
+    def put_if_absent(self, bucket: str, key: str, data: bytes, content_type: str) -> bool:
+        """Create ``key`` unless it exists (``If-None-Match: *``, which MinIO checks and
+        writes under the object's lock): False when it existed (412)."""
+        # minio-py's put_object turns unknown headers into x-amz-meta-*; _put_object
+        # sends them as given (as oscar_sd/service/claims.py does for the replicas).
+        try:
+            self._client._put_object(bucket, key, data, headers={
+                "Content-Type": content_type, "If-None-Match": "*"})
+        except S3Error as exc:
+            if exc.code in ("PreconditionFailed", "412"):
+                return False
+            raise
+        return True
+
     def get(self, bucket: str, key: str, limit: int = MAX_RESULT_BYTES) -> bytes:
         response = self._client.get_object(bucket, key)
         try:

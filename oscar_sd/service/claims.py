@@ -11,7 +11,9 @@ A claim holds ``expires_at``: a replica that dies mid-request leaves it behind,
 and once it has expired another replica replaces it with ``If-Match: <its
 ETag>`` (MinIO honours If-Match on PUT the same way). Two replicas that both
 saw the expired claim send the same ETag; the first write changes it, so the
-second gets 412: no window where both win. Expiry compares the claimer's clock
+second gets 412: no window where both win. A claim the app wrote when it handed
+the request to the per-job service (spill-over, ``oscar_sd/_claims.py``) never
+expires: the request runs there, so no replica ever takes it. Expiry compares the claimer's clock
 with the reader's, so it assumes clocks agree to well within the TTL (NTP).
 
 Every method blocks (minio is a blocking library); the worker calls them from
@@ -33,6 +35,7 @@ import urllib3
 from minio import Minio
 from minio.error import S3Error
 
+from .._claims import is_spilled
 from .._storage import StoragePath
 from .marker import STARTED_SUFFIX, StartedMarker
 
@@ -197,6 +200,8 @@ class WarmStore:
         if found is None:
             return None
         etag, data = found
+        if is_spilled(data):
+            return etag, float("inf")  # the per-job service runs it
         try:
             expires_at = float(json.loads(data).get("expires_at_epoch", 0))
         except (ValueError, AttributeError):

@@ -91,8 +91,12 @@ class WarmWorker:
     """One warm replica. ``serve()`` blocks until :meth:`request_stop`."""
 
     def __init__(self, settings: WarmSettings, *,
-                 on_result: Callable[[str, str], None] | None = None) -> None:
+                 on_result: Callable[[str, str], None] | None = None,
+                 generate: Callable[..., Any] = generate_batch) -> None:
         self.settings = settings
+        #: What runs a round's requests: :func:`~.generate.generate_batch`, or a test's
+        #: stand-in with the same signature (the cluster double's timed generator).
+        self._generate = generate
         self.store = WarmStore(settings.endpoint, settings.access_key, settings.secret_key,
                                input_path=settings.input_path, output_path=settings.output_path,
                                region=settings.region, verify=settings.verify)
@@ -223,7 +227,7 @@ class WarmWorker:
             self._write_outcome(chosen[index].job, outcome)
 
         started = time.perf_counter()
-        generate_batch(requests, model=self.settings.model,  # type: ignore[arg-type]
+        self._generate(requests, model=self.settings.model,
                        device=self.settings.device,
                        max_images=self.settings.max_batch_images, on_outcome=written)
         self.stats.generate_seconds.append(time.perf_counter() - started)

@@ -20,7 +20,9 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from . import services
+from .capacity import Capacity
 from .conditional import release_stamp
+from .exposed import ExposedDeployment, ReplicaFactory
 from .jobs import DeployedService, Handler, Job, JobRunner, StoragePath
 from .oidc import OidcProviderDouble
 from .oscar import complete_service, create_app, private_buckets
@@ -34,7 +36,16 @@ class ClusterDouble:
 
     def __init__(self, admin: tuple[str, str] = ("oscar", "oscar-pw"),
                  oidc: OidcProviderDouble | None = None, *,
-                 cluster_id: str = "oscar-double", keepalive_interval: float = 0.5) -> None:
+                 cluster_id: str = "oscar-double", keepalive_interval: float = 0.5,
+                 oscar_version: str = "4.1.2", capacity: Capacity | None = None) -> None:
+        #: The OSCAR release played: what /system/info answers, which routes exist.
+        self.oscar_version = oscar_version.lstrip("v")
+        #: Time and GPUs (capacity.py): pod starts, model loads and generations take
+        #: their durations, on a GPU pool shared by job pods and exposed replicas.
+        #: None: everything is instant and GPUs are unbounded.
+        self.capacity = capacity
+        #: Exposed services' Deployments by service name (exposed.py).
+        self.exposed: dict[str, ExposedDeployment] = {}
         # OSCAR has exactly one basic-auth account, the cluster admin
         # (grycap/oscar pkg/utils/auth/auth.go: gin.BasicAuth with one entry).
         self.admin = admin
@@ -52,7 +63,7 @@ class ClusterDouble:
         # Buckets made through POST /system/buckets by an OIDC user: bucket -> owner uid.
         self.bucket_owners: dict[str, str] = {}
         self.storage.hub.keepalive_interval = keepalive_interval
-        self.runner = JobRunner(self.storage)
+        self.runner = JobRunner(self.storage, capacity=capacity)
         self._s3_server = LoopbackServer(self.storage, "minio")
         self._oscar_server = LoopbackServer(create_app(self), "oscar")
         self.storage.hub.endpoint = self._s3_server.url
@@ -73,6 +84,8 @@ class ClusterDouble:
         return self
 
     def stop(self) -> None:
+        for deployment in list(self.exposed.values()):
+            deployment.shutdown()
         self.storage.resume_uploads()
         self.storage.hub.drop_all()
         self.runner.stop()
@@ -161,8 +174,20 @@ class ClusterDouble:
         self.runner.services[service["name"]] = DeployedService(service, handler, job_delay)
         return service
 
+    def deploy_exposed(self, definition: Mapping[str, Any],
+                       make_replica: ReplicaFactory) -> dict[str, Any]:
+        """Register an exposed service and start its Deployment: ``min_scale`` pods,
+        each running ``make_replica(pod name)`` (exposed.py)."""
+        service = self.deploy(definition, services.fake_generator)
+        self.exposed[service["name"]] = ExposedDeployment(
+            service["name"], service, make_replica, self.capacity)
+        return service
+
     def remove_service(self, name: str) -> None:
         self.runner.services.pop(name, None)
+        deployment = self.exposed.pop(name, None)
+        if deployment is not None:
+            deployment.shutdown()
 
     def jobs(self, service: str) -> dict[str, Job]:
         """The service's jobs by name (what /system/logs/{service} lists)."""

@@ -26,6 +26,10 @@ that failed without reporting it).
 Each handler sees its pod's environment (``JOB_UUID``, ``EVENT``, the MinIO
 keys of the uploader) through ``pod.current_job()``; ``ScriptHandler`` passes
 ``JOB_UUID`` and ``EVENT`` to its script.
+
+With a capacity model (capacity.py) a job's pod is Pending until the GPU pool
+gives it a GPU (services with ``enable_gpu``) and through its pod start; then
+Running through the model load, the handler and the generation's duration.
 """
 
 from __future__ import annotations
@@ -54,6 +58,7 @@ from typing import Any
 import yaml
 
 from . import pod
+from .capacity import Capacity, Lease
 from .events import ObjectEvent, build_record
 from .s3 import S3Front
 from .services import job_id, write_error
@@ -208,8 +213,11 @@ class Job:
 class JobRunner:
     """Turns uploads into jobs and runs them."""
 
-    def __init__(self, storage: S3Front, max_workers: int = 32) -> None:
+    def __init__(self, storage: S3Front, max_workers: int = 32,
+                 capacity: Capacity | None = None) -> None:
         self.storage = storage
+        self.capacity = capacity
+        self._stopped = threading.Event()  # ends capacity waits at stop()
         self.services: dict[str, DeployedService] = {}
         self._jobs: dict[str, dict[str, Job]] = {}
         self._lock = threading.Lock()
@@ -356,6 +364,29 @@ class JobRunner:
             if self._held:
                 self._held_jobs.append(job)  # stays Pending until release()
                 return
+        lease = self._schedule(job)
+        try:
+            self._run_pod(job)
+        finally:
+            if lease is not None and self.capacity is not None:
+                self.capacity.pool.release(lease)
+
+    def _schedule(self, job: Job) -> Lease | None:
+        """The pod's GPU (when its service asks for one) and its start; the job stays
+        Pending meanwhile, as Kubernetes leaves an unscheduled or starting pod."""
+        service = self.services.get(job.service)
+        if self.capacity is None or service is None:
+            return None
+        lease = None
+        if service.definition.get("enable_gpu"):
+            lease = self.capacity.pool.acquire(job.name, self._stopped)
+        self.capacity.timing.wait(self.capacity.timing.pod_start, self._stopped)
+        return lease
+
+    def _run_pod(self, job: Job) -> None:
+        with self._lock:
+            if self._stopping:
+                return
             failure = self._failures.popleft() if self._failures else None
             killed = self._kills > 0
             if killed:
@@ -392,7 +423,8 @@ class JobRunner:
                 log.append(f"the service reported a failure: {failure}\n")
             else:
                 with pod.running(self._pod(job, service, workdir)):
-                    self._call_handler(service.handler, input_file, output_dir, log)
+                    self._timed(lambda: self._call_handler(service.handler, input_file,
+                                                           output_dir, log))
             if killed_late:
                 ok = False  # the pod dies before faas-supervisor uploads anything
                 log.append("Killed\nthe pod was killed (OOMKilled)\n")
@@ -412,6 +444,17 @@ class JobRunner:
                 job.status = SUCCEEDED if ok else FAILED
                 job.finish_time = _now()
             job.done.set()
+
+    def _timed(self, run: Callable[[], None]) -> None:
+        """The model load, the handler, and the generation's duration (capacity.py)."""
+        if self.capacity is None:
+            run()
+            return
+        timing = self.capacity.timing
+        timing.wait(timing.model_load, self._stopped)
+        run()
+        timing.wait(timing.generation, self._stopped)
+        self.capacity.pool.generated(timing.generation)
 
     @staticmethod
     def _call_handler(handler: Handler, input_file: Path, output_dir: Path,
@@ -441,6 +484,9 @@ class JobRunner:
                 self.storage.written([event])
 
     def stop(self) -> None:
+        self._stopped.set()
+        if self.capacity is not None:
+            self.capacity.pool.wake()
         with self._lock:
             self._stopping = True
             self._timers.clear()

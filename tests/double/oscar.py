@@ -23,12 +23,11 @@ from typing import TYPE_CHECKING, Any
 
 from flask import Flask, Response, request
 
+from .exposed import has_deployment_status, has_lifecycle
 from .jobs import DeployedService, StoragePath
 
 if TYPE_CHECKING:
     from .cluster import ClusterDouble
-
-OSCAR_VERSION = "v3.6.5"
 
 
 def _text(body: str, status: int) -> Response:
@@ -143,7 +142,8 @@ def create_app(double: ClusterDouble) -> Flask:
     @app.get("/system/info")
     def info() -> Response:
         return _json({
-            "version": OSCAR_VERSION, "git_commit": "cluster-double", "architecture": "amd64",
+            "version": f"v{double.oscar_version}", "git_commit": "cluster-double",
+            "architecture": "amd64",
             "kubernetes_version": "v1.30.0",
             "serverless_backend": {"name": "Knative", "version": "1.15"},
         })
@@ -236,6 +236,40 @@ def create_app(double: ClusterDouble) -> Flask:
         if uid is not None and (bucket.get("visibility") or "private") != "public":
             double.bucket_owners[name] = uid
         return Response(status=201)
+
+    def exposed_deployment(name: str) -> tuple[Any, Response | None]:
+        """The Deployment of exposed service ``name``, or OSCAR's refusal
+        (pkg/handlers/lifecycle.go: 404 unknown, 403 not the owner, 400 not exposed)."""
+        service = double.runner.services.get(name)
+        if service is None:
+            return None, Response(status=404)
+        uid = oidc_user()
+        if uid is not None and service.definition.get("owner", uid) != uid:
+            return None, _text(f"User {uid} doesn't have permission to manage this service",
+                               403)
+        if not (service.definition.get("expose") or {}).get("api_port"):
+            return None, _text(f'service "{name}" is not exposed', 400)
+        deployment = double.exposed.get(name)
+        if deployment is None:  # exposed, but its Deployment is gone
+            return None, Response(status=404)
+        return deployment, None
+
+    @app.get("/system/services/<name>/deployment")
+    def deployment_status(name: str) -> Response:
+        if not has_deployment_status(double.oscar_version):
+            return _text("404 page not found", 404)  # gin's answer for a route it lacks
+        deployment, refused = exposed_deployment(name)
+        return refused or _json(deployment.status())
+
+    @app.post("/system/services/<name>/<action>")
+    def lifecycle(name: str, action: str) -> Response:
+        if action not in ("stop", "start", "restart") or not has_lifecycle(double.oscar_version):
+            return _text("404 page not found", 404)
+        deployment, refused = exposed_deployment(name)
+        if refused is not None:
+            return refused
+        getattr(deployment, action)()
+        return _json(deployment.status())
 
     @app.get("/system/logs/<service>")
     def list_jobs(service: str) -> Response:

@@ -1,0 +1,366 @@
+"""Spill-over: one logical service made of a warm service and a per-job service.
+
+Both run the same image and model. A request goes to the warm replicas
+(uploaded to the warm input folder); when they cannot start it within
+``spill_after`` seconds (default 10), it runs as an OSCAR job of the per-job
+service instead, so a burst uses every GPU node Kubernetes can schedule. Until
+a warm replica is ready (the service is stopped or starting, ``_warm_control.py``),
+every request goes per-job.
+
+How long a request would wait: the requests of this client in front of it on
+the warm service that have not started, times the measured seconds per request
+(the mean gap between warm results while requests were waiting: it holds the
+batch time, the batch size and the replica count). Requests of other clients
+are not seen. Until a gap is measured nothing spills for being late; each
+waiting request looks again whenever the queue moves.
+
+Exactly once: a request is claimed before it is handed over. The warm replicas
+claim ``<warm output>/<job>.started.json`` with ``If-None-Match: *``
+(``service/claims.py``); the spill creates that same object the same way, with a
+body naming the per-job service (``_claims.py``), which no replica ever takes
+over. So of a replica and the spill exactly one wins: if the replica did, the
+request stays warm. A won spill deletes the warm input, then writes the request
+to the per-job service's input folder (OSCAR starts a job for every object
+there), under the same job id; its results come to the per-job output folder,
+so the job's own started marker never replaces the claim.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections import OrderedDict, deque
+from dataclasses import dataclass, replace
+from functools import partial
+from typing import Any
+
+import anyio
+import anyio.to_thread
+
+from ._claims import spill_claim
+from ._connect import Connecting
+from ._errors import OscarSDError, ServiceMisconfiguredError
+from ._models import (
+    GenerationRequest,
+    GenerationResult,
+    Progress,
+    ProgressCallback,
+    Stage,
+)
+from ._oscar import OscarSD
+from ._warm_control import DEFAULT_IDLE_STOP, WarmControl
+
+logger = logging.getLogger("oscar_sd.spill")
+
+DEFAULT_SPILL_AFTER = 10.0
+#: Gaps between warm results kept for the mean.
+GAP_WINDOW = 64
+
+WARM, PER_JOB = "warm", "per-job"
+
+
+@dataclass
+class _Waiting:
+    """One request of this client on the warm service, not yet started."""
+
+    job: str
+    uploaded: bool = False
+    started: bool = False
+
+
+@dataclass
+class SpillStats:
+    """Which path ran how many requests (for tests, the benchmark and the page)."""
+
+    warm: int = 0
+    per_job: int = 0
+    #: Spilled after waiting on the warm service (the claim won against the replicas).
+    spilled_late: int = 0
+    #: Claims the replicas won first: the request stayed warm.
+    claims_lost: int = 0
+
+
+class SpillOver:
+    """A backend over a warm service and its per-job partner (module docstring)."""
+
+    def __init__(self, warm: OscarSD, per_job: OscarSD, control: WarmControl, *,
+                 spill_after: float = DEFAULT_SPILL_AFTER) -> None:
+        if spill_after < 0:
+            raise ValueError("spill_after must be a number of seconds >= 0")
+        self.warm = warm
+        self.per_job = per_job
+        self.control = control
+        control.busy = lambda: self.in_flight > 0
+        self.spill_after = spill_after
+        self.description = (f"{warm.description}, spilling to per-job service "
+                            f"{per_job.service!r}")
+        self.stats = SpillStats()
+        self.in_flight = 0
+        self._waiting: OrderedDict[str, _Waiting] = OrderedDict()
+        self._gaps: deque[float] = deque(maxlen=GAP_WINDOW)
+        self._last_result: float | None = None
+        self._changed = anyio.Event()
+
+    # -- the estimate --------------------------------------------------------------------
+
+    @property
+    def seconds_per_request(self) -> float | None:
+        """Measured: the mean gap between warm results while requests waited."""
+        return sum(self._gaps) / len(self._gaps) if self._gaps else None
+
+    def expected_start(self, job: str) -> float | None:
+        """Seconds until the warm service starts ``job``; None until measured."""
+        gap = self.seconds_per_request
+        if gap is None:
+            return None
+        ahead = 0
+        for waiting in self._waiting.values():
+            if waiting.job == job:
+                break
+            if not waiting.started:
+                ahead += 1
+        return ahead * gap
+
+    def _moved(self) -> None:
+        changed, self._changed = self._changed, anyio.Event()
+        changed.set()
+
+    def _warm_result(self) -> None:
+        now = time.monotonic()
+        if self._last_result is not None and any(
+                not waiting.started for waiting in self._waiting.values()):
+            self._gaps.append(now - self._last_result)
+        self._last_result = now if self._waiting else None
+
+    # -- generate ------------------------------------------------------------------------
+
+    async def generate(self, request: GenerationRequest | str,
+                       on_progress: ProgressCallback | None = None) -> GenerationResult:
+        """Run ``request`` on the warm replicas or as a per-job job (module docstring).
+
+        Each :class:`Progress` says which in ``route``.
+        """
+        if isinstance(request, str):
+            request = GenerationRequest(prompt=request)
+        request = request.with_seed()
+        job = uuid.uuid4().hex
+        started = time.monotonic()
+        self.in_flight += 1
+        try:
+            await self.control.on_demand()
+            if not self.control.ready:
+                reason = ("the warm service is starting" if self.control.state.state != "stopped"
+                          else "the warm service is stopped; starting it")
+                return await self._per_job(job, request, on_progress, reason, started)
+            return await self._warm_or_spill(job, request, on_progress, started)
+        finally:
+            self.in_flight -= 1
+            self.control.touch()
+
+    async def _warm_or_spill(self, job: str, request: GenerationRequest,
+                             on_progress: ProgressCallback | None,
+                             started: float) -> GenerationResult:
+        waiting = _Waiting(job)
+        self._waiting[job] = waiting
+        spilling = claiming = False
+        held: list[Progress] = []  # heard while claiming: told once the claim is lost
+        result: GenerationResult | None = None
+        failure: BaseException | None = None
+
+        def heard(progress: Progress) -> None:
+            if spilling:
+                return  # our own claim's event, or the cancelled request's last words
+            if claiming:
+                held.append(progress)
+                return
+            if progress.stage is Stage.UPLOADED:
+                waiting.uploaded = True
+                self._moved()
+            elif progress.stage in (Stage.RUNNING, Stage.GENERATING, Stage.DOWNLOADING):
+                if not waiting.started:
+                    waiting.started = True
+                    self._moved()
+            _forward(on_progress, replace(progress, route=WARM))
+
+        async def run_warm() -> None:
+            nonlocal result, failure
+            try:
+                result = await self.warm.generate(request, heard, job_id=job)
+            except Exception as exc:  # raised below, not wrapped in the task group's group
+                failure = exc
+            tasks.cancel_scope.cancel()
+
+        try:
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(run_warm)
+                while not waiting.started:
+                    changed = self._changed
+                    expected = self.expected_start(job) if waiting.uploaded else None
+                    if expected is not None and expected > self.spill_after:
+                        claiming = True
+                        try:
+                            won: bool | None = await self._claim(job)
+                        except OscarSDError as exc:  # storage trouble: it stays warm
+                            logger.warning("Could not claim %s for the per-job path (%s)",
+                                           job, type(exc).__name__)
+                            won = None
+                        if won:
+                            spilling = True
+                            await self._forget_warm_input(job)
+                            tasks.cancel_scope.cancel()
+                            break
+                        claiming = False
+                        if won is False:
+                            self.stats.claims_lost += 1
+                            waiting.started = True  # a replica claimed it first: runs warm
+                        for progress in held:
+                            heard(progress)
+                        held.clear()
+                        if won is False:
+                            break
+                    await changed.wait()
+        finally:
+            self._waiting.pop(job, None)
+            self._moved()
+        if spilling:
+            self.stats.spilled_late += 1
+            reason = (f"the warm replicas could not start it within {self.spill_after:g} s")
+            return await self._per_job(job, request, on_progress, reason, started,
+                                       claimed=True)
+        if failure is not None:
+            raise failure
+        assert result is not None
+        self._warm_result()
+        self.stats.warm += 1
+        return result
+
+    async def _per_job(self, job: str, request: GenerationRequest,
+                       on_progress: ProgressCallback | None, reason: str, started: float, *,
+                       claimed: bool = False) -> GenerationResult:
+        """Claim ``job`` (unless done), run it on the per-job service, then drop the claim."""
+        if not claimed and not await self._claim(job):
+            raise RuntimeError(f"request {job} was claimed by another: job ids must be fresh")
+        offset = time.monotonic() - started
+
+        def tagged(progress: Progress) -> None:
+            _forward(on_progress, replace(progress, route=PER_JOB,
+                                          elapsed=progress.elapsed + offset))
+
+        _forward(on_progress, Progress(Stage.QUEUED, f"Sending it to a per-job GPU job: {reason}",
+                                       elapsed=offset, route=PER_JOB))
+        try:
+            result = await self.per_job.generate(request, tagged, job_id=job)
+        finally:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+                await self._drop_claim(job)
+        self.stats.per_job += 1
+        return result
+
+    # -- the claim -----------------------------------------------------------------------
+
+    async def _claim(self, job: str) -> bool:
+        """Create the warm service's claim on ``job`` for the per-job path (exactly one wins)."""
+        warm = self.warm
+        key = warm.output_path.key(job + ".started.json")
+        return await warm._storage_call(
+            warm._storage.put_if_absent, warm.output_path.bucket, key,
+            spill_claim(self.per_job.service), "application/json",
+            limiter=warm.limits.requests)
+
+    async def _forget_warm_input(self, job: str) -> None:
+        """The warm input goes before anything else (replicas that listed it find no
+        input once a claim is gone: ``WarmWorker._still_wanted``)."""
+        warm = self.warm
+        name = f"{job}.txt" if warm.input_format == "text" else f"{job}.json"
+        try:
+            await anyio.to_thread.run_sync(
+                partial(warm._storage.remove, warm.input_path.bucket,
+                        [warm.input_path.key(name)]), limiter=warm.limits.requests)
+        except Exception as exc:  # the claim alone keeps the replicas off it
+            logger.warning("Could not delete the warm input of %s (%s)", job,
+                           type(exc).__name__)
+
+    async def _drop_claim(self, job: str) -> None:
+        warm = self.warm
+        try:
+            await anyio.to_thread.run_sync(
+                partial(warm._storage.remove, warm.output_path.bucket,
+                        [warm.output_path.key(job + ".started.json")]),
+                limiter=warm.limits.requests)
+        except Exception as exc:  # the orphan sweep takes it later
+            logger.warning("Could not delete the claim of %s (%s)", job, type(exc).__name__)
+
+    async def aclose(self) -> None:
+        await self.warm.aclose()
+        await self.per_job.aclose()
+
+
+def _forward(on_progress: ProgressCallback | None, progress: Progress) -> None:
+    if on_progress is None:
+        return
+    try:
+        on_progress(progress)
+    except Exception:
+        logger.exception("on_progress raised; generation goes on")
+
+
+#: The warm service's variable naming its per-job partner (manifests/stable-diffusion-warm.yaml).
+SPILL_SERVICE_VARIABLE = "OSCAR_SD_SPILL_SERVICE"
+
+
+def spill_partner(definition: dict[str, Any]) -> str | None:
+    """The per-job service a warm service's definition names, if any."""
+    variables = (definition.get("environment") or {}).get("variables") or {}
+    name = str(variables.get(SPILL_SERVICE_VARIABLE) or "").strip()
+    return name or None
+
+
+def connect_pair(
+    endpoint: str,
+    *,
+    service: str,
+    per_job_service: str | None = None,
+    spill_after: float = DEFAULT_SPILL_AFTER,
+    idle_stop: float = DEFAULT_IDLE_STOP,
+    check_interval: float = 2.0,
+    keep_password: bool = True,
+    **options: Any,
+) -> Connecting[SpillOver]:
+    """Connect the warm service ``service`` and its per-job partner as one :class:`SpillOver`.
+
+    The partner is ``per_job_service``, else the one the warm definition names in
+    ``OSCAR_SD_SPILL_SERVICE``. ``options`` are :meth:`OscarSD.connect`'s. Connecting
+    is a sign-in: a stopped warm service is started (OSCAR v4.1+, by its owner).
+    With ``keep_password=False`` the password goes once connected, so from then on
+    the warm service is neither started nor stopped from here (its state as last
+    seen stands): run ``oscar-sd warm auto`` as its owner for that.
+    """
+
+    async def open_pair() -> SpillOver:
+        warm = await OscarSD.connect(endpoint, service=service, keep_password=True, **options)
+        try:
+            definition = await warm._cluster.require_service(service)
+            partner = per_job_service or spill_partner(definition)
+            if not partner:
+                raise ServiceMisconfiguredError(
+                    f"Service {service!r} names no per-job service to spill over to: set "
+                    f"{SPILL_SERVICE_VARIABLE} in its variables (manifests/"
+                    "stable-diffusion-warm.yaml), or pass per_job_service.")
+            per_job = await OscarSD.connect(endpoint, service=partner,
+                                            keep_password=keep_password, **options)
+        except BaseException:
+            await warm.aclose()
+            raise
+        min_scale = int((definition.get("expose") or {}).get("min_scale", 1) or 0)
+        control = WarmControl(warm._cluster, service, idle_stop=idle_stop,
+                              check_interval=check_interval, min_scale=min_scale)
+        spill = SpillOver(warm, per_job, control, spill_after=spill_after)
+        await control.on_demand()  # a sign-in: someone is there
+        if not keep_password:
+            warm._cluster.forget_password()
+            if warm.job_watch is not None:
+                warm.job_watch = None  # listing the jobs would need the password
+        return spill
+
+    return Connecting(open_pair())

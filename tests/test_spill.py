@@ -1,0 +1,122 @@
+"""Spill-over: a warm service and its per-job partner as one service, each request run once."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import anyio
+import pytest
+
+from oscar_sd import GenerationRequest, OscarSDError, Progress
+from oscar_sd.service.warm import WarmWorker
+from tests.double import ClusterDouble, services
+from tests.double.capacity import Capacity, Timing
+from tests.spill_fixtures import PER_JOB, connect_spill, deploy_pair
+from tests.warm_fixtures import WARM
+
+pytestmark = pytest.mark.anyio
+
+
+def request(n: int) -> GenerationRequest:
+    return GenerationRequest(prompt=f"a lighthouse, take {n}", seed=n, width=64, height=64,
+                             num_images=1)
+
+
+def fingerprint_ok(result, n: int) -> bool:  # type: ignore[no-untyped-def]
+    expected = services.expected_png_fingerprint(f"a lighthouse, take {n}", n, 1)
+    return services.png_fingerprint(result.images[0].read_bytes()) == expected
+
+
+async def test_a_burst_spills_and_each_request_runs_exactly_once() -> None:
+    """200 requests at once on two warm replicas: those the replicas cannot start within
+    the bound go per-job, claimed first; the replicas and the jobs together run each
+    request exactly once, with its own images."""
+    # Generation 1 model-second is 2 ms: the replicas' queue grows past the bound.
+    capacity = Capacity(Timing(pod_start=5, model_load=5, generation=1, time_scale=0.002),
+                        gpus=8)
+    replicas: list[WarmWorker] = []
+    with ClusterDouble(capacity=capacity) as double:
+        deploy_pair(double, min_scale=2, replicas=replicas)
+        assert await anyio.to_thread.run_sync(double.exposed[WARM].wait_available, 2, 60)
+        routes: dict[int, set[str]] = {}
+        async with connect_spill(double, spill_after=0.02) as spill:
+            async def one(n: int) -> None:
+                def heard(progress: Progress) -> None:
+                    if progress.route:
+                        routes.setdefault(n, set()).add(progress.route)
+                result = await spill.generate(request(n), heard)
+                assert fingerprint_ok(result, n), n
+
+            async with anyio.create_task_group() as tasks:
+                for n in range(200):
+                    tasks.start_soon(one, n)
+            stats = spill.stats
+
+    warm_runs: Counter[str] = Counter()
+    for replica in replicas:
+        warm_runs.update(replica.stats.generated)
+    job_inputs = Counter(job.input_name.split(".")[0] for job in double.jobs(PER_JOB).values())
+    assert max(warm_runs.values()) == 1 and max(job_inputs.values()) == 1
+    assert not set(warm_runs) & set(job_inputs), "a request ran on both paths"
+    assert sum(warm_runs.values()) + sum(job_inputs.values()) == 200
+    assert stats.warm == sum(warm_runs.values()) and stats.per_job == sum(job_inputs.values())
+    assert stats.warm > 0 and stats.spilled_late > 0, stats
+    per_job = {n for n, seen in routes.items() if "per-job" in seen}
+    assert len(per_job) == stats.per_job  # the progress said which path ran it
+
+
+async def test_a_stopped_warm_service_starts_on_demand_per_job_serving_meanwhile() -> None:
+    capacity = Capacity(Timing(pod_start=20, model_load=10, generation=1, time_scale=0.01),
+                        gpus=4)
+    with ClusterDouble(capacity=capacity) as double:
+        deploy_pair(double, min_scale=1)
+        deployment = double.exposed[WARM]
+        deployment.stop()
+        assert await anyio.to_thread.run_sync(deployment.wait_stopped, 30)
+        async with connect_spill(double) as spill:
+            # Connecting is a sign-in: the stopped service was asked to start.
+            assert spill.control.starts == 1
+            routes: list[str | None] = []
+            result = await spill.generate(request(1), lambda p: routes.append(p.route))
+            assert fingerprint_ok(result, 1)
+            assert set(routes) == {"per-job"} and spill.stats.per_job == 1
+            assert await anyio.to_thread.run_sync(deployment.wait_available, 1, 30)
+            routes.clear()
+            await spill.generate(request(2), lambda p: routes.append(p.route))
+            assert set(routes) == {"warm"} and spill.stats.warm == 1
+
+
+async def test_the_idle_stop() -> None:
+    capacity = Capacity(Timing(pod_start=1, model_load=1, generation=1, time_scale=0.01),
+                        gpus=4)
+    with ClusterDouble(capacity=capacity) as double:
+        deploy_pair(double, min_scale=1)
+        deployment = double.exposed[WARM]
+        assert await anyio.to_thread.run_sync(deployment.wait_available, 1, 30)
+        async with connect_spill(double, idle_stop=0.3) as spill:
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(spill.control.run)
+                await spill.generate(request(1))
+                assert spill.stats.warm == 1
+                assert await anyio.to_thread.run_sync(deployment.wait_stopped, 30)
+                while spill.control.state.state != "stopped":
+                    await spill.control.wait_changed()
+                tasks.cancel_scope.cancel()
+            assert spill.control.stops == 1
+            assert capacity.pool.in_use == 0  # the replica's GPU is free again
+
+
+@pytest.mark.parametrize("version", ["3.6.5", "4.0.0"])
+async def test_a_cluster_without_stop_and_start(version: str) -> None:
+    """Before v4.1.0 OSCAR has no stop/start: the warm service keeps its min_scale,
+    requests go warm, and asking to stop says why it cannot."""
+    with ClusterDouble(oscar_version=version) as double:
+        deploy_pair(double, min_scale=1)
+        assert await anyio.to_thread.run_sync(double.exposed[WARM].wait_available, 1, 30)
+        async with connect_spill(double) as spill:
+            assert not spill.control.state.can_stop_start and spill.control.ready
+            await spill.generate(request(1))
+            assert spill.stats.warm == 1 and spill.stats.per_job == 0
+            with pytest.raises(OscarSDError, match="min_scale"):
+                await spill.control.stop()
+        assert double.exposed[WARM].available == 1
