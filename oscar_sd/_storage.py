@@ -16,9 +16,18 @@ import urllib3
 from minio import Minio
 from minio.deleteobjects import DeleteObject
 from minio.error import S3Error, ServerError
+from urllib3.exceptions import (
+    ConnectTimeoutError,
+    MaxRetryError,
+    NewConnectionError,
+    ProtocolError,
+    ReadTimeoutError,
+    SSLError,
+)
 
 from ._errors import ClusterUnreachableError, InvalidResultError
 from ._notify.source import ListenResponse, ListenUnsupported
+from ._retry_log import summarise_urllib3_retries
 
 #: The largest result object downloaded (a zip of 8 PNGs is a few MB).
 MAX_RESULT_BYTES = 64 * 1024 * 1024
@@ -60,6 +69,7 @@ class MinioStorage:
         stall_timeout: float = 5.0,
         pool_size: int = 32,
     ) -> None:
+        summarise_urllib3_retries()  # an outage retries every second: log it once a minute
         url = urlsplit(endpoint if "://" in endpoint else f"https://{endpoint}")
         self.endpoint = f"{url.scheme}://{url.netloc}"
         secure = url.scheme == "https"
@@ -202,6 +212,21 @@ def storage_error(exc: BaseException, endpoint: str) -> Exception:
             )
         return ClusterUnreachableError(f"The cluster's storage answered {exc.code}.")
     return ClusterUnreachableError(
-        f"Cannot reach the cluster's storage (MinIO) at {endpoint} "
-        f"({type(exc).__name__}). Check that the cluster is up."
+        f"Cannot reach the cluster's storage (MinIO) at {endpoint}: {_in_words(exc)}. "
+        "Check that the cluster is up."
     )
+
+
+def _in_words(exc: BaseException) -> str:
+    """What went wrong on the way to the storage, for a person (urllib3's class names,
+    such as MaxRetryError, say nothing to them; the log keeps those)."""
+    cause = exc.reason if isinstance(exc, MaxRetryError) and exc.reason else exc
+    if isinstance(cause, SSLError):
+        return "its TLS certificate was not accepted"
+    if isinstance(cause, (ConnectTimeoutError, ReadTimeoutError, TimeoutError)):
+        return "it did not answer in time"
+    if isinstance(cause, (NewConnectionError, ConnectionRefusedError)):
+        return "the connection was refused"
+    if isinstance(cause, (ProtocolError, ConnectionError)):
+        return "the connection was dropped"
+    return "it did not answer"

@@ -70,6 +70,9 @@ def test_download_one_image_and_all_as_a_zip(
             pick(page, 1)
             with page.expect_download() as one:
                 page.locator("#results").get_by_label("Download").click()
+            # Named for the run and the image: downloads of two runs never collide.
+            slug = "a-red-fox-in-the-snow"
+            assert one.value.suggested_filename == f"{slug}-{entry.seed + 1}-2.png"
             saved = tmp_path / "one.png"
             one.value.save_as(saved)
             # The original file, its parameters inside.
@@ -79,13 +82,15 @@ def test_download_one_image_and_all_as_a_zip(
 
             with page.expect_download() as everything:
                 page.get_by_text("Download all (.zip)").click()
+            assert everything.value.suggested_filename == f"{slug}-{entry.seed}.zip"
             archive = tmp_path / "all.zip"
             everything.value.save_as(archive)
             with zipfile.ZipFile(archive) as zipped:
-                assert sorted(zipped.namelist()) == [f"{i}.png" for i in range(1, 7)]
-                for name in zipped.namelist():
+                assert zipped.namelist() == [
+                    f"{slug}-{entry.seed + i}-{i + 1}.png" for i in range(6)]
+                for i, name in enumerate(zipped.namelist()):
                     data = zipped.read(name)
-                    assert data == (Path(entry.images[0]).parent / name).read_bytes()
+                    assert data == Path(entry.images[i]).read_bytes()
                     assert png_metadata(io.BytesIO(data))[0].startswith("a red fox")  # type: ignore[arg-type]
         finally:
             page.close()

@@ -134,11 +134,28 @@ def test_a_runs_zip_goes_to_its_owner_only(served: Served) -> None:
     assert mine.status_code == 200
     assert mine.headers["content-type"] == "application/zip"
     assert "attachment" in mine.headers["content-disposition"]
+    (_, entry) = served.app.sessions.run_of(run) or (None, None)
+    assert entry is not None
+    # Named for people: the prompt's start, each image's own seed, its place in the run.
+    slug = "alice-s-secret-garden"
+    assert f'filename="{slug}-{entry.seed}.zip"' in mine.headers["content-disposition"]
     with zipfile.ZipFile(io.BytesIO(mine.content)) as archive:
-        assert sorted(archive.namelist()) == [f"{i}.png" for i in range(1, 7)]
-        for name in archive.namelist():
-            assert archive.read(name) == (Path(served.paths[0]).parent / name).read_bytes()
+        assert archive.namelist() == [f"{slug}-{entry.seed + i - 1}-{i}.png" for i in range(1, 7)]
+        for i, name in enumerate(archive.namelist(), start=1):
+            assert archive.read(name) == (Path(served.paths[0]).parent / f"{i}.png").read_bytes()
     assert served.bob.get(f"/download/{run}.zip").status_code == 404
     with httpx.Client(base_url=served.app.url or "") as anonymous:
         assert anonymous.get(f"/download/{run}.zip").status_code == 404
     assert served.alice.get("/download/no-such-run.zip").status_code == 404
+
+
+def test_download_names_carry_the_prompt_the_seed_and_the_index() -> None:
+    from oscar_sd.ui.downloads import download_name
+
+    assert download_name("A red fox, in the SNOW!", 42, 3) == "a-red-fox-in-the-snow-42-3.png"
+    assert download_name("a red fox", 42) == "a-red-fox-42.zip"
+    # Other scripts stay; bidi controls and path separators do not.
+    assert download_name("日本の 狐", 7, 1) == "日本の-狐-7-1.png"
+    assert download_name("evil\u202e/../gnp.exe", 1, 1) == "evil-gnp-exe-1-1.png"
+    assert download_name("!!!", None, 2) == "image-2.png"
+    assert len(download_name("x" * 500, 1, 1)) == len("x" * 40 + "-1-1.png")

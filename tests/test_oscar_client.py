@@ -533,7 +533,7 @@ def kill_storage(cluster: ClusterDouble) -> None:
 
 @pytest.mark.parametrize("how", ["refused", "503"])
 async def test_storage_dying_while_waiting_says_so_then_raises_unreachable(
-    cluster: ClusterDouble, how: str
+    cluster: ClusterDouble, how: str, caplog: pytest.LogCaptureFixture
 ):
     messages: list[str] = []
     cluster.hold_jobs()
@@ -550,6 +550,12 @@ async def test_storage_dying_while_waiting_says_so_then_raises_unreachable(
     assert isinstance(error, ClusterUnreachableError), repr(error)
     assert "storage" in str(error)
     assert any(m.startswith("Cannot reach the cluster's storage, retrying (") for m in messages)
+    # Said in words, not as urllib3's class name.
+    assert "Error)" not in str(error), str(error)
+    assert any(words in str(error) for words in ("refused", "in time", "dropped", "answer"))
+    # urllib3's retry warning reaches the log once, not once per retried call.
+    retries = [r for r in caplog.records if r.getMessage().startswith("Retrying")]
+    assert len(retries) <= 1, [r.getMessage() for r in retries]
 
 
 async def test_storage_dead_at_the_deadline_is_unreachable_not_a_raw_urllib3_error(
@@ -564,6 +570,7 @@ async def test_storage_dead_at_the_deadline_is_unreachable_not_a_raw_urllib3_err
     finally:
         cluster.release_jobs()
     assert isinstance(error, ClusterUnreachableError), repr(error)
+    assert "MaxRetryError" not in str(error), str(error)
 
 
 async def test_cancelling_during_an_outage_returns_at_once_and_cleans_up_later(

@@ -232,6 +232,11 @@ def image_info(path: str | Path) -> ImageInfo:
 def image_seed_of(entry: HistoryEntry, index: int) -> int | None:
     """Image ``index`` (0-based) of a run, by the service's rule: image ``i`` of a batch
     with seed ``S`` has seed ``S + i - 1`` (oscar_sd/service/metadata.py)."""
-    if entry.seed is None:
+    return image_seed_of_run(entry.seed, index)
+
+
+def image_seed_of_run(seed: int | None, index: int) -> int | None:
+    """Image ``index`` (0-based) of a run started with ``seed``."""
+    if seed is None:
         return None
-    return (entry.seed + index) % (MAX_SEED + 1)
+    return (seed + index) % (MAX_SEED + 1)

@@ -31,13 +31,17 @@ from gradio.components.gallery import GalleryData, GalleryImage
 from gradio.data_classes import ImageData
 
 
-def gallery_value(images: Sequence[str | tuple[str, str]]) -> list[dict[str, object]]:
+def gallery_value(
+    images: Sequence[str | tuple[str, str]], names: Sequence[str] | None = None
+) -> list[dict[str, object]]:
     """A gallery of PNG files (paths, or (path, caption) pairs), as ``Gallery.postprocess``
-    gives it for paths."""
+    gives it for paths; ``names`` are what the download button saves them as (default:
+    the file's name)."""
     shown = []
-    for image in images:
+    for position, image in enumerate(images):
         path, caption = image if isinstance(image, tuple) else (image, None)
-        data = ImageData(path=path, orig_name=Path(path).name, mime_type="image/png")
+        name = names[position] if names else Path(path).name
+        data = ImageData(path=path, orig_name=name, mime_type="image/png")
         shown.append(GalleryImage(image=data, caption=caption))
     return GalleryData(root=shown).model_dump()  # type: ignore[arg-type]
 

@@ -25,7 +25,7 @@ from .._errors import (
     SignInExpired,
 )
 from .._models import GenerationResult
-from .downloads import DOWNLOADS
+from .downloads import DOWNLOADS, image_names
 from .form import (
     DEFAULT_SIZE,
     FIELD_LABELS,
@@ -176,7 +176,7 @@ class Handlers:
         status = status_line(result)
         entry = await self._sessions.keep(session, result)
         log.info("generated %d images in %.1f s", len(result.images), result.timings.total)
-        return gallery_value(entry.images), str(result.request.seed), status, entry.run
+        return _gallery_of(entry), str(result.request.seed), status, entry.run
 
     def _failed(self, tab: str, message: str) -> gr.Error:
         """The error for ``message``, kept for the tab's status line as well."""
@@ -229,7 +229,7 @@ class Handlers:
         entry = entries[selected.index]
         status = f"From history · seed {entry.seed} · {entry.model or 'parameters restored'}"
         seed_used = "" if entry.seed is None else str(entry.seed)
-        return (*entry.form_values(), list(entry.images), seed_used, "", status, entry.run)
+        return (*entry.form_values(), _gallery_of(entry), seed_used, "", status, entry.run)
 
     def _history_of(self, request: gr.Request) -> list[HistoryEntry]:
         session = self._sessions.get(self._key_of(request))
@@ -285,6 +285,12 @@ class Handlers:
         return self._sessions.get(key) or await self._sessions.open(
             key, self._shared_backend(), owns_backend=False
         )
+
+
+def _gallery_of(entry: HistoryEntry) -> list[dict[str, object]]:
+    """A run's images as the results gallery shows them, saved under names that say
+    which run and image they are (downloads.py)."""
+    return gallery_value(entry.images, image_names(entry.prompt, entry.seed, len(entry.images)))
 
 
 async def cancellable(

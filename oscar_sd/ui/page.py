@@ -269,6 +269,7 @@ def build_page(
             outputs=[*form, results, seed_used, parameters, status, run_shown],
             api_visibility="private",
             show_progress="hidden",
+            postprocess=False,  # the values come as shown: the gallery's from gallery.py
         ).success(
             handlers.show_run,
             run_shown,
