@@ -52,6 +52,8 @@ class OscarCluster:
         # A bearer token that renews itself; oscar-python gets its current value per call.
         self.token = OidcToken(token) if isinstance(token, str) else token
         self._password_forgotten = False
+        #: The groups OSCAR admits OIDC users of (``oidc_groups``), once config() read them.
+        self.oidc_groups: tuple[str, ...] = ()
         options: dict[str, Any] = {
             "cluster_id": "oscar-sd",
             "endpoint": self.endpoint,
@@ -131,12 +133,12 @@ class OscarCluster:
         if status == 401:
             return AuthenticationError(
                 f"The OSCAR cluster at {self.endpoint} refused the credentials (HTTP 401). "
-                "Check the user name and password, or the token, or log in again."
+                "Check the user name and password, or the token, or log in again.", 401
             )
         if status == 403:
             return AuthenticationError(
                 f"The OSCAR cluster at {self.endpoint} does not allow this account to {what} "
-                "(HTTP 403)."
+                "(HTTP 403).", 403
             )
         # OSCAR explains a refusal in the body as plain text; a short piece of it helps.
         detail = ""
@@ -151,7 +153,13 @@ class OscarCluster:
         response = await self.call(
             self.client.get_cluster_config, what="read the cluster configuration"
         )
-        return (response.json() if response is not None else None) or {}
+        config = (response.json() if response is not None else None) or {}
+        # ConfigForUser: {config: {...}, minio_provider} (grycap/oscar pkg/types/config.go).
+        inner = config.get("config") if isinstance(config.get("config"), dict) else config
+        groups = inner.get("oidc_groups") or config.get("oidc_groups")
+        if isinstance(groups, list):
+            self.oidc_groups = tuple(str(group) for group in groups if group)
+        return config
 
     async def service(self, name: str) -> dict[str, Any] | None:
         """The service's definition, or None when the cluster has no such service."""

@@ -25,6 +25,11 @@ class InvalidRequestError(OscarSDError, ValueError):
 class AuthenticationError(OscarSDError):
     """The cluster refused the credentials (HTTP 401) or the session expired."""
 
+    def __init__(self, message: str, status: int | None = None) -> None:
+        #: The cluster's HTTP status (401, 403), None when no answer of it is behind this.
+        self.status = status
+        super().__init__(message)
+
 
 class SignInExpired(AuthenticationError):
     """The OIDC provider refused to renew the sign-in: the person must sign in again."""

@@ -472,6 +472,11 @@ class OscarSD:
         use): see :mod:`oscar_sd.history`. With basic auth, the one account's."""
         return await cluster_history(self._cluster, self._storage, self.uid, budget)
 
+    @property
+    def oidc_groups(self) -> tuple[str, ...]:
+        """The groups the cluster admits OIDC users of (its ``/system/config`` ``oidc_groups``)."""
+        return self._cluster.oidc_groups
+
     async def list_jobs(self) -> dict[str, dict[str, Any]]:
         """The service's jobs and their states, as OSCAR reports them (every page)."""
         return await self._cluster.jobs(self.service)

@@ -43,8 +43,13 @@ class Settings(BaseSettings):
     #: Empty: no OIDC sign-in on the page (the user name and password form only).
     oidc_client_id: str = ""
     oidc_client_secret: SecretStr = SecretStr("")
-    #: offline_access for a refresh token; eduperson_entitlement for OSCAR's group check.
-    oidc_scopes: str = "openid profile email offline_access eduperson_entitlement"
+    #: offline_access for a refresh token; entitlements for OSCAR's group check (EGI
+    #: Check-in releases the ``entitlements`` claim, which OSCAR reads, for that scope).
+    oidc_scopes: str = "openid profile email offline_access entitlements"
+    #: The groups the cluster admits (OSCAR's OIDC_GROUPS, comma-separated), to tell a
+    #: person it refuses which groups would let them in: OSCAR shows its ``oidc_groups``
+    #: only to an admitted user. Empty: the groups admitted users' sign-ins have shown.
+    oidc_groups: str = ""
     #: The token endpoint for renewing OSCAR_SD_REFRESH_TOKEN (CLI); default: the issuer's.
     token_endpoint: str = ""
     #: Offer the user name and password form (OSCAR's basic-auth account).

@@ -42,9 +42,11 @@ WRONG_PASSWORD = "Incorrect user name or password."
 class LoginRefused(Exception):
     """The login failed; the message is for the person, ``status`` for the HTTP answer."""
 
-    def __init__(self, message: str, status: int = 401) -> None:
+    def __init__(self, message: str, status: int = 401, cluster_status: int | None = None) -> None:
         super().__init__(message)
         self.status = status
+        #: What the cluster answered, when it refused (401, 403).
+        self.cluster_status = cluster_status
 
 
 class ClusterLogin:
@@ -53,6 +55,8 @@ class ClusterLogin:
     def __init__(self, sessions: Sessions, settings: Settings) -> None:
         self._sessions = sessions
         self._settings = settings
+        #: The groups the cluster admits, as admitted logins' /system/config showed them.
+        self._seen_groups: tuple[str, ...] = ()
 
     async def with_password(self, user: str, password: str) -> UserSession:
         if not user or not password:
@@ -60,7 +64,23 @@ class ClusterLogin:
         return await self._open(user, {"user": user, "password": password})
 
     async def with_oidc(self, signed_in: SignedIn) -> UserSession:
-        return await self._open(signed_in.name, {"token": signed_in.token})
+        try:
+            return await self._open(signed_in.name, {"token": signed_in.token})
+        except LoginRefused as refused:
+            if refused.cluster_status != 401:
+                raise
+            # The provider just accepted this sign-in, so OSCAR's 401 is not an expired
+            # token: it admits only members of its OIDC_GROUPS (pkg/utils/auth/oidc.go).
+            admitted = self.admitted_groups()
+            log.info("OIDC sign-in refused by the cluster (HTTP 401); the sign-in carries "
+                     "groups %s, the cluster admits %s", list(signed_in.groups),
+                     list(admitted) or "groups this app has not seen")
+            raise LoginRefused(groups_refused(signed_in.groups, admitted)) from None
+
+    def admitted_groups(self) -> tuple[str, ...]:
+        """OSCAR_SD_OIDC_GROUPS, else the ``oidc_groups`` admitted logins were shown."""
+        configured = tuple(g.strip() for g in self._settings.oidc_groups.split(",") if g.strip())
+        return configured or self._seen_groups
 
     async def _open(self, account: str, credentials: dict[str, object]) -> UserSession:
         settings, folder = self._settings, self._sessions.new_folder()
@@ -83,7 +103,7 @@ class ClusterLogin:
         except AuthenticationError as exc:
             log.info("login refused by the cluster")
             raise LoginRefused(
-                str(exc) if token is not None else WRONG_PASSWORD
+                str(exc) if token is not None else WRONG_PASSWORD, cluster_status=exc.status
             ) from None
         except ClusterUnreachableError as exc:
             # Said as it is: "incorrect credentials" would send people hunting a typo.
@@ -107,6 +127,7 @@ class ClusterLogin:
         except OscarSDError as exc:
             log.warning("login refused: %s", exc)
             raise LoginRefused(str(exc), status=502) from None
+        self._seen_groups = tuple(getattr(backend, "oidc_groups", ())) or self._seen_groups
         # The password goes with this frame; only a token (renewing itself) is kept.
         reconnect = connect if token is not None else None
         credentials.pop("password", None)
@@ -116,6 +137,24 @@ class ClusterLogin:
         )
         log.info("login: session open; %d open", len(self._sessions))
         return session
+
+
+def groups_refused(yours: tuple[str, ...], admitted: tuple[str, ...]) -> str:
+    """What to tell a person whom the cluster refuses for their groups."""
+    if admitted:
+        which = ", ".join(admitted)
+        plural = "s" if len(admitted) > 1 else ""
+        lets_in = f"admits only members of the group{plural} {which}"
+    else:
+        lets_in = ("admits only members of the groups its operator chose (it shows them "
+                   "only to people it admits)")
+    if yours:
+        carries = f"your sign-in shows you in {', '.join(yours)}"
+    else:
+        carries = ("your sign-in shows you in no group at all (the sign-in service released "
+                   "no entitlements)")
+    return (f"Signed in, but the cluster does not admit your account: it {lets_in}, and "
+            f"{carries}. Ask the cluster's operator to add you to one of its groups.")
 
 
 class LocalLogin:

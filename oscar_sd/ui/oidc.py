@@ -9,9 +9,12 @@
 
 The access token then goes to OSCAR as ``Bearer``; the refresh token
 (``offline_access``) renews it (:class:`~oscar_sd.OidcToken`). Scopes: ``openid
-profile email offline_access eduperson_entitlement`` by default, the last one
-because OSCAR reads group membership (its ``oidc_groups``) from EGI's
-``eduperson_entitlement`` claim (grycap/oscar ``pkg/utils/auth/oidc.go``).
+profile email offline_access entitlements`` by default, the last one because
+OSCAR reads group membership (its ``oidc_groups``) from the ``entitlements``
+claim (grycap/oscar ``pkg/utils/auth/oidc.go``, ``EGIClaims``), which EGI
+Check-in releases for the ``entitlements`` scope. The groups the sign-in
+carries are kept (:attr:`SignedIn.groups`), read as OSCAR reads them, so that a
+person OSCAR refuses for their groups can be told which groups they have.
 """
 
 from __future__ import annotations
@@ -51,6 +54,25 @@ class SignedIn:
     subject: str
     name: str
     token: OidcToken
+    #: The groups OSCAR will see in this sign-in (:func:`egi_groups`).
+    groups: tuple[str, ...] = ()
+
+
+#: EGI's group URNs: ``urn:mace:egi.eu:group:<group>[:<subgroup>...][:role=<role>]#<issuer>``.
+EGI_GROUP_PREFIX = "urn:mace:egi.eu:group"
+
+
+def egi_groups(claims: dict[str, Any]) -> tuple[str, ...]:
+    """The groups OSCAR reads from a userinfo answer, as its ``getGroupsEGI`` does
+    (grycap/oscar ``pkg/utils/auth/oidc.go``): field 4 of each lowercased
+    ``entitlements`` URN that starts with ``urn:mace:egi.eu:group``."""
+    groups: list[str] = []
+    entitlements = claims.get("entitlements")
+    for urn in entitlements if isinstance(entitlements, list) else []:
+        fields = str(urn).strip().lower().split(":")
+        if ":".join(fields).startswith(EGI_GROUP_PREFIX) and len(fields) >= 5:
+            groups.append(fields[4])
+    return tuple(dict.fromkeys(groups))
 
 
 class OidcSignIn:
@@ -129,7 +151,7 @@ class OidcSignIn:
         if not subject:
             raise SignInFailed("The sign-in service did not say who you are. Sign in again.")
         name = str(claims.get("name") or claims.get("email") or subject)
-        return SignedIn(subject, name, token)
+        return SignedIn(subject, name, token, egi_groups(claims))
 
     def _forget_stale(self) -> None:
         now = time.monotonic()

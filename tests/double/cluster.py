@@ -37,7 +37,8 @@ class ClusterDouble:
     def __init__(self, admin: tuple[str, str] = ("oscar", "oscar-pw"),
                  oidc: OidcProviderDouble | None = None, *,
                  cluster_id: str = "oscar-double", keepalive_interval: float = 0.5,
-                 oscar_version: str = "4.1.2", capacity: Capacity | None = None) -> None:
+                 oscar_version: str = "4.1.2", capacity: Capacity | None = None,
+                 oidc_groups: tuple[str, ...] = ()) -> None:
         #: The OSCAR release played: what /system/info answers, which routes exist.
         self.oscar_version = oscar_version.lstrip("v")
         #: Time and GPUs (capacity.py): pod starts, model loads and generations take
@@ -51,6 +52,10 @@ class ClusterDouble:
         self.admin = admin
         # People are OIDC users: their bearer tokens are checked at this provider.
         self.oidc = oidc
+        #: OSCAR's OIDC_GROUPS: with any, a bearer user in none of them gets 401
+        #: (grycap/oscar pkg/utils/auth/oidc.go IsAuthorised). Empty: the double checks
+        #: no group (OSCAR itself would then refuse every OIDC user).
+        self.oidc_groups = tuple(oidc_groups)
         self.cluster_id = cluster_id
         self.minio_access_key = "double-" + secrets.token_hex(6)
         self.minio_secret_key = secrets.token_hex(20)
@@ -111,10 +116,17 @@ class ClusterDouble:
 
     # -- people ----------------------------------------------------------------------
 
-    def sign_in(self, sub: str) -> dict[str, Any]:
-        """Sign ``sub`` in at the OIDC provider: its token answer (``access_token``...)."""
+    def sign_in(self, sub: str, groups: list[str] | None = None) -> dict[str, Any]:
+        """Sign ``sub`` in at the OIDC provider: its token answer (``access_token``...).
+
+        ``groups``: the user's EGI groups; by default the first group the double
+        admits, if it checks groups."""
         if self.oidc is None:
             raise RuntimeError("this double has no OIDC provider: ClusterDouble(oidc=...)")
+        if groups is None and self.oidc_groups:
+            groups = [self.oidc_groups[0]]
+        if groups is not None:
+            self.oidc.set_groups(sub, groups)
         return self.oidc.sign_in(sub)
 
     def minio_keys_for(self, uid: str) -> tuple[str, str]:

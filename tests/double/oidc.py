@@ -6,9 +6,15 @@ sign in as any ``sub`` on its form, or programmatically with :meth:`sign_in`.
 Access tokens live ``token_lifetime`` seconds; :meth:`revoke` withdraws every
 token of a user, so that their next refresh is refused.
 
-What it does not do: verify PKCE (it ignores ``code_challenge``), or offer
-``offline_access`` / ``eduperson_entitlement`` (it drops scopes it does not
-know; refresh tokens come anyway).
+Groups: EGI Check-in releases a person's groups as ``entitlements`` URNs
+(``urn:mace:egi.eu:group:<group>:role=member#aai.egi.eu``) for the
+``entitlements`` scope, and OSCAR reads that claim (grycap/oscar
+``pkg/utils/auth/oidc.go``, ``EGIClaims``, ``getGroupsEGI``). :meth:`set_groups`
+gives a user such URNs (the mock's ``PUT /users/<sub>``).
+
+What it does not do: verify PKCE (it ignores ``code_challenge``), or gate claims
+by scope beyond the standard ones: it releases ``entitlements`` whatever the
+scopes, and drops scopes it does not know (refresh tokens come anyway).
 """
 
 from __future__ import annotations
@@ -99,6 +105,12 @@ class OidcProviderDouble:
                   "redirect_uri": PROGRAMMATIC_REDIRECT})
         token.raise_for_status()
         return token.json()
+
+    def set_groups(self, sub: str, groups: list[str]) -> None:
+        """``sub`` signs in from now on as a member of ``groups`` (EGI ``entitlements``)."""
+        urns = [f"urn:mace:egi.eu:group:{group}:role=member#aai.egi.eu" for group in groups]
+        httpx.put(f"{self.issuer}/users/{sub}",
+                  json={"email": sub, "entitlements": urns}).raise_for_status()
 
     def revoke(self, sub: str) -> None:
         """Withdraw every access and refresh token of ``sub``."""

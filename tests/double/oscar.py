@@ -3,8 +3,11 @@
 Auth on everything but ``/health``, as grycap/oscar ``pkg/utils/auth/auth.go``
 and ``oidc.go`` do it: HTTP basic with the one admin account, or an OIDC
 ``Bearer`` token that the issuer's userinfo endpoint accepts; the user id is
-the userinfo ``sub``. (OSCAR also verifies a JWT's signature first and may
-require a group in ``eduperson_entitlement``; the loopback provider issues
+the userinfo ``sub``. With ``oidc_groups`` (OSCAR's ``OIDC_GROUPS``) the user
+must be in one of them, read from the ``entitlements`` claim as ``getGroupsEGI``
+does, else 401 with an empty body (``IsAuthorised`` false, ``AbortWithStatus``),
+on ``/system/config`` too: the groups are readable only by an admitted user.
+(OSCAR also verifies a JWT's signature first; the loopback provider issues
 opaque tokens, so the userinfo check is the whole check here.)  An OIDC user
 gets their own MinIO keys from ``/system/config`` and sees only the services
 open to them. Creating or deleting a service restarts "MinIO", as on a real
@@ -79,6 +82,18 @@ def private_buckets(definition: dict[str, Any], uid: str) -> set[str]:
     return {f"{bucket}-{uid[:10]}"}
 
 
+def egi_groups(claims: dict[str, Any]) -> list[str]:
+    """The groups OSCAR reads from userinfo (pkg/utils/auth/oidc.go ``getGroupsEGI``): the
+    ``entitlements`` URNs ``urn:mace:egi.eu:group:<group>:...``, lowercased, field 4."""
+    groups = []
+    for urn in claims.get("entitlements") or []:
+        urn = str(urn).strip().lower()
+        fields = urn.split(":")
+        if urn.startswith("urn:mace:egi.eu:group") and len(fields) >= 5:
+            groups.append(fields[4])
+    return groups
+
+
 def create_app(double: ClusterDouble) -> Flask:
     app = Flask("oscar-double")
 
@@ -96,7 +111,11 @@ def create_app(double: ClusterDouble) -> Flask:
             return name if same else None
         if scheme.lower() == "bearer" and double.oidc is not None:
             claims = double.oidc.userinfo(credentials.strip())
-            return str(claims["sub"]) if claims and claims.get("sub") else None
+            if not claims or not claims.get("sub"):
+                return None
+            if double.oidc_groups and not set(egi_groups(claims)) & set(double.oidc_groups):
+                return None
+            return str(claims["sub"])
         return None
 
     def oidc_user() -> str | None:
@@ -121,6 +140,9 @@ def create_app(double: ClusterDouble) -> Flask:
         if request.path.startswith("/job/") and _service_token_ok():
             return None
         who = user()
+        if who is None and request.headers.get("Authorization", "").lower().startswith(
+                "bearer "):
+            return Response(status=401)  # oidc.go: c.AbortWithStatus(401), no body
         if who is None:
             return Response("Unauthorized", status=401, mimetype="text/plain",
                             headers={"WWW-Authenticate": 'Basic realm="OSCAR"'})
@@ -160,7 +182,8 @@ def create_app(double: ClusterDouble) -> Flask:
         settings = {
             "name": "oscar", "namespace": "oscar", "services_namespace": "oscar-svc",
             "gpu_available": False, "interLink_available": False,
-            "serverless_backend": "knative", "yunikorn_enable": False, "oidc_groups": [],
+            "serverless_backend": "knative", "yunikorn_enable": False,
+            "oidc_groups": list(double.oidc_groups),
         }
         # ConfigForUser's {config, minio_provider}, with the config also at the top level
         # as OSCAR answers a basic-auth user.
