@@ -1,6 +1,6 @@
 #!/bin/sh
-# The command of the web app as an OSCAR exposed service (app.yaml). OSCAR sets
-# OSCAR_SERVICE_BASE_PATH (/system/services/oscar-sd/exposed); the app serves its pages
-# under it (oscar_sd/_settings.py falls back to it for OSCAR_SD_ROOT_PATH).
+# The command of the web app as an OSCAR exposed service (app.yaml). The app serves its
+# pages under OSCAR_SD_ROOT_PATH (/system/services/oscar-sd/exposed, set by the FDL), else
+# under OSCAR_SERVICE_BASE_PATH, which OSCAR sets since v4.0 (oscar_sd/_settings.py).
 set -eu
 exec oscar-sd serve

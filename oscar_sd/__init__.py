@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from ._deploy import (
         DeployedService,
         DeployError,
+        DeployRefused,
         FDLError,
         JobState,
         ServiceStatus,
@@ -61,6 +62,7 @@ _HOMES = {
     "Backend": "._backend",
     "DeployedService": "._deploy",
     "DeployError": "._deploy",
+    "DeployRefused": "._deploy",
     "FDLError": "._deploy",
     "JobState": "._deploy",
     "ServiceStatus": "._deploy",
@@ -97,6 +99,7 @@ __all__ = [
     "ClusterRequestError",
     "ClusterUnreachableError",
     "DeployError",
+    "DeployRefused",
     "DeployedService",
     "FDLError",
     "GenerationRequest",

@@ -161,6 +161,26 @@ class OscarCluster:
             self.oidc_groups = tuple(str(group) for group in groups if group)
         return config
 
+    async def info(self) -> dict[str, Any]:
+        """``GET /system/info``: the cluster's ``version`` (``"v4.1.2"``) among others."""
+        response = await self.call(self.client.get_cluster_info, what="read the cluster's version")
+        return (response.json() if response is not None else None) or {}
+
+    async def status(self) -> dict[str, Any] | None:
+        """``GET /system/status``: nodes, free resources, GPUs; None where it is missing."""
+        response = await self.call(self.client.get_cluster_status,
+                                   what="read the cluster's status", missing_ok=True)
+        return None if response is None else response.json()
+
+    async def own_quota(self) -> dict[str, Any] | None:
+        """``GET /system/quotas/user`` (OSCAR v4, bearer users): this user's Kueue
+        quota; None where the cluster has no quotas API. oscar-python has no call
+        for it, so its own request helper (auth headers, TLS setting) makes it."""
+        response = await self.call(
+            oscar_requests.make_request, self.client, "/system/quotas/user", "get",
+            what="read this account's quota", missing_ok=True)
+        return None if response is None else response.json()
+
     async def service(self, name: str) -> dict[str, Any] | None:
         """The service's definition, or None when the cluster has no such service."""
         response = await self.call(

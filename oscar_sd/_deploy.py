@@ -25,7 +25,7 @@ messages a person can act on and without any credential in them.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,10 +35,19 @@ import anyio.to_thread
 import yaml
 
 from ._cluster import OscarCluster
-from ._errors import (
-    OscarSDError,
+from ._deploy_prepare import (
+    DeployRefused,
+    access_warnings,
+    needs_storage_keys,
+    normalise_environment,
+    with_access,
+    with_root_path,
+    with_storage_keys,
 )
+from ._errors import ClusterRequestError, OscarSDError
+from ._quota import raise_hint, shortfalls
 from ._tokens import OidcToken
+from ._versions import NEWEST_KNOWN, OscarVersion, shape_for
 
 #: Seconds ``deploy_service`` waits for the cluster to list the service.
 DEFAULT_DEPLOY_WAIT = 300.0
@@ -59,6 +68,10 @@ class DeployedService:
     name: str
     #: True when the service was created, False when an existing one was updated.
     created: bool
+    #: The cluster's OSCAR release, e.g. "v4.1.2".
+    version: str = ""
+    #: What the caller should know (also said through ``on_progress``).
+    warnings: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -139,6 +152,8 @@ def load_fdl_service(fdl_path: str | Path, service: str | None = None) -> dict[s
     # OSCAR wants cpu as a string ("2.0"); YAML makes an unquoted 2 a number.
     if isinstance(definition.get("cpu"), (int, float)):
         definition["cpu"] = str(definition["cpu"])
+    # `Variables:` (the spelling oscar-cli carries) is OSCAR's `variables`.
+    definition = normalise_environment(definition)
     # Top-level storage providers belong to the service, as oscar-cli merges them.
     if isinstance(document, dict) and document.get("storage_providers"):
         definition.setdefault("storage_providers", document["storage_providers"])
@@ -173,26 +188,63 @@ async def deploy_service(
     verify_ssl: bool = True,
     wait_seconds: float = DEFAULT_DEPLOY_WAIT,
     on_progress: Callable[[str], None] | None = None,
+    visibility: str | None = None,
+    allowed_users: Sequence[str] | None = None,
+    use_root_keys: bool = False,
 ) -> DeployedService:
     """Create or update the service of ``fdl_path`` on the cluster, then wait until it is listed.
 
-    ``service`` picks the FDL entry by name when the file holds several.
-    ``on_progress`` hears, in words, each step and what the wait is waiting for.
-    Raises :class:`FDLError` for a bad file, :class:`AuthenticationError`,
-    :class:`ClusterUnreachableError`, :class:`ClusterRequestError` when the
-    cluster refuses the definition, or :class:`DeployError` when it does not
-    list it within ``wait_seconds``.
+    ``service`` picks the FDL entry by name when the file holds several. The
+    definition is sent as the cluster's version takes it (``/system/info``). With a
+    token the service is the person's own, shared as ``visibility`` (private,
+    restricted, public) with ``allowed_users``; empty MinIO key secrets get their own
+    keys. With the admin password they would be MinIO's root keys: that needs
+    ``use_root_keys``. ``on_progress`` hears, in words, each step, what the wait
+    waits for, and each warning (``"warning: ..."``: they are also in the result).
+    Raises :class:`FDLError` for a bad file, :class:`DeployRefused`,
+    :class:`AuthenticationError`, :class:`ClusterUnreachableError`,
+    :class:`ClusterRequestError` when the cluster refuses the definition, or
+    :class:`DeployError` when it does not list it within ``wait_seconds``.
     """
     say = on_progress or (lambda message: None)
+    warnings: list[str] = []
+
+    def warn(message: str) -> None:
+        warnings.append(message)
+        say(f"warning: {message}")
+
     definition = load_fdl_service(fdl_path, service)
+    definition = with_access(definition, visibility, allowed_users)
     name = definition["name"]
     cluster = OscarCluster(
         endpoint, user=user, password=password, token=token, verify_ssl=verify_ssl
     )
+    as_admin = cluster.token is None
 
-    if _needs_storage_keys(definition):
-        say(f"filling service {name!r}'s MinIO keys with this account's (from /system/config)")
-        _fill_storage_keys(definition, await cluster.config())
+    version = await cluster_version(cluster)
+    say(f"the cluster runs OSCAR {version}: sending {version.expose_shape()}"
+        if isinstance(definition.get("expose"), dict) else f"the cluster runs OSCAR {version}")
+    for message in access_warnings(definition, as_admin):
+        warn(message)
+    if needs_storage_keys(definition):
+        config = await cluster.config()
+        definition = with_storage_keys(definition, config, as_admin=as_admin,
+                                       use_root_keys=use_root_keys)
+        if as_admin:
+            warn(f"service {name!r} holds MinIO's root keys (--use-root-keys): every pod of it "
+                 "can read and write every bucket of the cluster")
+        else:
+            say(f"filling service {name!r}'s MinIO keys with this account's own "
+                "(from /system/config)")
+    definition = with_root_path(definition, version)
+    try:
+        definition = shape_for(definition, version)
+    except ValueError as exc:
+        raise DeployRefused(f"Service {name!r}: {exc}") from None
+    if not as_admin and version.has_quotas_api:
+        for message in await quota_warnings(cluster, definition):
+            warn(message)
+
     say(f"asking {cluster.endpoint} whether service {name!r} exists")
     created = await cluster.service(name) is None
     if created:
@@ -209,44 +261,29 @@ async def deploy_service(
         await cluster.update(definition)
 
     await _wait_until_listed(cluster, definition, wait_seconds, say)
-    return DeployedService(name=name, created=created)
+    return DeployedService(name=name, created=created, version=str(version),
+                           warnings=tuple(warnings))
 
 
-#: The secrets of a warm service (manifests/stable-diffusion-warm.yaml) that name its MinIO keys.
-STORAGE_KEY_SECRETS = ("OSCAR_SD_MINIO_ACCESS_KEY", "OSCAR_SD_MINIO_SECRET_KEY")
+async def cluster_version(cluster: OscarCluster) -> OscarVersion:
+    """The cluster's OSCAR release (``/system/info``); the newest known when it does not say."""
+    return OscarVersion.parse((await cluster.info()).get("version")) or NEWEST_KNOWN
 
 
-def _needs_storage_keys(definition: dict[str, Any]) -> bool:
-    """True when the definition asks for MinIO keys and leaves them empty.
-
-    An exposed service's pods get no MinIO keys from OSCAR (grycap/oscar mounts
-    them into job pods only, ``pkg/handlers/job.go``), so the warm service takes
-    them from ``environment.secrets``.
-    """
-    secrets = (definition.get("environment") or {}).get("secrets")
-    return isinstance(secrets, dict) and any(
-        name in secrets and not str(secrets[name] or "").strip() for name in STORAGE_KEY_SECRETS)
-
-
-def _fill_storage_keys(definition: dict[str, Any], config: dict[str, Any]) -> None:
-    """Put the deploying account's MinIO keys (``/system/config``) into the empty secrets."""
-    provider = config.get("minio_provider") or {}
-    keys = dict(zip(STORAGE_KEY_SECRETS,
-                    (provider.get("access_key") or "", provider.get("secret_key") or ""),
-                    strict=True))
-    if not all(keys.values()):
-        raise FDLError(
-            f"Service {definition.get('name')!r} needs MinIO keys, and the cluster did not "
-            "report this account's (/system/config has no minio_provider keys). Put the keys "
-            "in the FDL's environment.secrets yourself, in a copy outside the repository."
-        )
-    environment = dict(definition["environment"])
-    secrets = dict(environment["secrets"])
-    for name, value in keys.items():
-        if name in secrets and not str(secrets[name] or "").strip():
-            secrets[name] = value
-    environment["secrets"] = secrets
-    definition["environment"] = environment
+async def quota_warnings(cluster: OscarCluster, definition: dict[str, Any]) -> list[str]:
+    """What one pod of ``definition`` asks beyond the caller's Kueue quota, as warnings."""
+    try:
+        quota = await cluster.own_quota()
+    except ClusterRequestError:  # 503: Kueue is off on this cluster, nothing is queued
+        return []
+    if not quota:
+        return []
+    problems = shortfalls(definition, quota)
+    if not problems:
+        return []
+    return [f"service {definition['name']!r} asks more than your quota "
+            f"({'; '.join(problems)}): its jobs stay Suspended and never run. "
+            f"Lower cpu/memory in the FDL, or {raise_hint(quota)}."]
 
 
 #: Seconds between "still waiting" reports while the cluster does not list the service.

@@ -484,6 +484,7 @@ def test_deploy_says_what_it_is_waiting_for(alice, capsys, tmp_path):
     out, err = capsys.readouterr()
     steps = [line.removeprefix("oscar-sd: ") for line in err.splitlines()]
     assert steps[1:] == [
+        "the cluster runs OSCAR v4.1.2",
         f"asking {alice.oscar_endpoint} whether service 'sd-said' exists",
         "creating service 'sd-said' (the cluster restarts its storage for that)",
         "waiting for the cluster to list service 'sd-said' with image example/sd:1 "

@@ -107,7 +107,7 @@ def test_fdl_asks_for_a_gpu_and_separate_in_and_out_folders(fdl_entry: dict[str,
 
 
 def test_fdl_model_is_the_folder_the_image_bakes_in(fdl_entry: dict[str, Any]) -> None:
-    variables = fdl_entry["environment"]["variables"]
+    variables = fdl_entry["environment"]["Variables"]
     dockerfile = DOCKERFILE.read_text()
     default_model = re.search(r"^ARG OSCAR_SD_MODEL=(\S+)$", dockerfile, re.MULTILINE)
     assert default_model and default_model.group(1) == "stabilityai/sd-turbo"

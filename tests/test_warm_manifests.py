@@ -50,13 +50,13 @@ def test_the_fdl_is_a_valid_oscar_service(fdl: Path) -> None:
 
 def test_the_warm_service_starts_no_job_per_upload_and_names_its_folders() -> None:
     entry = fdl_entry(WARM_FDL)
-    variables = entry["environment"]["variables"]
+    variables = entry["environment"]["Variables"]
     assert "input" not in entry  # no per-upload job
     assert entry["expose"]["min_scale"] >= 1 and entry["enable_gpu"] is True
     assert str(entry["expose"]["api_port"]) == variables["OSCAR_SD_PORT"]
     assert entry["expose"]["health_path"] == "/health"
     assert [o["path"] for o in entry["output"]] == [variables["OSCAR_SD_OUTPUT_PATH"]]
-    input_path, output_path = service_paths(entry)
+    input_path, output_path = service_paths(load_fdl_service(WARM_FDL))
     assert input_path.bucket == output_path.bucket  # OSCAR makes the output's bucket
     # No key in the repository: empty secrets that `oscar-sd deploy` fills.
     assert entry["environment"]["secrets"] == {"OSCAR_SD_MINIO_ACCESS_KEY": "",
@@ -66,8 +66,9 @@ def test_the_warm_service_starts_no_job_per_upload_and_names_its_folders() -> No
 def test_the_app_is_exposed_on_port_7000_and_uses_the_warm_service() -> None:
     entry = fdl_entry(APP_FDL)
     assert entry["expose"]["api_port"] == 7000
-    assert entry["environment"]["variables"]["port"] == "7000"
-    assert entry["environment"]["variables"]["OSCAR_SD_SERVICE"] == fdl_entry(WARM_FDL)["name"]
+    assert entry["expose"]["min_scale"] == entry["expose"]["max_scale"] == 1  # no affinity
+    assert entry["environment"]["Variables"]["port"] == "7000"
+    assert entry["environment"]["Variables"]["OSCAR_SD_SERVICE"] == fdl_entry(WARM_FDL)["name"]
     assert "secrets" not in entry["environment"]
 
 
@@ -92,9 +93,11 @@ def test_one_deploy_puts_both_on_the_cluster_with_the_accounts_minio_keys(
     monkeypatch.setenv("OSCAR_SD_PASSWORD", "oscar-pw")
     monkeypatch.setattr(sys, "stdin", open(os.devnull))
 
-    assert main(["deploy", "--fdl", str(WARM_FDL), "--fdl", str(APP_FDL)]) == EXIT_OK
+    assert main(["deploy", "--fdl", str(WARM_FDL), "--fdl", str(APP_FDL),
+                 "--use-root-keys"]) == EXIT_OK
 
     out, err = capsys.readouterr()
+    assert "holds MinIO's root keys" in err  # said, since the admin's keys are the root keys
     assert "created service stable-diffusion-warm" in out and "created service oscar-sd" in out
     assert cluster.minio_secret_key not in out + err
     warm = cluster.runner.services["stable-diffusion-warm"].definition
@@ -103,4 +106,4 @@ def test_one_deploy_puts_both_on_the_cluster_with_the_accounts_minio_keys(
         "OSCAR_SD_MINIO_SECRET_KEY": cluster.minio_secret_key}
     listed = requests.get(f"{cluster.oscar_endpoint}/system/services/oscar-sd",
                           auth=("oscar", "oscar-pw"), timeout=10).json()
-    assert listed["expose"]["api_port"] == 7000
+    assert listed["expose"]["api_port"] == [7000]  # the double plays OSCAR v4.1.2

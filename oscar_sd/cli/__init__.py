@@ -24,6 +24,7 @@ import sys
 from collections.abc import Sequence
 
 from .._deploy import FDLError
+from .._deploy_prepare import DeployRefused
 from .._errors import AuthenticationError, InvalidRequestError, OscarSDError
 from ._commands import run_serve
 from ._common import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, UsageError
@@ -50,7 +51,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("oscar-sd: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except (UsageError, InvalidRequestError, FDLError, AuthenticationError) as exc:
+    except (UsageError, InvalidRequestError, FDLError, DeployRefused,
+            AuthenticationError) as exc:
         report(describe(exc), secrets)
         return EXIT_USAGE
     except OscarSDError as exc:

@@ -254,12 +254,20 @@ def run_deploy(args: argparse.Namespace, secrets: list[str]) -> int:
                 verify_ssl=cluster.verify_ssl,
                 wait_seconds=args.wait,
                 on_progress=_say,
+                visibility=args.visibility,
+                allowed_users=_users(args.allowed_users),
+                use_root_keys=args.use_root_keys,
             )
         )
         action = "created" if deployed.created else "updated"
         print(f"{action} service {deployed.name} on {cluster.endpoint} "
               f"({time.monotonic() - started:.1f} s)")
     return EXIT_OK
+
+
+def _users(text: str | None) -> list[str] | None:
+    """``--allowed-users a,b`` as a list (EGI ePUIDs hold no commas)."""
+    return [user.strip() for user in text.split(",") if user.strip()] if text else None
 
 
 def _say(message: str) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 from .._deploy import (
     DEFAULT_DEPLOY_WAIT,
 )
+from .._deploy_prepare import VISIBILITIES
 from ._commands import run_deploy, run_generate, run_serve, run_status
 from ._common import DEFAULT_FDL, EXIT_CODES_HELP
 
@@ -105,6 +106,20 @@ def build_parser() -> argparse.ArgumentParser:
     deploy.add_argument(
         "--wait", type=float, default=DEFAULT_DEPLOY_WAIT, metavar="SECONDS",
         help=f"how long to wait for the cluster to list it (default {DEFAULT_DEPLOY_WAIT:g})",
+    )
+    deploy.add_argument(
+        "--visibility", choices=VISIBILITIES,
+        help="who may use the service (with --token: you own it): private (only you), "
+        "restricted (you and --allowed-users), public (every user of the cluster); "
+        "default: the FDL's, else OSCAR's private",
+    )
+    deploy.add_argument(
+        "--allowed-users", metavar="ID,ID", help="user ids (EGI ePUIDs) of a restricted service",
+    )
+    deploy.add_argument(
+        "--use-root-keys", action="store_true",
+        help="with the admin password, accept that a service taking MinIO keys from its "
+        "secrets (the warm one) gets MinIO's root keys, which reach every bucket",
     )
     deploy.set_defaults(run=run_deploy)
 

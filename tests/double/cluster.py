@@ -19,7 +19,7 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from . import services
+from . import policies, services, versions
 from .capacity import Capacity
 from .conditional import release_stamp
 from .exposed import ExposedDeployment, ReplicaFactory
@@ -37,10 +37,17 @@ class ClusterDouble:
     def __init__(self, admin: tuple[str, str] = ("oscar", "oscar-pw"),
                  oidc: OidcProviderDouble | None = None, *,
                  cluster_id: str = "oscar-double", keepalive_interval: float = 0.5,
-                 oscar_version: str = "4.1.2", capacity: Capacity | None = None,
-                 oidc_groups: tuple[str, ...] = ()) -> None:
-        #: The OSCAR release played: what /system/info answers, which routes exist.
-        self.oscar_version = oscar_version.lstrip("v")
+                 oscar_version: str = versions.NEWEST, capacity: Capacity | None = None,
+                 oidc_groups: tuple[str, ...] = (), gpus: int = 1) -> None:
+        #: The OSCAR release played ("3.6.5", "4.0.0" or "4.1.2"; "4.0" is 4.0.0): what
+        #: ``/system/info`` answers and what the API accepts (versions.py).
+        self.oscar_version = versions.normalise(oscar_version)
+        #: GPUs on the cluster's nodes (``/system/status`` ``cluster.metrics.gpu.total_gpu``).
+        self.gpus = gpus
+        #: Kueue quotas by OIDC user, as the quotas API (v4) answers and sets them:
+        #: {"cpu": millicores, "memory": bytes, "gpu": units}; a user without an
+        #: entry has OSCAR's defaults (quotas.py).
+        self.user_quotas: dict[str, dict[str, int]] = {}
         #: Time and GPUs (capacity.py): pod starts, model loads and generations take
         #: their durations, on a GPU pool shared by job pods and exposed replicas.
         #: None: everything is instant and GPUs are unbounded.
@@ -129,6 +136,14 @@ class ClusterDouble:
             self.oidc.set_groups(sub, groups)
         return self.oidc.sign_in(sub)
 
+    def set_quota(self, uid: str, *, cpu: int | None = None, memory: int | None = None,
+                  gpu: int | None = None) -> None:
+        """Set ``uid``'s Kueue quota (millicores, bytes, GPUs), as an admin's
+        ``PUT /system/quotas/user/:userId`` does."""
+        given = {"cpu": cpu, "memory": memory, "gpu": gpu}
+        update = {name: value for name, value in given.items() if value is not None}
+        self.user_quotas[uid] = {**self.user_quotas.get(uid, {}), **update}
+
     def minio_keys_for(self, uid: str) -> tuple[str, str]:
         """The MinIO keys of OIDC user ``uid``, made on first use as OSCAR does."""
         with self._keys_lock:
@@ -137,24 +152,24 @@ class ClusterDouble:
                 self.storage.extra_access_keys.add(uid)
             return self.user_minio_keys[uid]
 
-    def _may_use_bucket(self, access_key: str, bucket: str) -> bool:
-        """The admin key reaches every bucket; a user's key the buckets of the
-        services open to them, their own private buckets (MinIO policies
-        OSCAR writes in pkg/handlers/create.go), and the buckets they made
-        through /system/buckets (pkg/handlers/buckets/create_bucket.go)."""
+    def _may_use_bucket(self, access_key: str, bucket: str, action: str) -> bool:
+        """The admin (root) key reaches every bucket; a user's key what the policies
+        OSCAR writes for each service allow them (policies.py), their own private
+        buckets (pkg/handlers/create.go), and the buckets they made through
+        /system/buckets (pkg/handlers/buckets/create_bucket.go)."""
         if access_key == self.minio_access_key:
             return True
         if bucket in self.bucket_owners:  # a user's own bucket: theirs alone
             return self.bucket_owners[bucket] == access_key
         for service in list(self.runner.services.values()):
             definition = service.definition
-            allowed = definition.get("allowed_users") or []
-            if allowed and access_key not in allowed:
-                continue
-            paths = definition["input"] + definition["output"]
-            if bucket in {StoragePath.parse(entry).bucket for entry in paths}:
-                return True
             if bucket in private_buckets(definition, access_key):
+                return True
+            paths = definition["input"] + definition["output"]
+            if bucket not in {StoragePath.parse(entry).bucket for entry in paths}:
+                continue
+            actions = policies.bucket_actions(definition, access_key)
+            if policies.permits(actions, action):
                 return True
         return False
 
@@ -194,6 +209,17 @@ class ClusterDouble:
         self.exposed[service["name"]] = ExposedDeployment(
             service["name"], service, make_replica, self.capacity)
         return service
+
+    def exposed_environment(self, name: str) -> dict[str, str]:
+        """The environment OSCAR gives the pods of exposed service ``name``: its
+        variables and secrets, and ``OSCAR_SERVICE_BASE_PATH`` since v4.0.0 only
+        (grycap/oscar pkg/types/service.go, OscarServiceBasePathEnvVar)."""
+        definition = self.runner.services[name].definition
+        environment = definition.get("environment") or {}
+        env = {**(environment.get("variables") or {}), **(environment.get("secrets") or {})}
+        if versions.sets_base_path(self.oscar_version):
+            env["OSCAR_SERVICE_BASE_PATH"] = f"/system/services/{name}/exposed"
+        return {key: str(value) for key, value in env.items()}
 
     def remove_service(self, name: str) -> None:
         self.runner.services.pop(name, None)

@@ -26,8 +26,10 @@ from typing import TYPE_CHECKING, Any
 
 from flask import Flask, Response, request
 
+from . import policies, versions
 from .exposed import has_deployment_status, has_lifecycle
 from .jobs import DeployedService, StoragePath
+from .system import add_system_routes
 
 if TYPE_CHECKING:
     from .cluster import ClusterDouble
@@ -123,10 +125,20 @@ def create_app(double: ClusterDouble) -> Flask:
         return getattr(request, "oidc_user", None)
 
     def visible(definition: dict[str, Any]) -> bool:
-        """A private service is seen by its allowed users only (docs/multitenancy.md)."""
+        """What an OIDC user may see, by owner and visibility (policies.py)."""
         uid = oidc_user()
-        allowed = definition.get("allowed_users") or []
-        return uid is None or not allowed or uid in allowed
+        return uid is None or policies.may_see(definition, uid)
+
+    def bound_definition() -> tuple[dict[str, Any] | None, Response | None]:
+        """The body as gin's ShouldBindJSON binds it for this OSCAR version
+        (pkg/handlers/create.go, update.go): a wrong port shape is a 400."""
+        definition = request.get_json(force=True, silent=True)
+        problem = versions.bind_error(definition, double.oscar_version)
+        if problem is not None:
+            return None, _text(f"The service specification is not valid: {problem}", 400)
+        if not definition.get("name"):
+            return None, _text("error: the service definition needs a name", 400)
+        return versions.go_json_keys(definition), None
 
     @app.before_request
     def authenticate() -> Response | None:
@@ -200,25 +212,30 @@ def create_app(double: ClusterDouble) -> Flask:
 
     @app.post("/system/services")
     def create_service() -> Response:
-        definition = request.get_json(force=True, silent=True)
-        if not isinstance(definition, dict) or not definition.get("name"):
-            return _text("error: the service definition needs a name", 400)
+        definition, refused = bound_definition()
+        if definition is None:
+            return refused or _text("error", 400)
         if definition["name"] in double.runner.services:
             return _text(f"error: service {definition['name']} already exists", 409)
+        # create.go: the creator owns it (basic auth: cluster_admin); private by default.
+        definition["owner"] = oidc_user() or policies.DEFAULT_OWNER
+        definition["visibility"] = policies.visibility(definition)
         double.deploy(definition, double.default_handler, job_delay=0.0)
         double.restart_minio()
         return Response(status=201)
 
     @app.put("/system/services")
     def update_service() -> Response:
-        definition = request.get_json(force=True, silent=True)
-        if not isinstance(definition, dict) or not definition.get("name"):
-            return _text("error: the service definition needs a name", 400)
+        definition, refused = bound_definition()
+        if definition is None:
+            return refused or _text("error", 400)
         current = double.runner.services.get(definition["name"])
         if current is None:
             return _text(f"error: service {definition['name']} not found", 404)
         merged = complete_service({**current.definition, **definition}, double.cluster_id)
         merged["token"] = current.definition["token"]
+        if "owner" in current.definition:  # the owner stays who created it
+            merged["owner"] = current.definition["owner"]
         for entry in merged["input"] + merged["output"]:
             double.storage.make_bucket(StoragePath.parse(entry).bucket)
         double.runner.services[merged["name"]] = DeployedService(
@@ -341,6 +358,7 @@ def create_app(double: ClusterDouble) -> Flask:
         double.runner.submit(service, data=body, input_name=f"{secrets.token_hex(16)}{suffix}")
         return Response(status=201)
 
+    add_system_routes(app, double, oidc_user)
     return app
 
 

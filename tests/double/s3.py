@@ -132,8 +132,9 @@ class S3Front:
         self.secret_key = secret_key
         # More keys S3 accepts: the per-user keys OSCAR hands to bearer-token users.
         self.extra_access_keys: set[str] = set()
-        # Which buckets a key may touch (MinIO's per-user policies); None: all of them.
-        self.bucket_access: Callable[[str, str], bool] | None = None
+        # Whether a key may do an action on a bucket (MinIO's per-user policies):
+        # ``bucket_access(access_key, bucket, action)``; None: everything.
+        self.bucket_access: Callable[[str, str, str], bool] | None = None
         #: Every access key a request was signed with (tests check whose keys were used).
         self.access_keys_used: set[str] = set()
         self.backend = PrivateS3Backend()
@@ -235,7 +236,9 @@ class S3Front:
         if self.down:
             return self._error(start_response, environ, 503, "XMinioServerNotInitialized",
                                "Server not initialized, please try again.", path, bucket, key)
-        denied = self._check_access_key(environ, query, bucket)
+        listen = method == "GET" and bool(bucket) and not key and "events" in query
+        action = "s3:ListenBucketNotification" if listen else "s3:" + method
+        denied = self._check_access_key(environ, query, bucket, action)
         if denied is not None:
             code, message = denied
             return self._error(start_response, environ, 403, code, message, path, bucket, key)
@@ -244,8 +247,8 @@ class S3Front:
             return self._listen(environ, start_response, bucket, query)
         return self._storage(environ, start_response, method, bucket, key, query)
 
-    def _check_access_key(self, environ: dict, query: dict,
-                          bucket: str) -> tuple[str, str] | None:
+    def _check_access_key(self, environ: dict, query: dict, bucket: str,
+                          action: str) -> tuple[str, str] | None:
         auth = environ.get("HTTP_AUTHORIZATION", "")
         match = _CREDENTIAL.search(auth)
         if match is None and "X-Amz-Credential" in query:  # a presigned URL
@@ -258,7 +261,7 @@ class S3Front:
         self.access_keys_used.add(match.group(1))
         environ[ACCESS_KEY_ENVIRON_KEY] = match.group(1)
         allowed = self.bucket_access
-        if bucket and allowed is not None and not allowed(match.group(1), bucket):
+        if bucket and allowed is not None and not allowed(match.group(1), bucket, action):
             return "AccessDenied", "Access Denied."
         return None
 
