@@ -66,16 +66,18 @@ def add_system_routes(app: Flask, double: ClusterDouble,
                       oidc_user: Callable[[], str | None]) -> None:
     @app.get("/system/status")
     def status() -> Response:
+        # With a capacity model its GPU pool is the cluster's GPUs (capacity.py).
+        gpus = double.capacity.gpus if double.capacity is not None else double.gpus
         node = {"name": "double-node", "cpu": {"capacity_cores": 8000, "usage_cores": 0},
                 "memory": {"capacity_bytes": 32 * 1024**3, "usage_bytes": 0},
-                "gpu": double.gpus, "is_interlink": False, "status": "Ready",
+                "gpu": gpus, "is_interlink": False, "status": "Ready",
                 "conditions": [{"type": "Ready", "status": True}]}
         answer: dict[str, Any] = {"cluster": {
             "nodes_count": 1, "nodes": [node],
             "metrics": {"cpu": {"total_free_cores": 8000, "max_free_on_node_cores": 8000},
                         "memory": {"total_free_bytes": 32 * 1024**3,
                                    "max_free_on_node_bytes": 32 * 1024**3},
-                        "gpu": {"total_gpu": double.gpus}}}}
+                        "gpu": {"total_gpu": gpus}}}}
         if oidc_user() is None:  # the admin also sees OSCAR's own deployment
             answer["oscar"] = {"deployment_name": "oscar", "ready": True}
         return _json(answer)
