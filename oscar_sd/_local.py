@@ -311,7 +311,8 @@ class _Render:
         backend = self._backend
         try:
             images = generate_images(
-                self._request, model=backend._model, device=backend._device, on_step=self._step
+                self._request, model=backend._model, device=backend._device,
+                on_step=self._step, interrupt=self._check,
             )
             with self._lock:
                 if self._stopping:
@@ -328,10 +329,13 @@ class _Render:
                 shutil.rmtree(self._directory, ignore_errors=True)
                 self._leave_line()
 
-    def _step(self, step: int, total: int) -> None:
-        """The pipeline's step callback: stop here when cancelled, else report the step."""
+    def _check(self) -> None:
+        """Called within each step (before each micro-batch): stop here once cancelled."""
         if self._stopping:
             raise _Stopped
+
+    def _step(self, step: int, total: int) -> None:
+        """The pipeline's step callback: report the step."""
         self._report.from_thread(step, total, self._token)
 
     def _leave_line(self) -> None:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import enum
+import hashlib
+import io
 import logging
 import secrets
 import shutil
@@ -14,7 +18,7 @@ from typing import Any
 
 import anyio
 import anyio.to_thread
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ._errors import InvalidRequestError
 
@@ -23,14 +27,27 @@ logger = logging.getLogger("oscar_sd")
 MAX_SEED = 2**32 - 1
 #: The longest prompt (and negative prompt) a request may carry, in characters.
 MAX_PROMPT_CHARS = 2000
+#: The most bytes a start image (image to image) may have, decoded; it travels inside
+#: the input object, base64-encoded (a third more), never as an object of its own.
+MAX_START_IMAGE_BYTES = 4 * 1024 * 1024
+#: The most pixels along a side of a start image.
+MAX_START_IMAGE_SIDE = 4096
+#: The most bytes of an input object a worker reads: the request with its start image.
+MAX_INPUT_BYTES = MAX_START_IMAGE_BYTES * 4 // 3 + 64 * 1024
 
 
 class GenerationRequest(BaseModel):
-    """One text-to-image request: the JSON input object of the app-service contract.
+    """One request: the JSON input object of the app-service contract.
 
     ``seed``, ``steps`` and ``guidance_scale`` may be left as ``None``: a random
     seed is drawn before the request is sent (and reported in the result), and
     the service picks the steps and guidance its model is made for.
+
+    Image to image: ``init_image`` is the start image (PNG, JPEG or WebP bytes, a
+    path, or base64 text; kept as base64 PNG, at most 4 MiB), resized to
+    ``width`` x ``height``; ``strength`` (0 < s <= 1, default the model's) is how
+    much of it is changed: 0.3 keeps its layout, 1.0 keeps almost nothing. Only
+    ``int(steps * strength)`` denoising steps run.
 
     >>> GenerationRequest(prompt="a lighthouse at dusk", num_images=2).num_images
     2
@@ -46,6 +63,9 @@ class GenerationRequest(BaseModel):
     width: int = 512
     height: int = 512
     num_images: int = 6
+    #: The start image of image to image: base64 PNG (see the class docstring).
+    init_image: str | None = Field(default=None, repr=False)
+    strength: float | None = None
 
     def __init__(self, **data: Any) -> None:
         try:
@@ -108,6 +128,56 @@ class GenerationRequest(BaseModel):
             raise ValueError("must be between 1 and 8")
         return value
 
+    @field_validator("init_image", mode="before")
+    @classmethod
+    def _init_image(cls, value: Any) -> str | None:
+        if value is None:
+            return None
+        if isinstance(value, Path):
+            try:
+                value = value.read_bytes()
+            except OSError as exc:
+                raise ValueError(f"cannot be read ({exc.strerror or exc})") from None
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("data:"):  # a data: URL, as browsers write them
+                text = text.partition(",")[2]
+            if len(text) > MAX_START_IMAGE_BYTES * 4 // 3 + 8:
+                raise ValueError(_too_big(len(text) * 3 // 4))
+            try:
+                value = base64.b64decode(text, validate=True)
+            except (binascii.Error, ValueError):
+                raise ValueError("must be an image file, or its bytes in base64") from None
+        if not isinstance(value, (bytes, bytearray)):
+            raise ValueError("must be an image file, or its bytes in base64")
+        return base64.b64encode(_as_png(bytes(value))).decode("ascii")
+
+    @field_validator("strength")
+    @classmethod
+    def _strength(cls, value: float | None) -> float | None:
+        if value is not None and not 0.0 < value <= 1.0:
+            raise ValueError("must be above 0 and at most 1 (the share of the start image redrawn)")
+        return value
+
+    @model_validator(mode="after")
+    def _strength_needs_image(self) -> GenerationRequest:
+        if self.strength is not None and self.init_image is None:
+            raise InvalidRequestError(
+                "strength", "applies to image to image only: give a start image too"
+            )
+        return self
+
+    @property
+    def start_image(self) -> bytes | None:
+        """The start image's PNG bytes (image to image), or None for text to image."""
+        return None if self.init_image is None else base64.b64decode(self.init_image)
+
+    @property
+    def start_image_digest(self) -> str | None:
+        """The SHA-256 of the start image's PNG, which the images' parameters name."""
+        data = self.start_image
+        return None if data is None else hashlib.sha256(data).hexdigest()
+
     def with_seed(self) -> GenerationRequest:
         """This request with a concrete seed, drawn at random when none was given."""
         if self.seed is not None:
@@ -115,13 +185,55 @@ class GenerationRequest(BaseModel):
         return self.model_copy(update={"seed": secrets.randbelow(MAX_SEED + 1)})
 
     def to_payload(self) -> dict[str, Any]:
-        """The JSON body of the input object (DESIGN.md, the app-service contract)."""
-        return self.model_dump()
+        """The JSON body of the input object (README, the app-service contract).
+
+        A text-to-image request leaves out ``init_image`` and ``strength``, so
+        services that predate image to image still take it.
+        """
+        payload = self.model_dump()
+        if self.init_image is None:
+            payload.pop("init_image")
+            payload.pop("strength")
+        return payload
+
+
+def _too_big(size: int) -> str:
+    return (f"is {size / 2**20:.1f} MiB; the limit is {MAX_START_IMAGE_BYTES // 2**20} MiB "
+            "(save it smaller, or as JPEG)")
+
+
+def _as_png(data: bytes) -> bytes:
+    """``data`` (an image file) as PNG bytes, checked; ValueError says what is wrong."""
+    from PIL import Image, UnidentifiedImageError
+
+    if len(data) > MAX_START_IMAGE_BYTES:
+        raise ValueError(_too_big(len(data)))
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            width, height = image.size
+            if max(width, height) > MAX_START_IMAGE_SIDE:
+                raise ValueError(f"is {width}x{height} pixels; the limit is "
+                                 f"{MAX_START_IMAGE_SIDE} on each side")
+            if image.format == "PNG":
+                image.verify()  # a truncated or corrupt PNG fails here
+                return data
+            image.load()
+            converted = image.convert("RGBA" if "A" in image.getbands() else "RGB")
+    except (UnidentifiedImageError, OSError, SyntaxError):
+        raise ValueError("is not an image Pillow can read (use PNG, JPEG or WebP)") from None
+    buffer = io.BytesIO()
+    converted.save(buffer, format="PNG")
+    if buffer.tell() > MAX_START_IMAGE_BYTES:
+        raise ValueError(_too_big(buffer.tell()))
+    return buffer.getvalue()
 
 
 def _friendly(exc: ValidationError) -> InvalidRequestError:
     """Turn pydantic's report into one sentence naming the first bad field."""
     error = exc.errors()[0]
+    raised = (error.get("ctx") or {}).get("error")
+    if isinstance(raised, InvalidRequestError):  # a check across fields names its own
+        return raised
     name = ".".join(str(part) for part in error["loc"]) or "request"
     message = error["msg"].removeprefix("Value error, ")
     if error["type"] == "extra_forbidden":

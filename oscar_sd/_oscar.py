@@ -56,6 +56,7 @@ from ._notify.backoff import Backoff
 from ._notify.hub import NotificationHub
 from ._notify.waiters import Waiter
 from ._notify.waiting import Outage, until_landed, until_ready
+from ._steps import PROGRESS_SUFFIX, StepNews
 from ._storage import MinioStorage, StoragePath, storage_error
 from ._tokens import OidcToken
 from ._unpack import unpack_result
@@ -290,8 +291,18 @@ class OscarSD:
         result_keys = {self.output_path.key(job_id + suffix) for suffix in RESULT_SUFFIXES}
         marker_key = self.output_path.key(job_id + STARTED_SUFFIX)
         started = JobStarted(report)
+        steps = StepNews(self.output_path.key(job_id + PROGRESS_SUFFIX), report,
+                         self._read_marker)
+
+        def told(key: str) -> None:
+            if key == steps.key:
+                steps.landed()
+            else:
+                started(key)
+
         waiter = self._hub.register(
-            result_keys, self._storage, progress_keys=[marker_key], on_progress=started
+            result_keys, self._storage, progress_keys=[marker_key, steps.key], on_progress=told,
+            repeating_keys=[steps.key],
         )
         landed: str | None = None
         upload: threading.Event | None = None
@@ -311,7 +322,7 @@ class OscarSD:
             report(Stage.UPLOADED, "Prompt uploaded to the cluster")
             report(Stage.WAITING, "Waiting for a GPU")
 
-            landed = await self._until_landed(job_id, waiter, started, deadline, report)
+            landed = await self._until_landed(job_id, waiter, started, steps, deadline, report)
             if landed is None:
                 # The deadline also takes one last look, but it is never the recovery
                 # path for a lost event: reconciliation finds those within seconds.
@@ -363,23 +374,24 @@ class OscarSD:
                 self._hub.discard(waiter)
             if upload is not None:
                 with anyio.CancelScope(shield=True):
-                    await self._tidy(input_key, landed, upload, marker_key)
+                    await self._tidy(input_key, landed, upload, [marker_key, steps.key])
 
     async def _until_landed(
-        self, job_id: str, waiter: Waiter, started: JobStarted, deadline: float,
-        report: ProgressReporter,
+        self, job_id: str, waiter: Waiter, started: JobStarted, steps: StepNews,
+        deadline: float, report: ProgressReporter,
     ) -> str | None:
-        """The landed result key, or None at the deadline; while the job runs, the job
-        watch follows it and fails ``waiter`` when OSCAR says no result will come."""
-        if self.job_watch is None:
-            return await until_landed(waiter, deadline, self._outage(report))
+        """The landed result key, or None at the deadline; meanwhile a warm replica's
+        steps are told, and while the job runs the job watch follows it and fails
+        ``waiter`` when OSCAR says no result will come."""
         failure: Exception | None = None
         landed: str | None = None
         async with anyio.create_task_group() as tasks:
-            tasks.start_soon(
-                partial(self.job_watch.follow, job_id, waiter, started, report,
-                        read_marker=self._read_marker, look=partial(self._last_look, waiter))
-            )
+            tasks.start_soon(steps.follow)
+            if self.job_watch is not None:
+                tasks.start_soon(
+                    partial(self.job_watch.follow, job_id, waiter, started, report,
+                            read_marker=self._read_marker, look=partial(self._last_look, waiter))
+                )
             try:
                 landed = await until_landed(waiter, deadline, self._outage(report))
             except Exception as exc:  # raised below, not wrapped in the task group's group
@@ -426,12 +438,13 @@ class OscarSD:
             raise storage_error(exc, self._storage.endpoint) from None
 
     async def _tidy(
-        self, input_key: str, landed: str | None, upload: threading.Event, marker: str
+        self, input_key: str, landed: str | None, upload: threading.Event, markers: list[str]
     ) -> None:
-        """Delete the input when no result came (so no job starts late for nobody),
-        and the objects once used unless asked to keep them: one request where
-        they share a bucket. The job's started ``marker`` goes with them, whether
-        or not its event came (deleting a key that is not there is no error); one
+        """Delete the input when no result came (so no job starts late for nobody; a
+        warm replica that runs it stops), and the objects once used unless asked to
+        keep them: one request where they share a bucket. The job's started marker
+        and a warm replica's progress object (``markers``) go with them, whether or
+        not their events came (deleting a key that is not there is no error); one
         that lands later for a request that gave up is deleted by the hub.
 
         Bounded, so that cancelling returns at once even while storage is
@@ -447,7 +460,7 @@ class OscarSD:
             doomed.setdefault(self.input_path.bucket, []).append(input_key)
         if landed is None or not self.keep_objects:
             outputs = doomed.setdefault(self.output_path.bucket, [])
-            outputs.extend([marker] if landed is None else [landed, marker])
+            outputs.extend(markers if landed is None else [landed, *markers])
         lane = self.limits.requests if landed is None else self.limits.results
         for bucket, keys in doomed.items():
             if lane.available_tokens < 1:

@@ -337,3 +337,24 @@ def test_a_fresh_process_sees_only_the_api_and_no_torchvision_advice() -> None:
 
     for helper in ("Any", "TYPE_CHECKING", "annotations", "importlib"):
         assert helper not in dir(oscar_sd)
+
+
+def test_a_cancel_stops_the_computation_within_a_step_not_at_its_end() -> None:
+    """8 images are two micro-batches a step: the check between them stops the call."""
+
+    class Cancelled(Exception):
+        pass
+
+    checks: list[int] = []
+
+    def interrupt() -> None:
+        checks.append(1)
+        if len(checks) == 3:  # before the lock, first micro-batch, then the second
+            raise Cancelled
+
+    steps: list[int] = []
+    with pytest.raises(Cancelled):
+        generate_images(small_request(num_images=8, steps=5, seed=1), model="tiny",
+                        device="cpu", on_step=lambda step, total: steps.append(step),
+                        interrupt=interrupt)
+    assert steps == []  # stopped inside the first step

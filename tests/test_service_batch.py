@@ -42,9 +42,9 @@ def calls(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[list[GenerationReque
     seen: list[list[GenerationRequest]] = []
     real = batch_module.run_batch
 
-    def spy(loaded: LoadedModel, requests: list[GenerationRequest], on_step: Any) -> Any:
+    def spy(loaded: LoadedModel, requests: list[GenerationRequest], *args: Any) -> Any:
         seen.append(list(requests))
-        return real(loaded, requests, on_step)
+        return real(loaded, requests, *args)
 
     monkeypatch.setattr("oscar_sd.service.generate.run_batch", spy)
     yield seen
@@ -152,11 +152,11 @@ def test_a_failed_call_fails_only_its_own_requests(
     real = batch_module.run_batch
     heard: list[tuple[int, str]] = []
 
-    def fail_wide(loaded: LoadedModel, requests: list[GenerationRequest], on_step: Any) -> Any:
+    def fail_wide(loaded: LoadedModel, requests: list[GenerationRequest], *args: Any) -> Any:
         heard.append((-1, f"call {[r.prompt for r in requests]}"))
         if requests[0].width == 96:
             raise GenerationError("The cpu ran out of memory making 2 image(s)")
-        return real(loaded, requests, on_step)
+        return real(loaded, requests, *args)
 
     monkeypatch.setattr("oscar_sd.service.generate.run_batch", fail_wide)
 

@@ -68,13 +68,13 @@ def test_progress_shows_steps_and_place_in_line_and_cancel_lets_the_next_go(tmp_
         # Long enough to still be generating when the second request arrives.
         first = first_tab.submit("a slow fox", size="256x256", steps=150, api_name="/generate")
         wait_until(
-            lambda: any(desc.startswith("Generating: step ") for desc in descriptions(first)),
+            lambda: any(desc.startswith("Generating · step ") for desc in descriptions(first)),
             timeout=120,
             what="the first request's step progress",
         )
         step = next(
             unit for unit in first.status().progress_data
-            if unit.desc.startswith("Generating: step")
+            if unit.desc.startswith("Generating · step")
         )
         assert step.length == 150 and step.index is not None
         second = second_tab.submit("a patient fox", api_name="/generate", **SMALL)

@@ -95,14 +95,16 @@ class NotificationHub:
         *,
         progress_keys: Iterable[str] = (),
         on_progress: Callable[[str], object] | None = None,
+        repeating_keys: Iterable[str] = (),
     ) -> Waiter:
         """Register a waiter for ``keys`` and make sure the hub runs.
 
         ``source`` (the caller's own storage client, same account) replaces the
         hub's when its threads (re)start. A landed ``progress_keys`` key calls
-        ``on_progress(key)`` on the caller's event loop, before any result.
+        ``on_progress(key)`` on the caller's event loop, before any result: once,
+        or each time it lands for those of them in ``repeating_keys``.
         """
-        waiter = Waiter(keys, progress_keys, on_progress)
+        waiter = Waiter(keys, progress_keys, on_progress, repeating_keys)
         self.registry.add(waiter)
         with self._lock:
             if self._ready:

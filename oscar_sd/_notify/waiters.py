@@ -5,9 +5,10 @@ A request registers a :class:`Waiter` for the keys its result may land under
 (its *progress* keys: the job's ``<job>.started.json``). The hub's threads match
 landed keys against the registry and, on the waiter's own event loop, resolve
 the waiter (the first terminal key wins) or call its ``on_progress`` (once per
-progress key, never after the waiter resolved). A request that gives up (cancelled, timed out)
-leaves its keys behind as *abandoned* for a while, so that a result landing
-late is deleted instead of staying in the bucket forever.
+progress key, or each time for a *repeating* one; never after the waiter
+resolved). A request that gives up (cancelled, timed out) leaves its keys
+behind as *abandoned* for a while, so that a result landing late is deleted
+instead of staying in the bucket forever.
 """
 
 from __future__ import annotations
@@ -32,9 +33,13 @@ class Waiter:
         keys: Iterable[str],
         progress_keys: Iterable[str] = (),
         on_progress: Callable[[str], object] | None = None,
+        repeating_keys: Iterable[str] = (),
     ) -> None:
         self.keys = frozenset(keys)
         self.progress_keys = frozenset(progress_keys) - self.keys
+        #: Progress keys told every time they land, not once (a warm replica's
+        #: ``<job>.progress.json``, rewritten as the steps go on).
+        self.repeating_keys = frozenset(repeating_keys) & self.progress_keys
         #: Every key the registry knows this waiter by.
         self.all_keys = self.keys | self.progress_keys
         self.on_progress = on_progress
@@ -101,9 +106,12 @@ class Waiter:
 
     def progress(self, key: str, via: str = "event") -> None:
         """A progress key landed: tell ``on_progress`` (not once the waiter has its end)."""
-        if self.key is not None or self.failure is not None or key in self.progress_seen:
+        if self.key is not None or self.failure is not None:
             return
-        self.progress_seen.append(key)
+        if key in self.progress_seen and key not in self.repeating_keys:
+            return
+        if key not in self.progress_seen:
+            self.progress_seen.append(key)
         if self.on_progress is not None:
             self.on_progress(key)
 
@@ -185,7 +193,8 @@ class WaiterRegistry:
                     waiter = self._by_key.get(candidate)
                     if waiter is not None:
                         if candidate in waiter.progress_keys:
-                            if candidate not in waiter.progress_claimed:
+                            if (candidate not in waiter.progress_claimed
+                                    or candidate in waiter.repeating_keys):
                                 waiter.progress_claimed.add(candidate)
                                 matches.append((waiter, candidate))
                         elif not waiter.claimed:

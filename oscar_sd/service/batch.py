@@ -1,9 +1,10 @@
 """Several requests in one pipeline call, each image the same as when its request runs alone.
 
 Requests share a call when they share a shape (:func:`shape_key`): size, steps,
-and guidance (diffusers runs classifier-free guidance when ``guidance_scale >
-1``, with ONE scale for the whole call, so guided requests share a call only
-with the same scale; unguided ones ignore the scale and share regardless).
+image to image or not and its strength (which sets how many steps run), and
+guidance (diffusers runs classifier-free guidance when ``guidance_scale > 1``,
+with ONE scale for the whole call, so guided requests share a call only with
+the same scale; unguided ones ignore the scale and share regardless).
 :func:`plan_batches` packs them, in arrival order, into calls of at most
 ``OSCAR_SD_MAX_BATCH_IMAGES`` images (default 24); a request is never split.
 
@@ -35,6 +36,7 @@ from typing import Any
 from .._models import GenerationRequest
 from .errors import GenerationError
 from .metadata import image_seed
+from .microbatch import interruptible
 from .pipeline import LoadedModel
 
 logger = logging.getLogger("oscar_sd.service")
@@ -44,6 +46,9 @@ DEFAULT_MAX_BATCH_IMAGES = 24
 #: Called after each denoising step with (steps done, total steps). It may raise
 #: to stop the generation at that step (the local backend does, on cancellation).
 StepCallback = Callable[[int, int], None]
+#: Called often while a call runs (before each micro-batch and after each step): it
+#: may raise to stop the call there (a cancelled request).
+Interrupt = Callable[[], None]
 
 
 @dataclass(frozen=True)
@@ -55,6 +60,8 @@ class ShapeKey:
     steps: int
     #: The guidance scale when guidance is on (> 1), else None: one scale per call.
     guidance: float | None
+    #: Image to image: the strength (one per call: it sets the steps run); None: text to image.
+    strength: float | None = None
 
 
 def shape_key(request: GenerationRequest, embeds_guidance: bool = False) -> ShapeKey:
@@ -65,8 +72,9 @@ def shape_key(request: GenerationRequest, embeds_guidance: bool = False) -> Shap
     """
     guidance = float(request.guidance_scale or 0.0)
     on = guidance > 1.0 or embeds_guidance
+    strength = None if request.init_image is None else float(request.strength or 0.0)
     return ShapeKey(request.width, request.height, int(request.steps or 0),
-                    guidance if on else None)
+                    guidance if on else None, strength)
 
 
 def max_batch_images_from_env() -> int:
@@ -114,11 +122,15 @@ def embeds_guidance(loaded: LoadedModel) -> bool:
 
 
 def run_batch(
-    loaded: LoadedModel, requests: Sequence[GenerationRequest], on_step: StepCallback | None
+    loaded: LoadedModel,
+    requests: Sequence[GenerationRequest],
+    on_step: StepCallback | None,
+    interrupt: Interrupt | None = None,
 ) -> list[list[Any]]:
     """One pipeline call for resolved ``requests`` of one shape: each request's PIL images.
 
-    Raises :class:`.GenerationError`; whatever ``on_step`` raises propagates unchanged.
+    Raises :class:`.GenerationError`; whatever ``on_step`` or ``interrupt`` raises
+    propagates unchanged.
     """
     import torch
 
@@ -133,7 +145,16 @@ def run_batch(
     # What on_step raised, so it propagates as itself rather than as a GenerationError.
     stopped_by: list[BaseException] = []
 
+    def checkpoint() -> None:
+        if interrupt is not None:
+            try:
+                interrupt()
+            except BaseException as exc:
+                stopped_by.append(exc)
+                raise
+
     def step_end(pipe: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+        checkpoint()
         if on_step is not None:
             try:
                 on_step(step + 1, pipe.num_timesteps)
@@ -143,19 +164,28 @@ def run_batch(
         return tensors
 
     logger.info(
-        "Generating %d image(s) for %d request(s): %dx%d, %d step(s), guidance %s",
+        "Generating %d image(s) for %d request(s): %dx%d, %d step(s), guidance %s%s",
         total, len(requests), first.width, first.height, first.steps, first.guidance_scale,
+        "" if first.init_image is None else f", from start images at strength {first.strength}",
     )
     started = time.perf_counter()
     try:
-        with loaded.run_lock, torch.inference_mode():
+        with loaded.run_lock, torch.inference_mode(), interruptible(checkpoint):
+            checkpoint()  # cancelled while it waited for the lock: nothing to do
             prompts = _prompt_arguments(loaded, requests, guided)
-            output = loaded.pipeline(
+            if first.init_image is None:
+                pipeline = loaded.pipeline
+                shape: dict[str, Any] = {"width": first.width, "height": first.height}
+            else:
+                # One start image per image made, each encoded on its own with that
+                # image's generator: the same whether the request runs alone or batched.
+                pipeline = loaded.image_to_image()
+                shape = {"image": _start_images(requests), "strength": first.strength}
+            output = pipeline(
                 **prompts,
+                **shape,
                 num_inference_steps=first.steps,
                 guidance_scale=first.guidance_scale,
-                width=first.width,
-                height=first.height,
                 num_images_per_prompt=1,
                 generator=generators,
                 callback_on_step_end=step_end,
@@ -180,6 +210,33 @@ def run_batch(
         split.append(pictures[start : start + request.num_images])
         start += request.num_images
     return split
+
+
+def start_image(request: GenerationRequest) -> Any:
+    """The request's start image as an RGB PIL image of the request's size."""
+    import io
+
+    from PIL import Image
+
+    data = request.start_image
+    if data is None:
+        raise ValueError("not an image-to-image request")
+    with Image.open(io.BytesIO(data)) as opened:
+        image = opened.convert("RGB")
+    size = (request.width, request.height)
+    if image.size != size:
+        # Stretched to the size asked for, as A1111's "just resize": the page's size
+        # control means the same for both kinds of request.
+        image = image.resize(size, Image.Resampling.LANCZOS)
+    return image
+
+
+def _start_images(requests: Sequence[GenerationRequest]) -> list[Any]:
+    images = []
+    for request in requests:
+        image = start_image(request)
+        images.extend([image] * request.num_images)
+    return images
 
 
 def _prompt_arguments(

@@ -36,6 +36,7 @@ from minio import Minio
 from minio.error import S3Error
 
 from .._claims import is_spilled
+from .._models import MAX_INPUT_BYTES
 from .._storage import StoragePath
 from .marker import STARTED_SUFFIX, StartedMarker
 
@@ -111,8 +112,9 @@ class WarmStore:
 
     def read_input(self, key: str) -> bytes | None:
         """The input object's bytes; None once it is gone (its request was taken back)."""
-        found = self._get(self.input_path.bucket, key, 1_000_001)
-        return None if found is None else found[1][:1_000_000]  # a request is a few hundred bytes
+        # A request is a few hundred bytes; with a start image, a few MiB at most.
+        found = self._get(self.input_path.bucket, key, MAX_INPUT_BYTES)
+        return None if found is None else found[1]
 
     def input_exists(self, key: str) -> bool:
         """Whether input ``key`` is still there (its request not finished nor taken back)."""
@@ -189,6 +191,14 @@ class WarmStore:
         """Give the claim on ``job`` back, so another replica runs it."""
         self._client.remove_object(self.output_path.bucket,
                                    self.output_path.key(job + STARTED_SUFFIX))
+
+    def remove_outputs(self, names: list[str]) -> None:
+        """Delete the objects ``names`` of the output folder (one batch request)."""
+        from minio.deleteobjects import DeleteObject
+
+        doomed = [DeleteObject(self.output_path.key(name)) for name in names]
+        for error in self._client.remove_objects(self.output_path.bucket, doomed):
+            logger.warning("Could not delete %s (%s)", error.name, error.code)
 
     def has_result(self, job: str) -> bool:
         return any(self._exists(self.output_path.bucket, self.output_path.key(job + suffix))

@@ -18,6 +18,7 @@ the same request on the same hardware gives the same images.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,6 +26,7 @@ from typing import Any
 from .._errors import InvalidRequestError
 from .._models import GenerationRequest
 from .batch import (
+    Interrupt,
     StepCallback,
     embeds_guidance,
     max_batch_images_from_env,
@@ -71,9 +73,22 @@ class GeneratedImage:
 
 
 def resolve_request(request: GenerationRequest, profile: ModelProfile) -> GenerationRequest:
-    """``request`` with its seed drawn and the model's default steps and guidance filled in."""
+    """``request`` with its seed drawn and the model's default steps and guidance filled in
+    (and, for image to image, its strength)."""
     request = request.with_seed()
     steps = request.steps if request.steps is not None else profile.default_steps
+    strength = None
+    if request.init_image is not None:
+        strength = request.strength if request.strength is not None else profile.default_strength
+        if request.steps is None:
+            # Only int(steps * strength) steps run: at least one must.
+            steps = min(max(steps, math.ceil(1 / strength - 1e-9)), profile.max_steps)
+        if int(steps * strength) < 1:
+            raise InvalidRequestError(
+                "strength",
+                f"{strength:g} with {steps} step(s) leaves no denoising step "
+                f"(steps x strength must be at least 1): raise the strength or the steps",
+            )
     if steps > profile.max_steps:
         raise InvalidRequestError(
             "steps",
@@ -85,7 +100,9 @@ def resolve_request(request: GenerationRequest, profile: ModelProfile) -> Genera
         if request.guidance_scale is not None
         else profile.default_guidance
     )
-    return request.model_copy(update={"steps": steps, "guidance_scale": guidance})
+    return request.model_copy(
+        update={"steps": steps, "guidance_scale": guidance, "strength": strength}
+    )
 
 
 @dataclass(frozen=True)
@@ -111,6 +128,7 @@ def generate_batch(
     max_images: int | None = None,
     on_step: StepCallback | None = None,
     on_outcome: OutcomeCallback | None = None,
+    interrupt: Interrupt | None = None,
 ) -> list[RequestOutcome]:
     """Make the images of every request, those of one shape in one pipeline call.
 
@@ -120,8 +138,9 @@ def generate_batch(
     model cannot run, a model that cannot load or a call that fails becomes
     that request's ``error``, so one bad request never fails the others.
     ``on_outcome`` hears each outcome as soon as its call ends. Whatever
-    ``on_step`` raises (it is called for every call) stops everything and
-    propagates unchanged.
+    ``on_step`` (called after each step) or ``interrupt`` (called before each
+    micro-batch, see :mod:`.microbatch`) raises stops everything and propagates
+    unchanged.
     """
     outcomes: list[RequestOutcome | None] = [None] * len(requests)
 
@@ -153,7 +172,7 @@ def generate_batch(
     for members in plan:
         indices = [order[member] for member in members]
         try:
-            pictures = run_batch(loaded, [resolved[i] for i in indices], on_step)
+            pictures = run_batch(loaded, [resolved[i] for i in indices], on_step, interrupt)
         except ServiceError as exc:
             for index in indices:
                 settle(index, RequestOutcome(requests[index], error=exc))
@@ -170,15 +189,18 @@ def generate_images(
     model: str | None = None,
     device: str | None = None,
     on_step: StepCallback | None = None,
+    interrupt: Interrupt | None = None,
 ) -> list[GeneratedImage]:
     """Make the ``request.num_images`` images of ``request`` with ``model`` (default:
     ``$OSCAR_SD_MODEL``) on ``device`` (default: the GPU if any).
 
     Raises :class:`~oscar_sd.InvalidRequestError` for a request the model cannot
     run, :class:`.ModelLoadError` and :class:`.GenerationError`. Whatever
-    ``on_step`` raises stops the generation and propagates unchanged.
+    ``on_step`` or ``interrupt`` raises stops the generation and propagates unchanged.
     """
-    (outcome,) = generate_batch([request], model=model, device=device, on_step=on_step)
+    (outcome,) = generate_batch(
+        [request], model=model, device=device, on_step=on_step, interrupt=interrupt
+    )
     if outcome.error is not None:
         raise outcome.error
     return outcome.images

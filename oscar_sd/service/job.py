@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .._errors import InvalidRequestError
-from .._models import GenerationRequest
+from .._models import MAX_INPUT_BYTES, GenerationRequest
 from .errors import EXIT_OK, error_kind, exit_code_for
 from .generate import GeneratedImage, generate_images
 from .marker import write_started_marker
@@ -58,6 +58,10 @@ def read_request(input_file: Path) -> GenerationRequest:
             "input", f"{input_file.name} is neither a .json request nor a .txt prompt"
         )
     try:
+        if input_file.stat().st_size > MAX_INPUT_BYTES:
+            raise InvalidRequestError(
+                "input", f"{input_file.name} is larger than {MAX_INPUT_BYTES // 2**20} MiB"
+            )
         data = input_file.read_bytes()
     except FileNotFoundError:
         raise InvalidRequestError("input", f"{input_file.name} does not exist") from None

@@ -49,17 +49,25 @@ def parameters_text(request: GenerationRequest, seed: int, sampler: str, model: 
     """The A1111-style ``parameters`` text of one image (``request`` fully resolved)."""
     # A1111 writes the line only for a negative prompt that is there.
     negative = f"Negative prompt: {request.negative_prompt}\n" if request.negative_prompt else ""
+    # A1111 writes "Denoising strength" for image to image; the start image is named
+    # by its SHA-256 (its bytes stay out of every PNG).
+    start = ("" if request.init_image is None else
+             f", Denoising strength: {request.strength}, "
+             f"Start image: sha256 {request.start_image_digest}")
     return (
         f"{request.prompt}\n"
         f"{negative}"
         f"Steps: {request.steps}, Sampler: {sampler}, CFG scale: {request.guidance_scale}, "
-        f"Seed: {seed}, Size: {request.width}x{request.height}, Model: {model}"
+        f"Seed: {seed}, Size: {request.width}x{request.height}, Model: {model}{start}"
     )
 
 
 def metadata_json(request: GenerationRequest, index: int, seed: int) -> str:
     """The ``oscar-sd`` JSON text of image ``index`` of ``request``."""
-    return json.dumps({"request": request.to_payload(), "index": index, "seed": seed})
+    payload = request.to_payload()
+    if payload.pop("init_image", None) is not None:
+        payload["init_image_sha256"] = request.start_image_digest
+    return json.dumps({"request": payload, "index": index, "seed": seed})
 
 
 def encode_png(image: Image.Image, texts: dict[str, str]) -> bytes:

@@ -54,6 +54,8 @@ class ModelProfile:
     default_guidance: float
     #: The most steps a request may ask for; turbo models are trained for 1 to 4.
     max_steps: int = 150
+    #: Image to image: the share of the start image redrawn when a request does not say.
+    default_strength: float = 0.75
 
 
 @dataclass(frozen=True)
@@ -94,6 +96,15 @@ class LoadedModel:
     #: Held while the pipeline runs: its scheduler keeps per-call state, so two
     #: threads (two LocalSD instances, a test double's jobs) must take turns.
     run_lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+    #: The image-to-image pipeline, built on first use from the same modules.
+    _image_to_image: list[Any] = field(default_factory=list, repr=False, compare=False)
+
+    def image_to_image(self) -> Any:
+        """The image-to-image pipeline over this pipeline's own modules (no second copy of
+        the weights; micro-batching included). Call it holding :attr:`run_lock`."""
+        if not self._image_to_image:
+            self._image_to_image.append(_image_to_image_of(self.pipeline))
+        return self._image_to_image[0]
 
 
 def model_from_env() -> str:
@@ -123,7 +134,8 @@ def profile_for(model: str) -> ModelProfile:
         return ModelProfile(label=label, kind="tiny", default_steps=2, default_guidance=0.0)
     if "turbo" in model.lower():
         return ModelProfile(
-            label=label, kind="turbo", default_steps=1, default_guidance=0.0, max_steps=4
+            label=label, kind="turbo", default_steps=1, default_guidance=0.0, max_steps=4,
+            default_strength=0.5,
         )
     return ModelProfile(label=label, kind="sd", default_steps=25, default_guidance=7.5)
 
@@ -212,6 +224,26 @@ def _load(model: str, device: str, torch_seconds: float) -> LoadedModel:
     seconds = torch_seconds + moved - started
     logger.info("Model %s loaded in %.2f s (%s)", profile.label, seconds, timings.describe())
     return LoadedModel(pipeline, profile, device, dtype, seconds, timings, micro_batch)
+
+
+def _image_to_image_of(pipeline: Any) -> Any:
+    from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionPipeline
+
+    if isinstance(pipeline, StableDiffusionPipeline):
+        # The class diffusers pairs with it, over the same components: one scheduler,
+        # one UNet, one VAE (taking turns under run_lock).
+        components = dict(pipeline.components)
+        variant = StableDiffusionImg2ImgPipeline(
+            **components,
+            requires_safety_checker=bool(pipeline.config.get("requires_safety_checker", False))
+            and components.get("safety_checker") is not None,
+        )
+    else:  # SDXL and other families: diffusers maps the pipeline to its image-to-image kin
+        from diffusers import AutoPipelineForImage2Image
+
+        variant = AutoPipelineForImage2Image.from_pipe(pipeline)
+    variant.set_progress_bar_config(disable=True)
+    return variant
 
 
 def _from_pretrained(pipeline_class: Any, model: str, dtype: torch.dtype) -> Any:

@@ -52,6 +52,7 @@ from .health import HealthServer
 from .job import error_report, parse_request, zip_images
 from .pipeline import LoadedModel, load_pipeline
 from .warm_config import WarmSettings
+from .warm_progress import CallCancelled, CallWatch
 
 logger = logging.getLogger("oscar_sd.service")
 
@@ -85,6 +86,8 @@ class WarmStats:
     reconcile_rounds: int = 0
     #: Seconds inside generate_batch, per round (the benchmark's "pure generation").
     generate_seconds: list[float] = field(default_factory=list)
+    #: Calls stopped because every request in them was cancelled.
+    cancelled_calls: int = 0
 
 
 class WarmWorker:
@@ -223,13 +226,28 @@ class WarmWorker:
         for candidate in chosen:
             self._claimed_not_run.discard(candidate.job)
 
+        watch = CallWatch(self.store, {candidate.job: candidate.key for candidate in chosen},
+                          interval=self.settings.progress_interval)
+
         def written(index: int, outcome: RequestOutcome) -> None:
-            self._write_outcome(chosen[index].job, outcome)
+            job = chosen[index].job
+            if watch.finish(job):
+                self._write_outcome(job, outcome)
+            else:
+                self._finished(job)  # cancelled: nobody waits for its images
 
         started = time.perf_counter()
-        self._generate(requests, model=self.settings.model,
-                       device=self.settings.device,
-                       max_images=self.settings.max_batch_images, on_outcome=written)
+        with watch:
+            try:
+                self._generate(requests, model=self.settings.model,
+                               device=self.settings.device,
+                               max_images=self.settings.max_batch_images, on_outcome=written,
+                               on_step=watch.on_step, interrupt=watch.interrupt)
+            except CallCancelled:
+                logger.info("Every request of the call was cancelled: it stopped")
+                for candidate in chosen:
+                    self._finished(candidate.job)
+                self.stats.cancelled_calls += 1
         self.stats.generate_seconds.append(time.perf_counter() - started)
         self.stats.batches.append(len(chosen))
 

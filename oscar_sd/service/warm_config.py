@@ -67,6 +67,8 @@ class WarmSettings:
     max_batch_images: int = 24
     #: At most this many inputs are looked at per round (bounds one listing's cost).
     max_listed: int = 2000
+    #: Seconds between a running request's progress writes (and looks for its cancel).
+    progress_interval: float = 1.0
     #: This replica's name in its claims (the pod's host name).
     replica: str = field(default_factory=socket.gethostname)
     #: How many replicas may run at once (expose.max_scale): claims must be exclusive

@@ -36,17 +36,25 @@ SENDING = Progress(Stage.UPLOADED, "Sending")
 Shown = tuple[tuple[int, int], str, str]
 
 
-def stage_text(report: Progress, running_for: float | None = None) -> str:
-    """The words for ``report``: its stage, its place in line, how long it has run."""
+def stage_text(
+    report: Progress, running_for: float | None = None, left: float | None = None
+) -> str:
+    """The words for ``report``: its stage, its place in line, how long it has run, and
+    (``left``, from the steps' pace) about how long it still needs."""
     stage = report.stage
     if stage is Stage.QUEUED:
+        # The local backend's line: this computer's turn, not a GPU's (there may be none).
         ahead = report.queue_position
         if not ahead:
             return "Starting"
-        return f"Waiting for a GPU · {ahead} ahead of you"
+        return f"In line · {ahead} ahead of you"
+    if report.step is not None and report.total_steps:
+        doing = "Generating" if stage is Stage.GENERATING else LABELS.get(stage, "Generating")
+        text = f"{doing} · step {report.step} / {report.total_steps}"
+        if left is not None:
+            text += f" · about {max(1, round(left))} s left"
+        return text
     if stage is Stage.GENERATING:
-        if report.step is not None and report.total_steps:
-            return f"Generating: step {report.step} of {report.total_steps}"
         return report.message
     if stage is Stage.WAITING and not report.message.startswith("Waiting"):
         # A problem while waiting ("Cannot reach the cluster's storage, retrying (12 s)").
@@ -73,11 +81,19 @@ class StageDisplay:
         self._show = show
         self._last = SENDING
         self._running_since: float | None = None
+        #: (step, when) of the first step report of this run of steps, for the pace.
+        self._first_step: tuple[int, float] | None = None
         self(SENDING)
 
     def __call__(self, report: Progress) -> None:
+        now = time.monotonic()
         if report.stage is Stage.RUNNING and self._last.stage is not Stage.RUNNING:
-            self._running_since = time.monotonic()
+            self._running_since = now
+        if report.step is None or not report.total_steps:
+            self._first_step = None
+        elif (self._first_step is None or report.step < self._first_step[0]
+              or report.total_steps != self._last.total_steps):
+            self._first_step = (report.step, now)
         self._last = report
         level, text, unit = self.shown()
         self._show(level, desc=text, unit=unit)
@@ -88,7 +104,7 @@ class StageDisplay:
         running_for = (
             time.monotonic() - self._running_since if self._running_since is not None else None
         )
-        text = stage_text(report, running_for)
+        text = stage_text(report, running_for, self._seconds_left())
         if report.step is not None and report.total_steps:
             return (report.step, report.total_steps), text, "steps"
         if report.stage is Stage.DONE:
@@ -96,6 +112,17 @@ class StageDisplay:
         else:  # QUEUED (the local line) counts as the first stage
             place = ORDER.index(report.stage) + 1 if report.stage in ORDER else 1
         return (place, len(ORDER)), text, "stages"
+
+    def _seconds_left(self) -> float | None:
+        """The steps still to go at the pace of those done so far (None until two reports)."""
+        report, first = self._last, self._first_step
+        if first is None or report.step is None or not report.total_steps:
+            return None
+        done = report.step - first[0]
+        if done <= 0:
+            return None
+        pace = (time.monotonic() - first[1]) / done
+        return pace * (report.total_steps - report.step)
 
     async def keep_counting(self) -> None:
         """Every second, while the job runs: the same stage, with its seconds counted."""
