@@ -6,8 +6,12 @@ used, so existing deployments keep working; everything else is ``OSCAR_SD_*``.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from .history import MB, HistoryBudget, default_data_dir
 
 
 class Settings(BaseSettings):
@@ -62,8 +66,15 @@ class Settings(BaseSettings):
     results_budget_mb: int = Field(512, gt=0)
     #: Web app: MB of images kept per login (its own oldest runs go first beyond it).
     session_budget_mb: int = Field(100, gt=0)
-    #: Web app: runs kept per login (its history strip; its own oldest go first beyond it).
+    #: Web app: runs kept per login in the app's disk cache (its own oldest go first).
     session_runs: int = Field(24, gt=0)
+    #: Web app: runs kept in each identity's history (its oldest go first beyond it).
+    history_runs: int = Field(100, gt=0)
+    #: Web app: MB of images kept in each identity's history (its oldest go first).
+    history_mb: int = Field(500, gt=0)
+    #: Local mode: where the history is kept (default: the user's data directory,
+    #: ``~/.local/share/oscar-sd`` on Linux).
+    data_dir: str = ""
 
     @field_validator("root_path")
     @classmethod
@@ -86,6 +97,14 @@ class Settings(BaseSettings):
         return self.token_endpoint or (
             self.oidc_issuer.rstrip("/") + "/protocol/openid-connect/token"
         )
+
+    def history_budget(self) -> HistoryBudget:
+        """The per-identity history budget (``history_runs``, ``history_mb``)."""
+        return HistoryBudget(max_runs=self.history_runs, max_bytes=self.history_mb * MB)
+
+    def data_folder(self) -> Path:
+        """``data_dir``, or the platform's per-user data folder."""
+        return Path(self.data_dir).expanduser() if self.data_dir else default_data_dir()
 
     def local_accounts(self) -> dict[str, str]:
         """The accounts of ``OSCAR_SD_USERS`` as {user: password}."""

@@ -22,6 +22,14 @@ def anyio_backend() -> str:
 
 
 @pytest.fixture(autouse=True)
+def _history_in_a_temporary_folder(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Local-mode history goes to the data folder: never the real one in a test."""
+    monkeypatch.setenv("OSCAR_SD_DATA_DIR", str(tmp_path_factory.mktemp("data")))
+
+
+@pytest.fixture(autouse=True)
 def _close_notification_hubs() -> Iterator[None]:
     """Hubs are process-wide; each test's hubs go with its cluster double."""
     yield

@@ -42,7 +42,7 @@ from .budget import MB, ResultsBudget
 from .downloads import download_route
 from .handlers import Handlers
 from .http import FileGuard, PageMeta, health_route
-from .login import ClusterLogin, LocalLogin
+from .login import ClusterLogin, LocalLogin, local_history
 from .oidc import OidcSignIn
 from .page import CSS, build_page
 from .sessions import Sessions
@@ -107,7 +107,9 @@ class WebApp:
             self.login = ClusterLogin(self.sessions, settings)
             oidc = OidcSignIn(settings) if settings.oidc_enabled else None
         elif settings.local_accounts():
-            self.login = LocalLogin(self.sessions, settings.local_accounts(), self._shared)
+            self.login = LocalLogin(
+                self.sessions, settings.local_accounts(), self._shared, settings
+            )
         else:
             self.login = None
         self.signin: SignIn | None = None
@@ -121,7 +123,12 @@ class WebApp:
                 oidc=oidc,
                 oidc_with_token=cluster_login.with_oidc if cluster_login else None,
             )
-        self.handlers = Handlers(self.sessions, self._shared if self.login is None else None)
+        self.handlers = Handlers(
+            self.sessions,
+            self._shared if self.login is None else None,
+            # Without a login the history is this machine's, one for every tab.
+            machine_history=local_history(settings, None) if self.login is None else None,
+        )
         self.blocks = build_page(
             self.handlers,
             describe_backend=self._describe_backend,

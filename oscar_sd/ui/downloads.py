@@ -52,6 +52,7 @@ def download_route(sessions: Sessions, identify: Callable[[HTTPConnection], str 
         if found is not None:
             session, entry = found
             if is_tab_key(session.key) or identify(request) == session.key:
+                await sessions.materialise(session, entry)
                 names = image_names(entry.prompt, entry.seed, len(entry.images))
                 data = await anyio.to_thread.run_sync(zip_images, entry.images, names)
                 name = download_name(entry.prompt, entry.seed)

@@ -25,6 +25,7 @@ from .._errors import (
     SignInExpired,
 )
 from .._models import GenerationResult
+from ..history import History
 from .downloads import DOWNLOADS, image_names
 from .form import (
     DEFAULT_SIZE,
@@ -103,10 +104,15 @@ def status_line(result: GenerationResult) -> str:
 class Handlers:
     """The page's event handlers, bound to the app's sessions."""
 
-    def __init__(self, sessions: Sessions, shared_backend: Callable[[], Backend] | None) -> None:
+    def __init__(
+        self, sessions: Sessions, shared_backend: Callable[[], Backend] | None,
+        machine_history: History | None = None,
+    ) -> None:
         self._sessions = sessions
-        # Without login (local mode), each tab gets a session on the shared backend.
+        # Without login (local mode), each tab gets a session on the shared backend,
+        # and they all share this machine's history.
         self._shared_backend = shared_backend
+        self._machine_history = machine_history
         # Each tab's last error, until its status line has shown it (see last_error).
         self._errors: dict[str, str] = {}
 
@@ -195,13 +201,47 @@ class Handlers:
             return gr.skip()
         return f"⚠ {html.escape(message, quote=False)}"
 
-    def history(self, request: gr.Request) -> tuple[list[dict[str, object]], dict[str, Any]]:
-        """The history strip of this login (the first image of each run on disk, newest
-        first, captioned with the prompt's start and the seed), shown only when there
-        is something in it: no empty white box. The strip comes as Gradio shows it."""
-        entries = self._history_of(request)
+    async def history(
+        self, request: gr.Request
+    ) -> tuple[list[dict[str, object]], dict[str, Any]]:
+        """The history strip of this identity (the first image of each run, newest
+        first, captioned with the prompt's start and the seed), read again from its
+        store (another browser's runs show too), shown only when there is something
+        in it: no empty white box. The strip comes as Gradio shows it."""
+        entries = await self._load_history(request)
         thumbnails = [(entry.images[0], entry.caption) for entry in entries if entry.images]
-        return gallery_value(thumbnails), gr.update(visible=bool(thumbnails))
+        label = self._history_label(request)
+        return gallery_value(thumbnails), gr.update(visible=bool(thumbnails), label=label)
+
+    async def _load_history(self, request: gr.Request) -> list[HistoryEntry]:
+        try:
+            session = await self._session_of(request)
+            entries = await self._sessions.load_history(session)
+        except SessionExpired:
+            return []
+        except Exception as exc:  # storage unreachable: the page works, the strip waits
+            log.warning("reading the history failed: %s", type(exc).__name__)
+            return self._history_of(request)
+        shown = []
+        async with anyio.create_task_group() as tasks:
+            async def thumbnail(entry: HistoryEntry) -> None:
+                if await self._sessions.materialise(session, entry, first_only=True):
+                    shown.append(entry)
+            for entry in entries:
+                if entry.images:
+                    tasks.start_soon(thumbnail, entry)
+        order = {entry.run: n for n, entry in enumerate(entries)}
+        return sorted(shown, key=lambda entry: order[entry.run])
+
+    def _history_label(self, request: gr.Request) -> str:
+        session = self._sessions.get(self._key_of(request))
+        store = session.store if session else None
+        if store is None:
+            return "History (this login)"
+        if store.shared and session is not None and session.owns_backend:
+            return ("History: shared by everyone who logs in with this cluster account "
+                    "(basic auth has one account)")
+        return f"History, kept on {store.description}"
 
     async def show_run(self, run: str, request: gr.Request) -> tuple[Any, ...]:
         """After a run is shown: the history strip, the first image picked (its
@@ -221,12 +261,22 @@ class Handlers:
             link,
         )
 
-    def choose_from_history(self, selected: gr.SelectData, request: gr.Request) -> tuple[Any, ...]:
+    async def choose_from_history(
+        self, selected: gr.SelectData, request: gr.Request
+    ) -> tuple[Any, ...]:
         """Put a history entry's parameters back in the form, and its images in the gallery."""
         entries = [entry for entry in self._history_of(request) if entry.images]
-        if not 0 <= selected.index < len(entries):
-            return (*[gr.skip()] * (len(FORM_ORDER) + 3), GONE_FROM_HISTORY, gr.skip())
+        session = self._sessions.get(self._key_of(request))
+        gone = (*[gr.skip()] * (len(FORM_ORDER) + 3), GONE_FROM_HISTORY, gr.skip())
+        if session is None or not 0 <= selected.index < len(entries):
+            return gone
         entry = entries[selected.index]
+        try:
+            if not await self._sessions.materialise(session, entry):
+                return gone
+        except Exception as exc:
+            log.warning("fetching a run from the history failed: %s", type(exc).__name__)
+            return (*gone[:-2], "The history's storage cannot be reached. Try again.", gr.skip())
         status = f"From history · seed {entry.seed} · {entry.model or 'parameters restored'}"
         seed_used = "" if entry.seed is None else str(entry.seed)
         return (*entry.form_values(), _gallery_of(entry), seed_used, "", status, entry.run)
@@ -270,6 +320,22 @@ class Handlers:
         said = f"Seed {seed} (image {index + 1}) is set: the next run starts with that image."
         return str(seed), False, said
 
+    async def delete_run(self, run: str, request: gr.Request) -> tuple[Any, ...]:
+        """Delete the run shown from the identity's history (its storage too): the
+        gallery empties, the strip loses it."""
+        session = self._sessions.get(self._key_of(request))
+        deleted = False
+        if session is not None and run:
+            try:
+                deleted = await self._sessions.delete_run(session, run)
+            except Exception as exc:
+                log.warning("deleting a run failed: %s", type(exc).__name__)
+                return (*[gr.skip()] * 5, "The run could not be deleted: the storage did "
+                        "not answer. Try again.")
+        thumbnails, history_box = await self.history(request)
+        said = "Run deleted." if deleted else GONE_FROM_HISTORY
+        return [], "", thumbnails, history_box, gr.update(visible=False), said
+
     async def forget_tab(self, request: gr.Request) -> None:
         """A tab closed: without login its session (and images) go; a login's history
         stays for its next tab, within the results budget."""
@@ -283,7 +349,7 @@ class Handlers:
             raise SessionExpired("no user")
         key = tab_key(request.session_hash or "")
         return self._sessions.get(key) or await self._sessions.open(
-            key, self._shared_backend(), owns_backend=False
+            key, self._shared_backend(), owns_backend=False, store=self._machine_history
         )
 
 

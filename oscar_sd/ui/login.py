@@ -17,6 +17,7 @@ local backend.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import logging
 from collections.abc import Callable
@@ -31,6 +32,7 @@ from .._errors import (
 )
 from .._oscar import OscarSD
 from .._settings import Settings
+from ..history import DiskObjects, History
 from .oidc import SignedIn
 from .sessions import Sessions, UserSession, new_session_key
 
@@ -131,12 +133,21 @@ class ClusterLogin:
         # The password goes with this frame; only a token (renewing itself) is kept.
         reconnect = connect if token is not None else None
         credentials.pop("password", None)
+        store = await self._history_of(backend)
         session = await self._sessions.open(
             key, backend, owns_backend=True, account=account, reconnect=reconnect,
-            directory=folder, token=token,  # type: ignore[arg-type]
+            directory=folder, token=token, store=store,  # type: ignore[arg-type]
         )
         log.info("login: session open; %d open", len(self._sessions))
         return session
+
+    async def _history_of(self, backend: OscarSD) -> History | None:
+        """The identity's history on the cluster; without it the page still works."""
+        try:
+            return await backend.history(self._settings.history_budget())
+        except OscarSDError as exc:
+            log.warning("no history for this login: %s", exc)
+            return None
 
 
 def groups_refused(yours: tuple[str, ...], admitted: tuple[str, ...]) -> str:
@@ -157,15 +168,27 @@ def groups_refused(yours: tuple[str, ...], admitted: tuple[str, ...]) -> str:
             f"{carries}. Ask the cluster's operator to add you to one of its groups.")
 
 
+def local_history(settings: Settings, account: str | None) -> History:
+    """A local history: the machine's without a login, else the account's own folder."""
+    folder = settings.data_folder()
+    if account is not None:
+        folder = folder / "accounts" / hashlib.sha256(account.encode()).hexdigest()[:20]
+    else:
+        folder = folder / "history"
+    return History(DiskObjects(folder), settings.history_budget())
+
+
 class LocalLogin:
     """Logs users in against ``OSCAR_SD_USERS``; every session shares the local backend."""
 
     def __init__(
-        self, sessions: Sessions, accounts: dict[str, str], backend: Callable[[], Backend]
+        self, sessions: Sessions, accounts: dict[str, str], backend: Callable[[], Backend],
+        settings: Settings | None = None,
     ) -> None:
         self._sessions = sessions
         self._accounts = accounts
         self._backend = backend
+        self._settings = settings or Settings()
 
     async def with_password(self, user: str, password: str) -> UserSession:
         expected = self._accounts.get(user)
@@ -175,5 +198,6 @@ class LocalLogin:
             log.info("local login refused")
             raise LoginRefused(WRONG_PASSWORD)
         return await self._sessions.open(
-            new_session_key(), self._backend(), owns_backend=False, account=user
+            new_session_key(), self._backend(), owns_backend=False, account=user,
+            store=local_history(self._settings, user),
         )

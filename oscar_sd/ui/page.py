@@ -181,6 +181,10 @@ def build_page(
                         "Copy parameters", size="sm", scale=0, min_width=150, elem_id="copy"
                     )
                     download_all = gr.HTML(elem_id="download-all", padding=False)
+                    delete = gr.Button(
+                        "Delete this run", size="sm", scale=0, min_width=130,
+                        elem_id="delete-run",
+                    )
                 with gr.Row(equal_height=True):
                     seed_used = gr.Textbox(
                         label="Seed used", value="", interactive=False, scale=0, min_width=160
@@ -263,6 +267,11 @@ def build_page(
             api_visibility="private", show_progress="hidden",
         )
         copy.click(None, parameters, status, js=COPY_PARAMETERS, api_visibility="private")
+        delete.click(
+            handlers.delete_run, run_shown,
+            [results, run_shown, past_runs, history_box, actions, status],
+            api_visibility="private", show_progress="hidden", postprocess=False,
+        )
         past_runs.select(
             handlers.choose_from_history,
             inputs=None,

@@ -35,6 +35,7 @@ from .._backend import Backend
 from .._errors import SignInExpired
 from .._models import GenerationResult
 from .._tokens import OidcToken
+from ..history import History, RunRecord
 from .budget import MB, ResultsBudget, Run
 from .form import HistoryEntry
 
@@ -94,8 +95,11 @@ class UserSession:
     #: An OIDC sign-in's token, renewed before it expires; None with a password.
     token: OidcToken | None = None
     last_used: float = field(default_factory=time.monotonic)
-    #: This login's runs still on disk, newest first (the page's history).
+    #: The identity's runs, newest first (the page's history); their images are
+    #: fetched from ``store`` into ``directory`` (a cache) when shown.
     history: list[HistoryEntry] = field(default_factory=list)
+    #: Where the identity's history is kept (its bucket, or a folder locally).
+    store: History | None = None
     _in_flight: int = 0
     _retired: list[Backend] = field(default_factory=list)
 
@@ -159,6 +163,7 @@ class Sessions:
         reconnect: Reconnect | None = None,
         backend_error: Exception | None = None,
         directory: Path | None = None,
+        store: History | None = None,
     ) -> UserSession:
         """Open a new session under ``key`` (a fresh :func:`new_session_key` per login)."""
         if key in self._sessions:
@@ -169,7 +174,7 @@ class Sessions:
         )
         session = UserSession(
             key, folder, backend, owns_backend, reconnect, backend_error, account=account,
-            token=token,
+            token=token, store=store,
         )
         self._sessions[key] = session
         self._directories[folder] = session
@@ -218,36 +223,100 @@ class Sessions:
         history entries.
         """
         source = result.directory
-        target = source if source.parent == session.directory else (
-            session.directory / secrets.token_urlsafe(12)
+        # Without a store, a run already in the session's folder stays where it is.
+        run_id = source.name if source.parent == session.directory else (
+            secrets.token_urlsafe(12)
         )
+        dropped: list[str] = []
+        if session.store is not None:  # kept first, so that the cache is named by its id
+            try:
+                record, dropped = await session.store.add(result)
+                run_id = record.run_id
+            except Exception as exc:  # shown now all the same; only the history lacks it
+                log.warning("could not keep a run in the history (%s): %s",
+                            session.store.description, type(exc).__name__)
+        target = session.directory / run_id
         size = await anyio.to_thread.run_sync(_settle, source, target)
         images = [target / image.relative_to(source) for image in result.images]
-        entry = HistoryEntry.of(result, images=images, run=target.name)
+        entry = HistoryEntry.of(result, images=images, run=run_id)
         session.history.insert(0, entry)
-        evicted = self.budget.add(Run(target.name, session.key, size, target))
+        if dropped:
+            await self._forget_runs(session, set(dropped))
+        evicted = self.budget.add(Run(run_id, session.key, size, target))
         if evicted:
             await self._evict(evicted)
         return entry
 
+    async def load_history(self, session: UserSession) -> list[HistoryEntry]:
+        """The identity's history from its store, newest first (another browser's or
+        another replica's runs included); the images stay in the store until shown."""
+        if session.store is None:
+            return session.history
+        records = await session.store.runs()
+        known = {entry.run: entry for entry in session.history}
+        session.history = [
+            known.get(record.run_id) or entry_of_record(record, session.directory)
+            for record in records
+        ]
+        return session.history
+
+    async def materialise(
+        self, session: UserSession, entry: HistoryEntry, *, first_only: bool = False
+    ) -> bool:
+        """Fetch the entry's images (or its first) from the store into the cache;
+        False when the run is no longer there."""
+        wanted = entry.images[:1] if first_only else entry.images
+        missing = [p for p in wanted if not await anyio.to_thread.run_sync(Path(p).is_file)]
+        if not missing:
+            return True
+        if session.store is None:
+            return False
+        record = await session.store.record(entry.run)
+        if record is None:
+            return False
+        folder = Path(entry.images[0]).parent
+        await session.store.fetch(record, folder, tuple(Path(p).name for p in missing))
+        return True
+
+    async def delete_run(self, session: UserSession, run_id: str) -> bool:
+        """Delete a run from the identity's history (in its store) and from the cache."""
+        if not any(entry.run == run_id for entry in session.history):
+            return False
+        if session.store is not None:
+            await session.store.delete(run_id)
+        await self._forget_runs(session, {run_id})
+        return True
+
+    async def _forget_runs(self, session: UserSession, runs: set[str]) -> None:
+        session.history = [e for e in session.history if e.run not in runs]
+        folders = []
+        for run_id in runs:
+            cached = self.budget.get(run_id)
+            if cached is not None:
+                self.budget.forget(run_id)
+            folders.append(session.directory / run_id)
+        await anyio.to_thread.run_sync(_remove_runs, folders)
+
     def run_of(self, run_id: str) -> tuple[UserSession, HistoryEntry] | None:
         """The session and history entry of a run still on disk, if any."""
         run = self.budget.get(run_id)
-        session = self._sessions.get(run.owner) if run else None
-        if session is None:
-            return None
-        for entry in session.history:
-            if entry.run == run_id:
-                return session, entry
+        owner = self._sessions.get(run.owner) if run else None
+        for session in [owner] if owner else list(self._sessions.values()):
+            for entry in session.history:
+                if entry.run == run_id:
+                    return session, entry
         return None
 
     async def _evict(self, runs: list[Run]) -> None:
-        """Runs over the budget: off the disk, and out of their sessions' histories."""
+        """Runs over the cache's budget: off the app's disk. A run kept in a history
+        store stays in its session's history (fetched again when shown); one that
+        has no store leaves it."""
         gone = {run.run_id for run in runs}
         for owner in {run.owner for run in runs}:
-            if (session := self._sessions.get(owner)) is not None:
+            session = self._sessions.get(owner)
+            if session is not None and session.store is None:
                 session.history = [e for e in session.history if e.run not in gone]
-        log.info("results budget: %d older run(s) deleted", len(runs))
+        log.info("results cache: %d older run(s) deleted from the app's disk", len(runs))
         await anyio.to_thread.run_sync(_remove_runs, [run.folder for run in runs])
 
     async def close(self, key: str, reason: str, *, tell: str | None = None) -> None:
@@ -313,6 +382,23 @@ async def _close_all(backends: list[Backend]) -> None:
             await backend.aclose()
         except Exception:  # one failing close must not keep the others open
             log.exception("closing a backend failed")
+
+
+def entry_of_record(record: RunRecord, cache: Path) -> HistoryEntry:
+    """A history entry for a stored run, its images named where the cache will hold them."""
+    folder = cache / record.run_id
+    return HistoryEntry(
+        images=[str(folder / name) for name in record.images],
+        prompt=record.prompt,
+        negative_prompt=record.negative_prompt,
+        seed=record.seed,
+        steps=record.steps,
+        guidance_scale=record.guidance_scale,
+        size=f"{record.width}x{record.height}",
+        num_images=record.num_images,
+        model=record.model,
+        run=record.run_id,
+    )
 
 
 def _settle(source: Path, target: Path) -> int:
