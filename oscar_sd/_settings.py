@@ -75,6 +75,11 @@ class Settings(BaseSettings):
     #: Local mode: where the history is kept (default: the user's data directory,
     #: ``~/.local/share/oscar-sd`` on Linux).
     data_dir: str = ""
+    #: Web app: days a share link works (at most 7 on a cluster: presigned URLs).
+    share_days: float = Field(7.0, gt=0)
+    #: Web app: seals share links and sign-in cookies (the same on every replica).
+    #: Empty: locally a key kept in the data folder; on a cluster one per process.
+    secret_key: SecretStr = SecretStr("")
 
     @field_validator("root_path")
     @classmethod

@@ -6,6 +6,7 @@ through ``anyio.to_thread.run_sync``.
 
 from __future__ import annotations
 
+import datetime
 import io
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -121,6 +122,12 @@ class MinioStorage:
     def make_bucket(self, bucket: str) -> None:
         """Create ``bucket`` (the root keys may; a user's keys may not, see history/_minio.py)."""
         self._client.make_bucket(bucket)
+
+    def presigned_get(self, bucket: str, key: str, expires: float) -> str:
+        """A URL that reads ``key`` for ``expires`` seconds (S3 allows 7 days at most)."""
+        return self._client.presigned_get_object(
+            bucket, key, expires=datetime.timedelta(seconds=expires)
+        )
 
     def put(self, bucket: str, key: str, data: bytes, content_type: str) -> None:
         self._client.put_object(bucket, key, io.BytesIO(data), len(data), content_type=content_type)

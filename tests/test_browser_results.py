@@ -6,6 +6,7 @@ survives a reload of the tab and is not seen by another login of the same accoun
 from __future__ import annotations
 
 import io
+import re
 import zipfile
 from pathlib import Path
 
@@ -96,13 +97,13 @@ def test_download_one_image_and_all_as_a_zip(
             page.close()
 
 
-def test_history_survives_a_reload_and_is_this_logins_only(
+def test_history_survives_a_reload_an_app_restart_and_another_browser_and_deletes(
     browser: Browser, cluster: ClusterDouble  # noqa: F811
 ) -> None:
-    with running_app(cluster_settings(cluster.oscar_endpoint)) as app:
-        first = browser.new_context(viewport={"width": 1100, "height": 900})
-        second = browser.new_context(viewport={"width": 1100, "height": 900})
-        try:
+    first = browser.new_context(viewport={"width": 1100, "height": 900})
+    second = browser.new_context(viewport={"width": 1100, "height": 900})
+    try:
+        with running_app(cluster_settings(cluster.oscar_endpoint)) as app:
             assert app.url is not None
             page = first.new_page()
             log_in(page, app.url)
@@ -110,6 +111,8 @@ def test_history_survives_a_reload_and_is_this_logins_only(
             make_six_images(page, "a green parrot")
             history = page.locator("#history")
             expect(history.locator("img")).to_have_count(2)
+            # Basic auth is the cluster's one account: the page says whose history it is.
+            expect(page.get_by_text("shared by everyone who logs in")).to_be_visible()
 
             page.reload()
             expect(page.get_by_role("button", name="From Text to Image")).to_be_visible()
@@ -117,18 +120,42 @@ def test_history_survives_a_reload_and_is_this_logins_only(
             seed = app.sessions.of_account(ADMIN[0])[0].history[0].seed
             expect(history).to_contain_text(f"a green parrot · seed {seed}")
             expect(history).to_contain_text("a blue whale under the ice · seed")
-            # A thumbnail still restores its run.
-            history.locator("img").nth(1).click()
-            expect(page.get_by_label("Prompt", exact=True)).to_have_value(
-                "a blue whale under the ice"
-            )
-            expect(page.locator("#results img")).to_have_count(6)
-
-            # Another login with the same (the cluster's one) account: a history of its own.
+        # The app restarted (nothing of the history is kept in the app itself);
+        # another browser logs in to the new one.
+        with running_app(cluster_settings(cluster.oscar_endpoint)) as app:
+            assert app.url is not None
             other = second.new_page()
             log_in(other, app.url)
-            expect(other.get_by_text("History (this login)")).to_be_hidden()
-            expect(other.locator("#history img")).to_have_count(0)
-        finally:
-            first.close()
-            second.close()
+            history = other.locator("#history")
+            expect(history.locator("img")).to_have_count(2, timeout=10_000)
+            # A thumbnail restores its run, its images fetched from the storage.
+            history.locator("img").nth(1).click()
+            expect(other.get_by_label("Prompt", exact=True)).to_have_value(
+                "a blue whale under the ice"
+            )
+            expect(other.locator("#results img")).to_have_count(6)
+            whale = app.sessions.of_account(ADMIN[0])[0].history[1].run
+            assert any(whale in key for key in cluster.list_keys("oscar-sd-history"))
+
+            # Share: the link opens in a browser that never signed in, with that run only.
+            other.get_by_role("button", name="Share", exact=True).click()
+            link = other.locator("#share-link textarea, #share-link input").first
+            expect(link).to_have_value(re.compile(r"/share/"))
+            stranger = browser.new_context()
+            try:
+                shared = stranger.new_page()
+                shared.goto(link.input_value())
+                expect(shared.locator("h1")).to_have_text("a blue whale under the ice")
+                expect(shared.locator("img")).to_have_count(6)
+                assert shared.evaluate(
+                    "[...document.images].every(i => i.complete && i.naturalWidth > 0)")
+            finally:
+                stranger.close()
+
+            other.get_by_role("button", name="Delete this run").click()
+            expect(other.locator("#status")).to_contain_text("Run deleted")
+            expect(history.locator("img")).to_have_count(1)
+            assert not any(whale in key for key in cluster.list_keys("oscar-sd-history"))
+    finally:
+        first.close()
+        second.close()

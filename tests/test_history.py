@@ -126,3 +126,84 @@ async def test_the_basic_auth_account_has_one_history_for_all_its_logins(
         [record.key("1.png"), record.key("2.png"), record.key("run.json")])
     await two.delete(record.run_id)
     assert cluster.list_keys(history_bucket(None)) == []
+
+
+# -- the page's sessions over a history ------------------------------------------------
+
+
+async def test_local_history_survives_an_app_restart_and_is_the_machines(
+    tmp_path: Path,
+) -> None:
+    """Without a login, every tab (and the next app process) sees the machine's runs."""
+    from oscar_sd import Settings
+    from oscar_sd.ui.login import local_history
+    from oscar_sd.ui.sessions import Sessions, tab_key
+
+    settings = Settings(data_dir=str(tmp_path / "data"))
+    with anyio.fail_after(20):
+        before = Sessions(tmp_path / "cache-1", 3600)
+        tab = await before.open(tab_key("a"), None, owns_backend=False,
+                                store=local_history(settings, None))
+        entry = await before.keep(tab, fake_result(tmp_path, "a kept fox"))
+        await before.close_all()  # the app stops: its cache goes, the history stays
+        assert not (tmp_path / "cache-1").exists()
+
+        after = Sessions(tmp_path / "cache-2", 3600)
+        other_tab = await after.open(tab_key("b"), None, owns_backend=False,
+                                     store=local_history(settings, None))
+        (again,) = await after.load_history(other_tab)
+        assert (again.run, again.prompt, again.seed) == (entry.run, "a kept fox", 7)
+        assert await after.materialise(other_tab, again)
+        assert [Path(p).read_bytes() for p in again.images] == [b"\x01" * 100, b"\x02" * 100]
+
+        # A login of OSCAR_SD_USERS has a history of its own, not the machine's.
+        alice = await after.open("k", None, owns_backend=False,
+                                 store=local_history(settings, "alice"))
+        assert await after.load_history(alice) == []
+
+        assert await after.delete_run(other_tab, again.run)
+        assert await local_history(settings, None).runs() == []
+
+
+# -- share links ------------------------------------------------------------------------
+
+
+async def test_a_share_link_shows_the_run_without_sign_in_and_fails_after_expiry(
+    cluster: ClusterDouble, tmp_path: Path,
+) -> None:
+    import time
+
+    import httpx
+    from starlette.applications import Starlette
+
+    from oscar_sd.ui.sealed import Sealer
+    from oscar_sd.ui.share import DAY, Shares
+
+    history = await (await connect(cluster, user=ADMIN[0], password=ADMIN[1],
+                                   keep_password=False)).history()
+    record, _ = await history.add(fake_result(tmp_path, "a shared heron"))
+    other, _ = await history.add(fake_result(tmp_path, "not shared"))
+    now = [time.time()]
+    shares = Shares(Sealer("a secret of the tests, long enough", clock=lambda: now[0]),
+                    tmp_path, 7 * DAY)
+    token = await shares.token_for(history, record.run_id)
+    assert token is not None and record.run_id not in token  # sealed, not readable
+
+    # No cookie, no credentials: the link alone.
+    transport = httpx.ASGITransport(app=Starlette(routes=shares.routes()))
+    async with httpx.AsyncClient(transport=transport, base_url="http://app") as browser:
+        page = await browser.get(f"/share/{token}")
+        assert page.status_code == 200 and "a shared heron" in page.text
+        assert "not shared" not in page.text
+        image = await browser.get(f"/share/{token}/1.png")
+        assert image.content == b"\x01" * 100
+        # Only that run's images: another run's name is not in the token.
+        assert (await browser.get(f"/share/{token}/run.json")).status_code == 404
+        assert (await browser.get(f"/share/{token[:-4]}abcd")).status_code == 404
+
+        # Eight days later (the link lives seven).
+        now[0] += 8 * DAY
+        expired = await browser.get(f"/share/{token}")
+        assert expired.status_code == 410 and "has expired" in expired.text
+        assert (await browser.get(f"/share/{token}/1.png")).status_code == 410
+    assert other.run_id

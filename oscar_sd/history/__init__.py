@@ -14,8 +14,10 @@ from ._history import History
 from ._minio import MinioObjects, cluster_history, history_bucket
 from ._objects import Objects
 from ._record import RunRecord, is_run_id
+from ._share import MAX_SHARE_SECONDS, read_shared, share_locations
 
 __all__ = [
+    "MAX_SHARE_SECONDS",
     "MB",
     "DiskObjects",
     "History",
@@ -27,4 +29,6 @@ __all__ = [
     "default_data_dir",
     "history_bucket",
     "is_run_id",
+    "read_shared",
+    "share_locations",
 ]

@@ -65,6 +65,9 @@ class DiskObjects:
                     keys.append(Path(root, name).relative_to(self.folder).as_posix())
         return keys
 
+    def locate(self, key: str, expires: float) -> str:
+        return str(self._path(key))  # read back only under the data folder (_share.py)
+
     def remove(self, keys: list[str]) -> None:
         folders = set()
         for key in keys:

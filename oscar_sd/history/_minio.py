@@ -66,6 +66,9 @@ class MinioObjects:
     def list(self, prefix: str) -> list[str]:
         return list(self.storage.list_keys(self.bucket, prefix))
 
+    def locate(self, key: str, expires: float) -> str:
+        return self.storage.presigned_get(self.bucket, key, expires)
+
     def remove(self, keys: list[str]) -> None:
         failed = self.storage.remove(self.bucket, keys)
         if failed:

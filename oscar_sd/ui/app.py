@@ -45,7 +45,9 @@ from .http import FileGuard, PageMeta, health_route
 from .login import ClusterLogin, LocalLogin, local_history
 from .oidc import OidcSignIn
 from .page import CSS, build_page
+from .sealed import Sealer, app_secret
 from .sessions import Sessions
+from .share import DAY, Shares
 from .signin import LoginRedirect, SignIn
 
 log = logging.getLogger("oscar_sd.ui")
@@ -123,11 +125,18 @@ class WebApp:
                 oidc=oidc,
                 oidc_with_token=cluster_login.with_oidc if cluster_login else None,
             )
+        self.sealer = Sealer(app_secret(
+            settings.secret_key.get_secret_value(), local=self.local,
+            data_folder=settings.data_folder(),
+        ))
+        self.shares = Shares(self.sealer, settings.data_folder(), settings.share_days * DAY)
         self.handlers = Handlers(
             self.sessions,
             self._shared if self.login is None else None,
             # Without a login the history is this machine's, one for every tab.
             machine_history=local_history(settings, None) if self.login is None else None,
+            shares=self.shares,
+            root_path=settings.root_path,
         )
         self.blocks = build_page(
             self.handlers,
@@ -177,6 +186,7 @@ class WebApp:
                 "routes": [
                     Route("/healthz", health_route(self._health)),
                     download_route(self.sessions, self._identify),
+                    *self.shares.routes(),
                     *(self.signin.routes() if self.signin else []),
                 ],
                 "middleware": self._middleware(),

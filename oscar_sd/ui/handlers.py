@@ -40,6 +40,7 @@ from .form import (
 from .gallery import gallery_value
 from .progress import StageDisplay
 from .sessions import SESSION_EXPIRED, SessionExpired, Sessions, UserSession, tab_key
+from .share import DAY, SHARE, Shares
 
 log = logging.getLogger("oscar_sd.ui")
 T = TypeVar("T")
@@ -107,8 +108,12 @@ class Handlers:
     def __init__(
         self, sessions: Sessions, shared_backend: Callable[[], Backend] | None,
         machine_history: History | None = None,
+        shares: Shares | None = None,
+        root_path: str = "",
     ) -> None:
         self._sessions = sessions
+        self._shares = shares
+        self._root_path = root_path.rstrip("/")
         # Without login (local mode), each tab gets a session on the shared backend,
         # and they all share this machine's history.
         self._shared_backend = shared_backend
@@ -246,7 +251,7 @@ class Handlers:
     async def show_run(self, run: str, request: gr.Request) -> tuple[Any, ...]:
         """After a run is shown: the history strip, the first image picked (its
         parameters on the page), and the buttons with the set's zip link."""
-        thumbnails, history_box = self.history(request)
+        thumbnails, history_box = await self.history(request)
         parameters = await self.parameters_of(run, 0, request)
         link = (
             f'<a href="{DOWNLOADS}/{html.escape(run)}.zip" download>Download all (.zip)</a>'
@@ -335,6 +340,34 @@ class Handlers:
         thumbnails, history_box = await self.history(request)
         said = "Run deleted." if deleted else GONE_FROM_HISTORY
         return [], "", thumbnails, history_box, gr.update(visible=False), said
+
+    async def share_run(self, run: str, request: gr.Request) -> tuple[Any, str]:
+        """A link that shows the run shown, to anyone who has it, until it expires."""
+        session = self._sessions.get(self._key_of(request))
+        if session is None or session.store is None or self._shares is None or not run:
+            return gr.skip(), "This run cannot be shared: it is not in a history."
+        try:
+            token = await self._shares.token_for(session.store, run)
+        except Exception as exc:
+            log.warning("making a share link failed: %s", type(exc).__name__)
+            return gr.skip(), "The share link could not be made: the storage did not answer."
+        if token is None:
+            return gr.skip(), GONE_FROM_HISTORY
+        link = f"{self._public_root(request)}/{SHARE}/{token}"
+        days = self._shares.lifetime / DAY
+        said = f"Anyone with this link sees these images, without signing in, for {days:g} days."
+        return gr.update(value=link, visible=True), said
+
+    def _public_root(self, request: gr.Request) -> str:
+        """The app's address as the browser sees it (behind an Ingress too)."""
+        headers = request.headers
+        scheme = headers.get("x-forwarded-proto", "").split(",")[0].strip() or (
+            request.request.url.scheme if request.request is not None else "http"
+        )
+        host = headers.get("x-forwarded-host", "").split(",")[0].strip() or headers.get(
+            "host", "localhost"
+        )
+        return f"{scheme}://{host}{self._root_path}"
 
     async def forget_tab(self, request: gr.Request) -> None:
         """A tab closed: without login its session (and images) go; a login's history

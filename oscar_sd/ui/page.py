@@ -180,16 +180,23 @@ def build_page(
                     copy = gr.Button(
                         "Copy parameters", size="sm", scale=0, min_width=150, elem_id="copy"
                     )
-                    download_all = gr.HTML(elem_id="download-all", padding=False)
+                    share = gr.Button(
+                        "Share", size="sm", scale=0, min_width=80, elem_id="share-run"
+                    )
                     delete = gr.Button(
                         "Delete this run", size="sm", scale=0, min_width=130,
                         elem_id="delete-run",
                     )
+                    download_all = gr.HTML(elem_id="download-all", padding=False)
                 with gr.Row(equal_height=True):
                     seed_used = gr.Textbox(
                         label="Seed used", value="", interactive=False, scale=0, min_width=160
                     )
                     status = gr.Markdown(elem_id="status")
+                share_link = gr.Textbox(
+                    label="Share link (no sign-in needed to open it)", interactive=False,
+                    buttons=["copy"], visible=False, elem_id="share-link",
+                )
                 parameters = gr.Textbox(
                     label="Parameters of the picked image",
                     lines=1,
@@ -267,6 +274,15 @@ def build_page(
             api_visibility="private", show_progress="hidden",
         )
         copy.click(None, parameters, status, js=COPY_PARAMETERS, api_visibility="private")
+        share.click(
+            handlers.share_run, run_shown, [share_link, status],
+            api_visibility="private", show_progress="hidden",
+        )
+        # A new run shown: the last run's link goes.
+        run_shown.change(
+            lambda: gr.update(value="", visible=False), None, share_link,
+            api_visibility="private", show_progress="hidden", queue=False,
+        )
         delete.click(
             handlers.delete_run, run_shown,
             [results, run_shown, past_runs, history_box, actions, status],
