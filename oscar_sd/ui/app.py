@@ -46,6 +46,7 @@ from .login import ClusterLogin, LocalLogin, local_history
 from .oidc import OidcSignIn
 from .page import CSS, build_page
 from .sealed import Sealer, app_secret
+from .session_watch import SESSION_WATCH
 from .sessions import Sessions
 from .share import DAY, Shares
 from .signin import LoginRedirect, SignIn
@@ -180,6 +181,8 @@ class WebApp:
             enable_monitoring=False,
             mcp_server=False,
             css=CSS,
+            # A page whose session ended goes to the sign-in page (session_watch.py).
+            head=SESSION_WATCH if self.signin else None,
             theme=gr.themes.Soft(),
             app_kwargs={
                 # Listed before Gradio's own routes, so /login and /logout are these.

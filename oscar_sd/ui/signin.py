@@ -34,6 +34,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from .login import LoginRefused
 from .login_page import render_login_page
 from .oidc import OidcSignIn, SignInFailed
+from .session_watch import WHY, alive_route
 from .sessions import Sessions, UserSession
 
 log = logging.getLogger("oscar_sd.ui")
@@ -82,6 +83,16 @@ class SignIn:
             return None
         return key
 
+    def session_state(self, connection: HTTPConnection) -> str | None:
+        """None while the request's session is open; else why not (``session_watch.WHY``)."""
+        ticket = connection.cookies.get(COOKIE)
+        if not ticket:
+            return "signed-out"
+        key = self.identify(connection)
+        if key is None:
+            return "restarted"  # a cookie this process never issued (or long forgotten)
+        return None if self.sessions.get(key) is not None else "ended"
+
     def auth_dependency(self, request: Request) -> str | None:
         """For ``launch(auth_dependency=...)``: ``request.username`` becomes the session key."""
         return self.identify(request)
@@ -95,6 +106,7 @@ class SignIn:
             Route("/login/oidc", self.login_with_oidc, methods=["GET"]),
             Route("/auth/callback", self.oidc_callback, methods=["GET"]),
             Route("/logout", self.logout, methods=["GET"]),
+            alive_route(self.session_state),
         ]
 
     # -- routes -----------------------------------------------------------------------
@@ -104,7 +116,8 @@ class SignIn:
         if key is not None and self.sessions.get(key) is not None:
             return RedirectResponse(f"{self.base}/", status_code=303)
         error = self.sessions.ended_reason(key) if key else None
-        return self._page(error=error or request.query_params.get("error"))
+        why = WHY.get(request.query_params.get("why", ""))
+        return self._page(error=error or why or request.query_params.get("error"))
 
     async def login_with_password(self, request: Request) -> Response:
         form = await request.form()
