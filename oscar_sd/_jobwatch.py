@@ -25,8 +25,15 @@ state on OSCAR at a slow rate (``job_check_interval``, 15 s by default):
 * a listing that fails (cluster API down, a password not kept) is logged once
   and changes nothing: requests keep waiting for their results.
 
-Before its marker, a waiting request reads the number of Pending jobs from the
-same rounds: "Waiting for a GPU (3 jobs queued)".
+Before its marker, a waiting request takes part in the same rounds and reads
+from them where jobs wait: "Waiting for a GPU (3 jobs queued)" for Pending
+jobs, "Waiting for the cluster's quota (1 job suspended)" for jobs OSCAR's
+Kueue holds ``Suspended`` (:mod:`._quota`). A request whose listings have shown
+suspended jobs, and no Pending one, for ``quota_timeout`` seconds (600 by
+default) fails with an error that names the quota and how an admin raises it:
+such a job may never run. (No job id comes back from an upload, so a request
+cannot tell its own job from the others before its marker; under OIDC a user's
+listing holds only their own jobs.)
 """
 
 from __future__ import annotations
@@ -44,6 +51,7 @@ import anyio
 from ._errors import JobFailedError
 from ._models import ProgressReporter, Stage
 from ._notify.waiters import Waiter
+from ._quota import SUSPENDED, WAITING_FOR_QUOTA, quota_message
 
 logger = logging.getLogger("oscar_sd.jobs")
 
@@ -67,8 +75,15 @@ class Round:
 
     @property
     def queued(self) -> int:
+        return self._count(PENDING)
+
+    @property
+    def suspended(self) -> int:
+        return self._count(SUSPENDED)
+
+    def _count(self, status: str) -> int:
         return sum(1 for info in (self.jobs or {}).values()
-                   if isinstance(info, dict) and info.get("status") == PENDING)
+                   if isinstance(info, dict) and info.get("status") == status)
 
 
 @dataclass
@@ -83,6 +98,8 @@ class WatchStats:
     gone: int = 0
     #: Requests whose result the last look found after all.
     found_late: int = 0
+    #: Requests failed because their job stayed Suspended (the quota) too long.
+    quota: int = 0
 
 
 class JobStarted:
@@ -108,6 +125,10 @@ class JobWatch:
     interval: float = 15.0
     grace: float = 5.0
     label: str = "OSCAR"
+    #: Seconds a waiting request may see only Suspended jobs before it fails.
+    quota_timeout: float = 600.0
+    #: The service's definition, for the quota's error (its owner and requests).
+    read_service: Callable[[], Awaitable[dict[str, Any] | None]] | None = None
     #: Exact strings never to repeat from a job's log (the client's storage keys).
     hidden: tuple[str, ...] = field(default=(), repr=False)
     stats: WatchStats = field(default_factory=WatchStats)
@@ -134,7 +155,8 @@ class JobWatch:
         request that may still get its result.
         """
         try:
-            await self._until_started(started, report)
+            if not await self._until_started(job_id, waiter, started, report):
+                return  # failed for the quota
             assert started.key is not None
             name = _job_name(await read_marker(started.key))
             if not name:
@@ -149,22 +171,61 @@ class JobWatch:
 
     # -- one request ---------------------------------------------------------------
 
-    async def _until_started(self, started: JobStarted, report: ProgressReporter) -> None:
-        """Wait for the marker; meanwhile pass on the queue length of any round made."""
+    async def _until_started(
+        self, job_id: str, waiter: Waiter, started: JobStarted, report: ProgressReporter,
+    ) -> bool:
+        """Wait for the marker, saying where jobs wait; False once the quota failed it."""
         async with anyio.create_task_group() as tasks:
 
-            async def tell_queue() -> None:
-                told = 0
-                while True:
-                    queued = (await self.next_round()).queued
-                    if queued and queued != told and not started.event.is_set():
-                        told = queued
-                        plural = "s" if queued > 1 else ""
-                        report(Stage.WAITING, f"Waiting for a GPU ({queued} job{plural} queued)")
+            async def until_marker() -> None:
+                await started.event.wait()
+                tasks.cancel_scope.cancel()
 
-            tasks.start_soon(tell_queue)
-            await started.event.wait()
+            tasks.start_soon(until_marker)
+            await self._watch_queue(job_id, waiter, started, report)
             tasks.cancel_scope.cancel()
+        return started.event.is_set()
+
+    async def _watch_queue(
+        self, job_id: str, waiter: Waiter, started: JobStarted, report: ProgressReporter,
+    ) -> None:
+        """Round after round until the marker (cancelled then) or the quota's timeout."""
+        told, suspended_since = "", None
+        while True:
+            this_round = await self._round()
+            queued, suspended = this_round.queued, this_round.suspended
+            if started.event.is_set():
+                return
+            stage, message = Stage.WAITING, ""
+            if suspended:
+                suspended_since = suspended_since or this_round.at
+                waited = this_round.at - suspended_since
+                if not queued and waited >= self.quota_timeout:
+                    self.stats.quota += 1
+                    definition = await self._definition()
+                    waiter.fail(JobFailedError(quota_message(definition, waited), job_id,
+                                               "QuotaExceeded"), FAILED_BY)
+                    return
+                stage, message = Stage.QUOTA, f"{WAITING_FOR_QUOTA} ({_jobs(suspended)} suspended)"
+            else:
+                suspended_since = None
+                if queued:
+                    message = f"Waiting for a GPU ({_jobs(queued)} queued)"
+                elif told:
+                    message = "Waiting for a GPU"
+            if message and message != told:
+                told = message
+                report(stage, message)
+            await anyio.sleep(max(0.0, this_round.at + self.interval - time.monotonic()))
+
+    async def _definition(self) -> dict[str, Any] | None:
+        if self.read_service is None:
+            return None
+        try:
+            return await self.read_service()
+        except Exception as exc:  # the error is still said, without the numbers
+            logger.info("%s: could not read the service (%s)", self.label, type(exc).__name__)
+            return None
 
     async def _until_ended(self, name: str) -> str:
         """The job's final state, or "Gone" once OSCAR stopped listing a job it listed."""
@@ -269,6 +330,10 @@ class JobWatch:
         if self._in_trouble:
             self._in_trouble = False
             logger.info("%s: the service's jobs can be listed again", self.label)
+
+
+def _jobs(count: int) -> str:
+    return f"{count} job{'s' if count != 1 else ''}"
 
 
 def _job_name(marker: bytes) -> str:

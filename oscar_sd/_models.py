@@ -251,6 +251,8 @@ class Stage(str, enum.Enum):
     QUEUED = "queued"
     UPLOADED = "uploaded"
     WAITING = "waiting"
+    #: OSCAR's Kueue holds the job Suspended: the owner's quota does not admit it (yet).
+    QUOTA = "quota"
     #: The job runs on the cluster's GPU (its pod started); reported by backends that know it.
     RUNNING = "running"
     GENERATING = "generating"

@@ -100,6 +100,7 @@ class OscarSD:
         outage_timeout: float = 60.0,
         limits: StorageLimits | None = None,
         job_check_interval: float | None = 15.0,
+        quota_timeout: float = 600.0,
         hidden: tuple[str, ...] = (),
         uid: str | None = None,
     ) -> None:
@@ -130,6 +131,7 @@ class OscarSD:
         self.job_watch = None if not watching else JobWatch(
             partial(cluster.jobs, service), partial(cluster.job_log, service),
             interval=job_check_interval or 15.0, label=self.description, hidden=hidden,
+            quota_timeout=quota_timeout, read_service=partial(cluster.service, service),
         )
 
     @classmethod
@@ -157,6 +159,7 @@ class OscarSD:
         backoff: Backoff | None = None,
         storage_threads: int = DEFAULT_STORAGE_THREADS,
         job_check_interval: float | None = 15.0,
+        quota_timeout: float = 600.0,
     ) -> Connecting[OscarSD]:
         """Log in to the cluster, find ``service`` and its storage.
 
@@ -190,6 +193,11 @@ class OscarSD:
         ends Failed, or Succeeded without a result, fails its request with
         :class:`JobFailedError` instead of leaving it to its deadline (not
         with ``keep_password=False``: listing the jobs needs the password).
+        Before that, the same listings tell a waiting request where jobs wait;
+        while OSCAR's Kueue holds them ``Suspended`` (the cluster's quota) the
+        stage is :attr:`Stage.QUOTA`, and after ``quota_timeout`` seconds of that
+        the request fails with a :class:`JobFailedError` (``QuotaExceeded``) that
+        names the quota and how an admin raises it.
 
         Raises :class:`AuthenticationError`, :class:`ServiceNotFoundError`,
         :class:`ServiceMisconfiguredError` or :class:`ClusterUnreachableError`.
@@ -243,6 +251,7 @@ class OscarSD:
                 outage_timeout=outage_timeout,
                 limits=opened.limits,
                 job_check_interval=job_check_interval,
+                quota_timeout=quota_timeout,
                 hidden=opened.hidden,
                 uid=opened.uid,
             )

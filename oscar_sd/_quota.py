@@ -7,10 +7,16 @@ that asks for more never runs. Since v4.0 ``GET /system/quotas/user`` answers
 ``resources: {cpu: {max, used} (millicores), memory (bytes), gpu (units)}``
 (``pkg/handlers/quotas.go``); the admin raises it with
 ``PUT /system/quotas/user/<user id>``.
+
+While Kueue has not admitted a job, OSCAR lists it as ``Suspended`` (it has no
+pod yet, ``pkg/handlers/logs.go``): jobs of services the admin does not own
+start so (``pkg/handlers/job.go``). :func:`quota_message` is what a request
+says when its job stays Suspended too long (:mod:`._jobwatch`).
 """
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
@@ -18,6 +24,12 @@ _MEMORY_UNITS = {
     "": 1, "k": 1000, "m": 1000**2, "g": 1000**3, "t": 1000**4,
     "ki": 1024, "mi": 1024**2, "gi": 1024**3, "ti": 1024**4,
 }
+#: OSCAR's status of a job Kueue has not admitted.
+SUSPENDED = "Suspended"
+#: The page's name for the stage.
+WAITING_FOR_QUOTA = "Waiting for the cluster's quota"
+#: OSCAR's default per-user ClusterQueue (pkg/types/config.go).
+DEFAULT_QUOTA = "2 CPU, 2Gi of memory and no GPU"
 _QUANTITY = re.compile(r"^\s*([0-9.]+)\s*([a-zA-Z]*)\s*$")
 
 
@@ -70,3 +82,20 @@ def raise_hint(quota: dict[str, Any]) -> str:
     user = quota.get("user_id") or "<user id>"
     return (f"ask the cluster's admin to raise it: PUT /system/quotas/user/{user} with "
             '{"cpu": "<millicores>", "memory": "<bytes>", "gpu": "<GPUs>"}')
+
+
+def quota_message(definition: dict[str, Any] | None, waited: float) -> str:
+    """The error for a request whose job stayed Suspended ``waited`` seconds."""
+    definition = definition or {}
+    owner = str(definition.get("owner") or "<the service's owner>")
+    cpu, memory = str(definition.get("cpu") or "?"), str(definition.get("memory") or "?")
+    gpu = 1 if definition.get("enable_gpu") else 0
+    asks = f"{cpu} CPU, {memory} of memory and {'1 GPU' if gpu else 'no GPU'}"
+    body = {"cpu": cpu, "memory": memory, **({"gpu": str(gpu)} if gpu else {})}
+    return (
+        f"Not run: the cluster's quota does not admit this service's jobs. OSCAR's Kueue "
+        f"kept the job Suspended for {waited:.0f} s: each job asks for {asks}, more than "
+        f"the quota of the service's owner ({owner}) allows (OSCAR's default per user is "
+        f"{DEFAULT_QUOTA}). A cluster admin raises it with PUT /system/quotas/user/{owner} "
+        f"{json.dumps(body)} (OSCAR v4), or the service can ask for less."
+    )

@@ -36,6 +36,9 @@ class Settings(BaseSettings):
     )
     #: Seconds a request may take before it fails with a timeout.
     timeout: float = 900.0
+    #: Seconds a request may see only jobs the cluster's quota holds Suspended before it
+    #: fails with an error naming the quota (OSCAR's Kueue may never admit them).
+    quota_timeout: float = Field(600.0, gt=0)
     #: How many generate requests the page runs at once.
     concurrency: int = 32
     #: Verify the cluster's TLS certificate.

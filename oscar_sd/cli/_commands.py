@@ -208,6 +208,7 @@ async def _generate(
             service=cluster.service,
             verify_ssl=cluster.verify_ssl,
             timeout=limit_seconds,
+            quota_timeout=settings.quota_timeout,
             results_dir=results_dir,
         ) as sd:
             return await sd.generate(request, on_progress=on_progress)

@@ -96,6 +96,7 @@ class ClusterLogin:
                 service=settings.service,
                 verify_ssl=settings.verify_ssl,
                 timeout=settings.timeout,
+                quota_timeout=settings.quota_timeout,
                 results_dir=folder,
             )
 

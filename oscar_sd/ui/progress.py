@@ -24,6 +24,7 @@ ORDER = (Stage.UPLOADED, Stage.WAITING, Stage.RUNNING, Stage.DOWNLOADING)
 LABELS = {
     Stage.UPLOADED: "Sending",
     Stage.WAITING: "Waiting for a GPU",
+    Stage.QUOTA: "Waiting for the cluster's quota",
     Stage.RUNNING: "Running on the GPU",
     Stage.DOWNLOADING: "Downloading",
     Stage.DONE: "Done",
@@ -59,8 +60,9 @@ def stage_text(
     if stage is Stage.WAITING and not report.message.startswith("Waiting"):
         # A problem while waiting ("Cannot reach the cluster's storage, retrying (12 s)").
         return report.message
-    if stage is Stage.WAITING and report.message.startswith(LABELS[stage] + " ("):
-        return report.message  # "Waiting for a GPU (3 jobs queued)"
+    if stage in (Stage.WAITING, Stage.QUOTA) and report.message.startswith(
+            LABELS[stage] + " ("):
+        return report.message  # "Waiting for a GPU (3 jobs queued)", "(1 job suspended)"
     text = LABELS.get(stage, report.message)
     if stage is Stage.WAITING and report.queue_position:
         text += f" · {report.queue_position} ahead of you"
@@ -109,8 +111,9 @@ class StageDisplay:
             return (report.step, report.total_steps), text, "steps"
         if report.stage is Stage.DONE:
             place = len(ORDER)
-        else:  # QUEUED (the local line) counts as the first stage
-            place = ORDER.index(report.stage) + 1 if report.stage in ORDER else 1
+        else:  # QUEUED (the local line) counts as the first stage, QUOTA as WAITING
+            stage = Stage.WAITING if report.stage is Stage.QUOTA else report.stage
+            place = ORDER.index(stage) + 1 if stage in ORDER else 1
         return (place, len(ORDER)), text, "stages"
 
     def _seconds_left(self) -> float | None:

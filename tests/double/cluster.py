@@ -24,11 +24,13 @@ from .capacity import Capacity
 from .conditional import release_stamp
 from .exposed import ExposedDeployment, ReplicaFactory
 from .jobs import DeployedService, Handler, Job, JobRunner, StoragePath
+from .kueue import Kueue, Resources
 from .oidc import OidcProviderDouble
 from .oscar import complete_service, create_app, private_buckets
 from .refusals import KINDS
 from .s3 import S3Front
 from .server import LoopbackServer
+from .system import quota_of
 
 
 class ClusterDouble:
@@ -76,6 +78,11 @@ class ClusterDouble:
         self.bucket_owners: dict[str, str] = {}
         self.storage.hub.keepalive_interval = keepalive_interval
         self.runner = JobRunner(self.storage, capacity=capacity)
+        #: OSCAR's KUEUE_ENABLE (true by default): from v4.0 on, jobs of services not
+        #: owned by the admin start Suspended until their owner's quota admits them.
+        self.kueue_enable = True
+        self.runner.kueue.active = self._kueue_active
+        self.runner.kueue.quota_of = lambda owner: Resources.of_quota(quota_of(self, owner))
         self._s3_server = LoopbackServer(self.storage, "minio")
         self._oscar_server = LoopbackServer(create_app(self), "oscar")
         self.storage.hub.endpoint = self._s3_server.url
@@ -143,6 +150,7 @@ class ClusterDouble:
         given = {"cpu": cpu, "memory": memory, "gpu": gpu}
         update = {name: value for name, value in given.items() if value is not None}
         self.user_quotas[uid] = {**self.user_quotas.get(uid, {}), **update}
+        self.runner.kueue.admit()  # suspended jobs that now fit start (kueue.py)
 
     def minio_keys_for(self, uid: str) -> tuple[str, str]:
         """The MinIO keys of OIDC user ``uid``, made on first use as OSCAR does."""
@@ -372,6 +380,16 @@ class ClusterDouble:
     @property
     def stalled_uploads(self) -> int:
         return self.storage.stalled_uploads
+
+    # -- quotas (kueue.py) -----------------------------------------------------------
+
+    def _kueue_active(self) -> bool:
+        return self.kueue_enable and versions.at_least(self.oscar_version, "4.0.0")
+
+    @property
+    def kueue(self) -> Kueue:
+        """The owners' ClusterQueues that admit suspended jobs (quotas: :meth:`set_quota`)."""
+        return self.runner.kueue
 
     def hold_jobs(self) -> None:
         """Jobs stay Pending until :meth:`release_jobs`."""

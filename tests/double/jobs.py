@@ -60,6 +60,7 @@ import yaml
 from . import pod
 from .capacity import Capacity, Lease
 from .events import ObjectEvent, build_record
+from .kueue import Kueue, Resources
 from .s3 import S3Front
 from .services import job_id, write_error
 
@@ -67,6 +68,8 @@ from .services import job_id, write_error
 Handler = Callable[[Path, Path], "str | None"]
 
 PENDING, RUNNING, SUCCEEDED, FAILED = "Pending", "Running", "Succeeded", "Failed"
+#: A job Kueue has not admitted: it has no pod yet (pkg/handlers/logs.go), see kueue.py.
+SUSPENDED = "Suspended"
 
 # Job temp dirs live in RAM where we can: on this kind of VM a directory made,
 # written and removed on disk costs ~10 ms, in /dev/shm ~0.2 ms (1,000 jobs in flight).
@@ -204,6 +207,8 @@ class Job:
 
     def info(self) -> dict[str, str]:
         """A JobInfo of OSCAR's API (absent times are left out, not null)."""
+        if self.status == SUSPENDED:  # logs.go: no pod, so only the status
+            return {"status": SUSPENDED}
         times = {"creation_time": self.creation_time, "start_time": self.start_time,
                  "finish_time": self.finish_time}
         return {"status": self.status,
@@ -217,6 +222,8 @@ class JobRunner:
                  capacity: Capacity | None = None) -> None:
         self.storage = storage
         self.capacity = capacity
+        #: Quotas that admit the suspended jobs of non-admin services (kueue.py).
+        self.kueue = Kueue()
         self._stopped = threading.Event()  # ends capacity waits at stop()
         self.services: dict[str, DeployedService] = {}
         self._jobs: dict[str, dict[str, Job]] = {}
@@ -278,7 +285,9 @@ class JobRunner:
 
     def delete_job(self, service: str, name: str) -> bool:
         with self._lock:
-            return self._jobs.get(service, {}).pop(name, None) is not None
+            deleted = self._jobs.get(service, {}).pop(name, None) is not None
+        self.kueue.finished(name)
+        return deleted
 
     def delete_jobs(self, service: str, everything: bool) -> None:
         with self._lock:
@@ -309,16 +318,30 @@ class JobRunner:
                   bucket=bucket, key=key, data=data,
                   event=self._webhook_body(event) if event else (data or b"").decode(
                       "utf-8", "replace"))
+        suspended = self.kueue.suspends(service.definition)
         with self._lock:
             self._jobs.setdefault(service.name, {})[name] = job
+            if suspended:
+                job.status = SUSPENDED
+        if suspended:
+            owner = str(service.definition.get("owner"))
+            self.kueue.enqueue(name, owner, Resources.of_service(service.definition),
+                               lambda: self._start(job, service))
+        else:
+            self._start(job, service)
+        return job
+
+    def _start(self, job: Job, service: DeployedService) -> None:
+        """Create the job's pod: Pending, after the service's job delay if it has one."""
+        with self._lock:
+            job.status = PENDING
             delay = service.delay()
             if delay > 0:
                 when = time.monotonic() + delay
                 heapq.heappush(self._timers, (when, next(self._tie), job))
                 self._timer_cond.notify()
-                return job
+                return
         self._pool.submit(self._run, job)
-        return job
 
     def _webhook_body(self, event: ObjectEvent) -> str:
         """What MinIO's webhook target posts to OSCAR: ``{EventName, Key, Records}``."""
@@ -370,6 +393,7 @@ class JobRunner:
         finally:
             if lease is not None and self.capacity is not None:
                 self.capacity.pool.release(lease)
+            self.kueue.finished(job.name)  # its quota goes to the next suspended job
 
     def _schedule(self, job: Job) -> Lease | None:
         """The pod's GPU (when its service asks for one) and its start; the job stays

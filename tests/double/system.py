@@ -116,5 +116,5 @@ def add_system_routes(app: Flask, double: ClusterDouble,
         update = _parse_update(request.get_json(force=True, silent=True))
         if update is None:
             return _text("at least one of cpu, memory or volumes must be provided", 400)
-        double.user_quotas[uid] = {**double.user_quotas.get(uid, {}), **update}
+        double.set_quota(uid, **update)  # and Kueue admits the jobs that now fit
         return _json(_quota_answer(double, uid))
