@@ -61,12 +61,16 @@ def warm_definition(*, min_scale: int = 2, max_scale: int = 2) -> dict[str, Any]
     }
 
 
-def deploy_pair(double: ClusterDouble, *, min_scale: int = 2,
-                replicas: list[WarmWorker] | None = None, **settings: Any) -> None:
-    """The per-job service (jobs write their started marker, as the worker does) and the
-    warm service, whose replicas run the fast fake generator; ``replicas`` collects them."""
+def deploy_per_job(double: ClusterDouble) -> None:
+    """The per-job service; its jobs write their started marker, as the worker does."""
     double.add_service(PER_JOB, input_path=PER_JOB_INPUT, output_path=PER_JOB_OUTPUT,
                        handler=services.started_then(), enable_gpu=True)
+
+
+def deploy_warm_replicas(double: ClusterDouble, *, min_scale: int = 2,
+                         replicas: list[WarmWorker] | None = None, **settings: Any) -> None:
+    """The warm service, whose replicas run the fast fake generator; ``replicas``
+    collects them as their pods start."""
 
     def make_replica(name: str) -> WarmWorker:
         worker = WarmWorker(warm_settings(double, name, **settings),
@@ -77,6 +81,13 @@ def deploy_pair(double: ClusterDouble, *, min_scale: int = 2,
 
     double.deploy_exposed(warm_definition(min_scale=min_scale, max_scale=max(2, min_scale)),
                           make_replica)
+
+
+def deploy_pair(double: ClusterDouble, *, min_scale: int = 2,
+                replicas: list[WarmWorker] | None = None, **settings: Any) -> None:
+    """The per-job service and the warm service that spills to it."""
+    deploy_per_job(double)
+    deploy_warm_replicas(double, min_scale=min_scale, replicas=replicas, **settings)
 
 
 def connect_spill(double: ClusterDouble, **options: Any) -> Connecting[SpillOver]:
