@@ -55,7 +55,9 @@ if TYPE_CHECKING:
     from ._notify.backoff import Backoff
     from ._oscar import OscarSD
     from ._settings import Settings
+    from ._spill import SpillOver, connect_backend, connect_pair
     from ._tokens import OidcToken
+    from ._warm_control import WarmControl, WarmState
 
 #: Public name -> the private module that defines it.
 _HOMES = {
@@ -90,6 +92,11 @@ _HOMES = {
     "OscarSD": "._oscar",
     "Settings": "._settings",
     "OidcToken": "._tokens",
+    "SpillOver": "._spill",
+    "connect_backend": "._spill",
+    "connect_pair": "._spill",
+    "WarmControl": "._warm_control",
+    "WarmState": "._warm_control",
 }
 
 __all__ = [
@@ -120,8 +127,13 @@ __all__ = [
     "ServiceStatus",
     "Settings",
     "SignInExpired",
+    "SpillOver",
     "Stage",
     "Timings",
+    "WarmControl",
+    "WarmState",
+    "connect_backend",
+    "connect_pair",
     "deploy_service",
     "service_status",
 ]

@@ -249,12 +249,6 @@ class OscarCluster:
 
     # -- an exposed service's replicas (OSCAR v4) -------------------------------------
 
-    async def version(self) -> str:
-        """The cluster's OSCAR version from ``GET /system/info`` ("v4.1.2"), "" if unsaid."""
-        response = await self.call(self.client.get_cluster_info, what="read the OSCAR version")
-        answer = (response.json() if response is not None else None) or {}
-        return str(answer.get("version") or "")
-
     async def deployment(self, name: str) -> dict[str, Any] | None:
         """``GET /system/services/{name}/deployment`` (since v4.0.0): the exposed
         service's ``state`` (ready, degraded, pending, stopped, failed) and

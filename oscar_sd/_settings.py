@@ -39,6 +39,11 @@ class Settings(BaseSettings):
     #: Seconds a request may see only jobs the cluster's quota holds Suspended before it
     #: fails with an error naming the quota (OSCAR's Kueue may never admit them).
     quota_timeout: float = Field(600.0, gt=0)
+    #: Spill-over (a warm service naming a per-job partner): a request whose start on
+    #: the warm replicas is further off than this many seconds runs as a per-job job.
+    spill_after: float = Field(default=10.0, ge=0)
+    #: Warm on demand: seconds without anyone before the warm service is stopped.
+    warm_idle_stop: float = Field(default=900.0, gt=0)
     #: How many generate requests the page runs at once.
     concurrency: int = 32
     #: Verify the cluster's TLS certificate.

@@ -36,6 +36,7 @@ from functools import partial
 from typing import Any
 
 import anyio
+import anyio.from_thread
 import anyio.to_thread
 
 from ._claims import spill_claim
@@ -50,6 +51,7 @@ from ._models import (
 )
 from ._oscar import OscarSD
 from ._warm_control import DEFAULT_IDLE_STOP, WarmControl
+from .history import History, HistoryBudget
 
 logger = logging.getLogger("oscar_sd.spill")
 
@@ -247,8 +249,8 @@ class SpillOver:
             _forward(on_progress, replace(progress, route=PER_JOB,
                                           elapsed=progress.elapsed + offset))
 
-        _forward(on_progress, Progress(Stage.QUEUED, f"Sending it to a per-job GPU job: {reason}",
-                                       elapsed=offset, route=PER_JOB))
+        said = f"Waiting for a GPU (a per-job job: {reason})"
+        _forward(on_progress, Progress(Stage.WAITING, said, elapsed=offset, route=PER_JOB))
         try:
             result = await self.per_job.generate(request, tagged, job_id=job)
         finally:
@@ -290,6 +292,24 @@ class SpillOver:
                 limiter=warm.limits.requests)
         except Exception as exc:  # the orphan sweep takes it later
             logger.warning("Could not delete the claim of %s (%s)", job, type(exc).__name__)
+
+    async def history(self, budget: HistoryBudget | None = None) -> History:
+        """The identity's history (:meth:`OscarSD.history`), kept beside the warm service."""
+        return await self.warm.history(budget)
+
+    @property
+    def oidc_groups(self) -> tuple[str, ...]:
+        return self.warm.oidc_groups
+
+    def page_opened(self) -> None:
+        """Someone opened the page (called from a worker thread of the app): start a
+        stopped warm service now, as a sign-in or a request would."""
+        try:
+            anyio.from_thread.run(self.control.on_demand)
+        except RuntimeError:  # not a thread anyio started: the next request starts it
+            self.control.last_seen = time.monotonic()
+        except OscarSDError as exc:
+            logger.warning("Could not look at the warm service (%s)", exc)
 
     async def aclose(self) -> None:
         await self.warm.aclose()
@@ -338,29 +358,77 @@ def connect_pair(
     """
 
     async def open_pair() -> SpillOver:
-        warm = await OscarSD.connect(endpoint, service=service, keep_password=True, **options)
-        try:
-            definition = await warm._cluster.require_service(service)
-            partner = per_job_service or spill_partner(definition)
-            if not partner:
-                raise ServiceMisconfiguredError(
-                    f"Service {service!r} names no per-job service to spill over to: set "
-                    f"{SPILL_SERVICE_VARIABLE} in its variables (manifests/"
-                    "stable-diffusion-warm.yaml), or pass per_job_service.")
-            per_job = await OscarSD.connect(endpoint, service=partner,
-                                            keep_password=keep_password, **options)
-        except BaseException:
+        warm, definition = await _open_first(endpoint, service, options)
+        partner = per_job_service or spill_partner(definition)
+        if not partner:
             await warm.aclose()
-            raise
-        min_scale = int((definition.get("expose") or {}).get("min_scale", 1) or 0)
-        control = WarmControl(warm._cluster, service, idle_stop=idle_stop,
-                              check_interval=check_interval, min_scale=min_scale)
-        spill = SpillOver(warm, per_job, control, spill_after=spill_after)
-        await control.on_demand()  # a sign-in: someone is there
-        if not keep_password:
-            warm._cluster.forget_password()
-            if warm.job_watch is not None:
-                warm.job_watch = None  # listing the jobs would need the password
-        return spill
+            raise ServiceMisconfiguredError(
+                f"Service {service!r} names no per-job service to spill over to: set "
+                f"{SPILL_SERVICE_VARIABLE} in its variables (manifests/"
+                "stable-diffusion-warm.yaml), or pass per_job_service.")
+        return await _open_pair(warm, definition, partner, endpoint, keep_password,
+                                (spill_after, idle_stop, check_interval), options)
 
     return Connecting(open_pair())
+
+
+def connect_backend(
+    endpoint: str,
+    *,
+    service: str,
+    spill_after: float = DEFAULT_SPILL_AFTER,
+    idle_stop: float = DEFAULT_IDLE_STOP,
+    check_interval: float = 2.0,
+    keep_password: bool = True,
+    **options: Any,
+) -> Connecting[OscarSD | SpillOver]:
+    """:meth:`OscarSD.connect`, or :func:`connect_pair` when ``service`` is a warm
+    service that names a per-job partner: what the app and the CLI connect with."""
+
+    async def open_backend() -> OscarSD | SpillOver:
+        first, definition = await _open_first(endpoint, service, options)
+        partner = spill_partner(definition)
+        if partner is None:
+            if not keep_password:
+                _forget_password(first)
+            return first
+        return await _open_pair(first, definition, partner, endpoint, keep_password,
+                                (spill_after, idle_stop, check_interval), options)
+
+    return Connecting(open_backend())
+
+
+async def _open_first(endpoint: str, service: str,
+                      options: dict[str, Any]) -> tuple[OscarSD, dict[str, Any]]:
+    """The client of ``service`` (password kept for now) and its definition."""
+    client = await OscarSD.connect(endpoint, service=service, keep_password=True, **options)
+    try:
+        return client, await client._cluster.require_service(service)
+    except BaseException:
+        await client.aclose()
+        raise
+
+
+async def _open_pair(warm: OscarSD, definition: dict[str, Any], partner: str, endpoint: str,
+                     keep_password: bool, timing: tuple[float, float, float],
+                     options: dict[str, Any]) -> SpillOver:
+    spill_after, idle_stop, check_interval = timing
+    try:
+        per_job = await OscarSD.connect(endpoint, service=partner,
+                                        keep_password=keep_password, **options)
+    except BaseException:
+        await warm.aclose()
+        raise
+    min_scale = int((definition.get("expose") or {}).get("min_scale", 1) or 0)
+    control = WarmControl(warm._cluster, warm.service, idle_stop=idle_stop,
+                          check_interval=check_interval, min_scale=min_scale)
+    spill = SpillOver(warm, per_job, control, spill_after=spill_after)
+    await control.on_demand()  # a sign-in: someone is there
+    if not keep_password:
+        _forget_password(warm)
+    return spill
+
+
+def _forget_password(client: OscarSD) -> None:
+    client._cluster.forget_password()
+    client.job_watch = None  # listing the jobs would need the password

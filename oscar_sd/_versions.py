@@ -10,6 +10,8 @@ Real clusters run anything from v3.6 to v4.1. Read in grycap/oscar at each tag:
 * ``expose.probe_mode`` since v4.0.0, ``expose.auth_type`` since v4.1.0: dropped
   for older releases (Go ignores them, so sending them only misleads).
 * The quotas API (``/system/quotas/user``) since v4.0.0 (``main.go``).
+* Exposed services' ``stop``/``start``/``restart`` since v4.1.0 (``main.go``; not at
+  tag v4.0.0), their ``/deployment`` status since v4.0.0.
 
 ``GET /system/info`` answers ``version`` as ``"v4.1.2"``; a version that cannot be
 read is taken as the newest release known here.
@@ -56,6 +58,12 @@ class OscarVersion:
     @property
     def has_quotas_api(self) -> bool:
         return self >= V4_0
+
+    @property
+    def can_stop_start(self) -> bool:
+        """``POST /system/services/<name>/stop|start`` for exposed services (v4.1.0,
+        ``main.go``, ``pkg/handlers/lifecycle.go``)."""
+        return self >= V4_1
 
     def expose_shape(self) -> str:
         """The FDL shape of the exposed ports this release needs, in words."""

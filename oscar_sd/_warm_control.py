@@ -31,19 +31,11 @@ import anyio
 
 from ._cluster import OscarCluster
 from ._errors import AuthenticationError, OscarSDError
+from ._versions import NEWEST_KNOWN, OscarVersion
 
 logger = logging.getLogger("oscar_sd.warm")
 
-#: The first OSCAR release with stop/start for exposed services (main.go at v4.1.0).
-LIFECYCLE_SINCE = (4, 1, 0)
 DEFAULT_IDLE_STOP = 900.0
-
-
-def version_tuple(version: str) -> tuple[int, ...]:
-    """"v4.1.2" as (4, 1, 2); "" as (0, 0, 0)."""
-    parts = [int(part) for part in version.strip().lstrip("v").split("-")[0].split(".")
-             if part.isdigit()]
-    return tuple([*parts, 0, 0, 0][:3])
 
 
 @dataclass(frozen=True)
@@ -115,8 +107,8 @@ class WarmControl:
     async def probe(self) -> WarmState:
         """Read the cluster's version once and the service's replicas now."""
         if not self._probed:
-            version = await self.cluster.version()
-            self._can = version_tuple(version) >= LIFECYCLE_SINCE
+            version = OscarVersion.parse((await self.cluster.info()).get("version")) or NEWEST_KNOWN
+            self._can = version.can_stop_start
             self._probed = True
         return await self.refresh()
 

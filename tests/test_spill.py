@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 from collections import Counter
+from pathlib import Path
 
 import anyio
 import pytest
 
-from oscar_sd import GenerationRequest, OscarSDError, Progress
+from oscar_sd import GenerationRequest, OscarSD, OscarSDError, Progress, Stage
+from oscar_sd._spill import SpillOver, connect_backend, spill_partner
+from oscar_sd.cli import main
 from oscar_sd.service.warm import WarmWorker
+from oscar_sd.ui.progress import stage_text
 from tests.double import ClusterDouble, services
 from tests.double.capacity import Capacity, Timing
 from tests.spill_fixtures import PER_JOB, connect_spill, deploy_pair
 from tests.warm_fixtures import WARM
-
-pytestmark = pytest.mark.anyio
 
 
 def request(n: int) -> GenerationRequest:
@@ -27,6 +29,7 @@ def fingerprint_ok(result, n: int) -> bool:  # type: ignore[no-untyped-def]
     return services.png_fingerprint(result.images[0].read_bytes()) == expected
 
 
+@pytest.mark.anyio
 async def test_a_burst_spills_and_each_request_runs_exactly_once() -> None:
     """200 requests at once on two warm replicas: those the replicas cannot start within
     the bound go per-job, claimed first; the replicas and the jobs together run each
@@ -65,6 +68,7 @@ async def test_a_burst_spills_and_each_request_runs_exactly_once() -> None:
     assert len(per_job) == stats.per_job  # the progress said which path ran it
 
 
+@pytest.mark.anyio
 async def test_a_stopped_warm_service_starts_on_demand_per_job_serving_meanwhile() -> None:
     capacity = Capacity(Timing(pod_start=20, model_load=10, generation=1, time_scale=0.01),
                         gpus=4)
@@ -86,6 +90,7 @@ async def test_a_stopped_warm_service_starts_on_demand_per_job_serving_meanwhile
             assert set(routes) == {"warm"} and spill.stats.warm == 1
 
 
+@pytest.mark.anyio
 async def test_the_idle_stop() -> None:
     capacity = Capacity(Timing(pod_start=1, model_load=1, generation=1, time_scale=0.01),
                         gpus=4)
@@ -106,6 +111,7 @@ async def test_the_idle_stop() -> None:
             assert capacity.pool.in_use == 0  # the replica's GPU is free again
 
 
+@pytest.mark.anyio
 @pytest.mark.parametrize("version", ["3.6.5", "4.0.0"])
 async def test_a_cluster_without_stop_and_start(version: str) -> None:
     """Before v4.1.0 OSCAR has no stop/start: the warm service keeps its min_scale,
@@ -120,3 +126,57 @@ async def test_a_cluster_without_stop_and_start(version: str) -> None:
             with pytest.raises(OscarSDError, match="min_scale"):
                 await spill.control.stop()
         assert double.exposed[WARM].available == 1
+
+
+def test_the_command_line_stops_and_starts_the_warm_service(monkeypatch, capsys) -> None:
+    with ClusterDouble() as double:
+        deploy_pair(double, min_scale=1)
+        deployment = double.exposed[WARM]
+        assert deployment.wait_available(1, 30)
+        monkeypatch.setenv("OSCAR_SD_PASSWORD", "oscar-pw")
+        where = ["--endpoint", double.oscar_endpoint, "--user", "oscar"]
+        assert main(["warm", "stop", *where]) == 0
+        assert "stopped, 0 replica(s) ready" in capsys.readouterr().out
+        assert deployment.wait_stopped(30)
+        assert main(["warm", "start", *where]) == 0
+        assert deployment.wait_available(1, 30)
+        assert main(["warm", "status", "--json", *where]) == 0
+        out = capsys.readouterr().out.splitlines()[-1]
+        assert '"state": "ready"' in out and '"ready_replicas": 1' in out
+
+
+def test_one_deploy_puts_the_pair_on_the_cluster(monkeypatch, capsys) -> None:
+    """`oscar-sd deploy --pair`: the per-job service and the warm one naming it as its
+    partner, with the same image and model."""
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])
+    monkeypatch.setenv("OSCAR_SD_PASSWORD", "oscar-pw")
+    with ClusterDouble() as double:
+        code = main(["deploy", "--pair", "--use-root-keys", "--wait", "30",
+                     "--endpoint", double.oscar_endpoint, "--user", "oscar"])
+        assert code == 0, capsys.readouterr().err
+        warm = double.runner.services[WARM].definition
+        per_job = double.runner.services[PER_JOB].definition
+    assert spill_partner(warm) == PER_JOB
+    assert warm["image"] == per_job["image"]
+    model = "OSCAR_SD_MODEL"
+    assert warm["environment"]["variables"][model] == per_job["environment"]["variables"][model]
+
+
+@pytest.mark.anyio
+async def test_the_app_connects_a_warm_service_with_a_partner_as_a_pair() -> None:
+    with ClusterDouble() as double:
+        deploy_pair(double, min_scale=1)
+        where = {"user": "oscar", "password": "oscar-pw"}
+        async with connect_backend(double.oscar_endpoint, service=WARM, **where) as backend:
+            assert isinstance(backend, SpillOver) and backend.per_job.service == PER_JOB
+        async with connect_backend(double.oscar_endpoint, service=PER_JOB, **where) as plain:
+            assert isinstance(plain, OscarSD)
+
+
+def test_the_page_says_which_path_runs_a_request() -> None:
+    waiting = Progress(Stage.WAITING, "Waiting for a GPU (a per-job job: the warm service "
+                       "is starting)", route="per-job")
+    assert stage_text(waiting).endswith("· per-job GPU job")
+    assert "warm service is starting" in stage_text(waiting)
+    assert stage_text(Progress(Stage.RUNNING, "Running on the GPU", route="warm")) == (
+        "Running on the GPU · warm replica")

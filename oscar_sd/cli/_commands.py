@@ -26,7 +26,7 @@ from .._errors import (
 from .._models import GenerationRequest, GenerationResult, Progress, count_of
 from .._settings import Settings
 from ._account import Cluster, load_settings, resolve_cluster
-from ._common import DEFAULT_FDL, EXIT_OK, UsageError
+from ._common import DEFAULT_FDL, EXIT_OK, PAIR_FDLS, UsageError
 
 
 def run_serve(args: argparse.Namespace, secrets: list[str]) -> int:
@@ -234,7 +234,8 @@ def run_deploy(args: argparse.Namespace, secrets: list[str]) -> int:
     settings = load_settings()
     if not args.wait > 0:
         raise UsageError("--wait must be a number of seconds above 0")
-    fdls: list[Path] = args.fdl or [DEFAULT_FDL]
+    fdls: list[Path] = [*(PAIR_FDLS if args.pair else ()), *(args.fdl or [])]
+    fdls = fdls or [DEFAULT_FDL]
     for fdl in fdls:
         if not fdl.is_file():
             raise UsageError(f"no FDL file at {fdl}: pass --fdl with the path of one")

@@ -16,6 +16,8 @@ EXIT_CODES_HELP = (
 
 
 DEFAULT_FDL = Path("manifests") / "stable-diffusion.yaml"
+#: ``deploy --pair``: the per-job service, then the warm service that spills over to it.
+PAIR_FDLS = (DEFAULT_FDL, Path("manifests") / "stable-diffusion-warm.yaml")
 
 #: The command-line option behind each field of a generation request, for error messages.
 REQUEST_OPTIONS = {

@@ -11,6 +11,7 @@ from .._deploy import (
 from .._deploy_prepare import VISIBILITIES
 from ._commands import run_deploy, run_generate, run_serve, run_status
 from ._common import DEFAULT_FDL, EXIT_CODES_HELP
+from ._warm import add_warm_parser
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -104,6 +105,12 @@ def build_parser() -> argparse.ArgumentParser:
         "services, e.g. --fdl manifests/stable-diffusion-warm.yaml --fdl manifests/app.yaml",
     )
     deploy.add_argument(
+        "--pair", action="store_true",
+        help="deploy the per-job and the warm service as one spill-over pair "
+        "(manifests/stable-diffusion.yaml, then manifests/stable-diffusion-warm.yaml), "
+        "before any --fdl",
+    )
+    deploy.add_argument(
         "--wait", type=float, default=DEFAULT_DEPLOY_WAIT, metavar="SECONDS",
         help=f"how long to wait for the cluster to list it (default {DEFAULT_DEPLOY_WAIT:g})",
     )
@@ -130,6 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--jobs", type=int, default=10, metavar="N", help="jobs shown (default 10)")
     status.add_argument("--json", action="store_true", help="print JSON instead of text")
     status.set_defaults(run=run_status)
+
+    add_warm_parser(commands, [cluster, account, output], EXIT_CODES_HELP)
     return parser
 
 

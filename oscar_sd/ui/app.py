@@ -38,6 +38,7 @@ from starlette.routing import Route
 from .._backend import Backend
 from .._local import LocalSD
 from .._settings import Settings
+from .._spill import SpillOver
 from .budget import MB, ResultsBudget
 from .downloads import download_route
 from .handlers import Handlers
@@ -264,6 +265,8 @@ class WebApp:
             backend = session.backend
         elif self.local:
             backend = self.local_backend
+        if isinstance(backend, SpillOver):
+            backend.page_opened()  # warm on demand: someone is there
         description = backend.description if backend else self._backend_summary()
         return f"Images made by {html.escape(description)}"
 

@@ -32,6 +32,7 @@ from .._errors import (
 )
 from .._oscar import OscarSD
 from .._settings import Settings
+from .._spill import SpillOver, connect_backend
 from ..history import DiskObjects, History
 from .oidc import SignedIn
 from .sessions import Sessions, UserSession, new_session_key
@@ -89,11 +90,15 @@ class ClusterLogin:
         token = credentials.get("token")
 
         async def connect() -> Backend:
-            return await OscarSD.connect(
+            # A warm service that names a per-job partner connects as a spill-over pair;
+            # connecting is a sign-in, which starts a stopped warm service (_spill.py).
+            return await connect_backend(
                 settings.oscar_endpoint,
                 **credentials,  # type: ignore[arg-type]
                 keep_password=False,
                 service=settings.service,
+                spill_after=settings.spill_after,
+                idle_stop=settings.warm_idle_stop,
                 verify_ssl=settings.verify_ssl,
                 timeout=settings.timeout,
                 quota_timeout=settings.quota_timeout,
@@ -142,7 +147,7 @@ class ClusterLogin:
         log.info("login: session open; %d open", len(self._sessions))
         return session
 
-    async def _history_of(self, backend: OscarSD) -> History | None:
+    async def _history_of(self, backend: OscarSD | SpillOver) -> History | None:
         """The identity's history on the cluster; without it the page still works."""
         try:
             return await backend.history(self._settings.history_budget())

@@ -37,11 +37,21 @@ SENDING = Progress(Stage.UPLOADED, "Sending")
 Shown = tuple[tuple[int, int], str, str]
 
 
+#: How the page names the path that runs a request, where a service has two (spill-over).
+ROUTES = {"warm": "warm replica", "per-job": "per-job GPU job"}
+
+
 def stage_text(
     report: Progress, running_for: float | None = None, left: float | None = None
 ) -> str:
-    """The words for ``report``: its stage, its place in line, how long it has run, and
-    (``left``, from the steps' pace) about how long it still needs."""
+    """The words for ``report``: its stage, its place in line, how long it has run,
+    (``left``, from the steps' pace) about how long it still needs, and which path runs it."""
+    text = _stage_words(report, running_for, left)
+    route = ROUTES.get(report.route or "")
+    return f"{text} · {route}" if route and route not in text else text
+
+
+def _stage_words(report: Progress, running_for: float | None, left: float | None) -> str:
     stage = report.stage
     if stage is Stage.QUEUED:
         # The local backend's line: this computer's turn, not a GPU's (there may be none).

@@ -31,24 +31,6 @@ from typing import Any, Protocol
 
 from .capacity import Capacity
 
-#: The OSCAR releases that have the routes (main.go at each tag).
-LIFECYCLE_SINCE = (4, 1, 0)
-DEPLOYMENT_STATUS_SINCE = (4, 0, 0)
-
-
-def version_tuple(version: str) -> tuple[int, ...]:
-    """"v4.1.2" / "4.1.2" / "4.0" as (4, 1, 2) / (4, 0, 0)."""
-    parts = [int(part) for part in version.strip().lstrip("v").split(".") if part.isdigit()]
-    return tuple([*parts, 0, 0, 0][:3])
-
-
-def has_lifecycle(version: str) -> bool:
-    return version_tuple(version) >= LIFECYCLE_SINCE
-
-
-def has_deployment_status(version: str) -> bool:
-    return version_tuple(version) >= DEPLOYMENT_STATUS_SINCE
-
 
 class Replica(Protocol):
     """What runs in a replica's pod: ``serve()`` blocks until ``request_stop()``."""

@@ -27,7 +27,6 @@ from typing import TYPE_CHECKING, Any
 from flask import Flask, Response, request
 
 from . import policies, versions
-from .exposed import has_deployment_status, has_lifecycle
 from .jobs import DeployedService, StoragePath
 from .system import add_system_routes
 
@@ -296,14 +295,15 @@ def create_app(double: ClusterDouble) -> Flask:
 
     @app.get("/system/services/<name>/deployment")
     def deployment_status(name: str) -> Response:
-        if not has_deployment_status(double.oscar_version):
+        if not versions.has_deployment_status(double.oscar_version):
             return _text("404 page not found", 404)  # gin's answer for a route it lacks
         deployment, refused = exposed_deployment(name)
         return refused or _json(deployment.status())
 
     @app.post("/system/services/<name>/<action>")
     def lifecycle(name: str, action: str) -> Response:
-        if action not in ("stop", "start", "restart") or not has_lifecycle(double.oscar_version):
+        lifecycle_routes = versions.has_lifecycle(double.oscar_version)
+        if action not in ("stop", "start", "restart") or not lifecycle_routes:
             return _text("404 page not found", 404)
         deployment, refused = exposed_deployment(name)
         if refused is not None:

@@ -52,6 +52,17 @@ def has_quotas_api(version: str) -> bool:
     return at_least(version, "4.0.0")
 
 
+def has_deployment_status(version: str) -> bool:
+    """``GET /system/services/<name>/deployment`` (main.go since v4.0.0)."""
+    return at_least(version, "4.0.0")
+
+
+def has_lifecycle(version: str) -> bool:
+    """``POST /system/services/<name>/stop|start|restart`` (main.go since v4.1.0;
+    absent at tag v4.0.0)."""
+    return at_least(version, "4.1.0")
+
+
 # The Go types of ExposeSettings' port fields, per release (pkg/types/service.go).
 _PORT_FIELDS = {"api_port": ("int", "[]int"), "nodePort": ("int32", "[]int32")}
 
