@@ -20,7 +20,7 @@ deployments:
 For each: click-to-images p50/p95 per phase, GPU-seconds held (a pod holds
 its GPU from scheduling to its end) and GPU-seconds used (generating).
 
-    .venv/bin/python bench/capacity.py              # about 3 minutes on 2 cores
+    .venv/bin/python bench/capacity.py              # about 12 minutes on 2 cores
 """
 
 from __future__ import annotations
@@ -163,8 +163,8 @@ def main() -> None:
     add("--model-load", type=float, default=10.0, help="model seconds (default 10)")
     add("--generation", type=float, default=1.0,
         help="model seconds per request (default 1)")
-    add("--scale", type=float, default=0.05,
-        help="real seconds per model second (default 0.05: 20 s of pod start is 1 s)")
+    add("--scale", type=float, default=0.1,
+        help="real seconds per model second (default 0.1: 20 s of pod start is 2 s)")
     add("--users", type=int, default=50, help="people in the burst (default 50)")
     add("--arrivals", type=float, default=60.0,
         help="the burst's people arrive over this many model seconds (default 60)")

@@ -12,7 +12,11 @@ the warm service that have not started, times the measured seconds per request
 (the mean gap between warm results while requests were waiting: it holds the
 batch time, the batch size and the replica count). Requests of other clients
 are not seen. Until a gap is measured nothing spills for being late; each
-waiting request looks again whenever the queue moves.
+waiting request looks again whenever the queue moves. It spills only when the
+per-job path would start it sooner: a job pays a pod start and a model load
+(measured on this client's spilled jobs, else the warm service's own last
+start, same image and model), and when the jobs already spilled wait longer
+than that for a GPU, the per-job path is as far off as their wait.
 
 Exactly once: a request is claimed before it is handed over. The warm replicas
 claim ``<warm output>/<job>.started.json`` with ``If-None-Match: *``
@@ -103,6 +107,10 @@ class SpillOver:
         self._gaps: deque[float] = deque(maxlen=GAP_WINDOW)
         self._last_result: float | None = None
         self._changed = anyio.Event()
+        #: Seconds from upload to start of this client's per-job jobs, and the jobs
+        #: uploaded but not started (job -> when uploaded).
+        self._job_starts: deque[float] = deque(maxlen=GAP_WINDOW)
+        self._unstarted_jobs: dict[str, float] = {}
 
     # -- the estimate --------------------------------------------------------------------
 
@@ -123,6 +131,21 @@ class SpillOver:
             if not waiting.started:
                 ahead += 1
         return ahead * gap
+
+    def per_job_start(self) -> float:
+        """Seconds until a job spilled now would start (0 while nothing is known)."""
+        if self._job_starts:
+            known = sum(self._job_starts) / len(self._job_starts)
+        else:
+            known = self.control.start_seconds or 0.0
+        now = time.monotonic()
+        waited = max((now - since for since in self._unstarted_jobs.values()), default=0.0)
+        return max(known, waited)
+
+    def _should_spill(self, job: str) -> bool:
+        expected = self.expected_start(job)
+        return (expected is not None and expected > self.spill_after
+                and expected > self.per_job_start())
 
     def _moved(self) -> None:
         changed, self._changed = self._changed, anyio.Event()
@@ -198,8 +221,7 @@ class SpillOver:
                 tasks.start_soon(run_warm)
                 while not waiting.started:
                     changed = self._changed
-                    expected = self.expected_start(job) if waiting.uploaded else None
-                    if expected is not None and expected > self.spill_after:
+                    if waiting.uploaded and self._should_spill(job):
                         claiming = True
                         try:
                             won: bool | None = await self._claim(job)
@@ -246,6 +268,11 @@ class SpillOver:
         offset = time.monotonic() - started
 
         def tagged(progress: Progress) -> None:
+            if progress.stage is Stage.UPLOADED:
+                self._unstarted_jobs[job] = time.monotonic()
+            elif progress.stage is Stage.RUNNING and job in self._unstarted_jobs:
+                self._job_starts.append(time.monotonic() - self._unstarted_jobs.pop(job))
+                self._moved()
             _forward(on_progress, replace(progress, route=PER_JOB,
                                           elapsed=progress.elapsed + offset))
 
@@ -254,6 +281,7 @@ class SpillOver:
         try:
             result = await self.per_job.generate(request, tagged, job_id=job)
         finally:
+            self._unstarted_jobs.pop(job, None)
             with anyio.CancelScope(shield=True), anyio.move_on_after(5):
                 await self._drop_claim(job)
         self.stats.per_job += 1

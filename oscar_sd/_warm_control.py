@@ -69,6 +69,10 @@ class WarmControl:
         self.state = WarmState("unknown", 0, False)
         self.starts = 0
         self.stops = 0
+        #: Seconds from the last start to a ready replica, once seen (a pod start and a
+        #: model load: what a per-job job of the same image and model pays too).
+        self.start_seconds: float | None = None
+        self._start_asked: float | None = None
         self._probed = False
         self._can = False
         self._looked_at = -float("inf")
@@ -135,6 +139,7 @@ class WarmControl:
         logger.info("Starting warm service %s", self.service)
         await self.cluster.lifecycle(self.service, "start")
         self.starts += 1
+        self._start_asked = time.monotonic()
         return await self.refresh()
 
     async def stop(self) -> WarmState:
@@ -203,6 +208,9 @@ class WarmControl:
     # -- helpers -----------------------------------------------------------------------
 
     def _set(self, state: WarmState) -> None:
+        if state.ready_replicas and self._start_asked is not None:
+            self.start_seconds = time.monotonic() - self._start_asked
+            self._start_asked = None
         if state != self.state:
             self.state = state
             changed, self._changed = self._changed, anyio.Event()

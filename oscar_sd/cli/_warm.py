@@ -25,7 +25,7 @@ from .._spill import spill_partner
 from .._storage import MinioStorage, StoragePath
 from .._warm_control import DEFAULT_IDLE_STOP, WarmControl, WarmState
 from ._account import load_settings, resolve_cluster
-from ._common import EXIT_OK
+from ._common import EXIT_OK, UsageError
 
 logger = logging.getLogger("oscar_sd.warm")
 
@@ -43,8 +43,9 @@ def add_warm_parser(commands: Any, parents: list[argparse.ArgumentParser],
     )
     warm.add_argument("action", choices=("start", "stop", "status", "auto"))
     warm.add_argument(
-        "--idle-stop", type=float, default=DEFAULT_IDLE_STOP, metavar="SECONDS",
-        help=f"with auto: stop after this long without a request (default {DEFAULT_IDLE_STOP:g})",
+        "--idle-stop", type=float, metavar="SECONDS",
+        help="with auto: stop after this long without a request (default: "
+        f"OSCAR_SD_WARM_IDLE_STOP or {DEFAULT_IDLE_STOP:g})",
     )
     warm.add_argument("--json", action="store_true", help="print the state as JSON")
     warm.set_defaults(run=run_warm)
@@ -57,7 +58,10 @@ def run_warm(args: argparse.Namespace, secrets: list[str]) -> int:
     service = args.service or DEFAULT_WARM_SERVICE
     oscar = OscarCluster(cluster.endpoint, **cluster.credentials(),
                          verify_ssl=cluster.verify_ssl)
-    control = WarmControl(oscar, service, idle_stop=args.idle_stop)
+    idle_stop = args.idle_stop if args.idle_stop is not None else settings.warm_idle_stop
+    if not idle_stop > 0:
+        raise UsageError("--idle-stop must be a number of seconds above 0")
+    control = WarmControl(oscar, service, idle_stop=idle_stop)
 
     async def act() -> WarmState:
         if args.action == "start":

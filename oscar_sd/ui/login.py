@@ -98,7 +98,6 @@ class ClusterLogin:
                 keep_password=False,
                 service=settings.service,
                 spill_after=settings.spill_after,
-                idle_stop=settings.warm_idle_stop,
                 verify_ssl=settings.verify_ssl,
                 timeout=settings.timeout,
                 quota_timeout=settings.quota_timeout,
