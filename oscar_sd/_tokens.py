@@ -85,6 +85,33 @@ class OidcToken:
     def __repr__(self) -> str:  # never the tokens themselves
         return f"OidcToken(expires_at={self.expires_at}, refreshable={self.refreshable})"
 
+    def renewal(self) -> dict[str, Any]:
+        """What it takes to renew this sign-in later, in another process: for the web
+        app's sealed (encrypted, signed) cookie only; never log or show it. The client
+        secret is not in it (the app has it in its settings)."""
+        return {
+            "access_token": self._access_token,
+            "refresh_token": self._refresh_token,
+            "expires_at": self.expires_at,
+            "token_endpoint": self.token_endpoint,
+            "client_id": self.client_id,
+        }
+
+    @classmethod
+    def from_renewal(
+        cls, renewal: dict[str, Any], *, client_secret: str | None, verify_ssl: bool = True
+    ) -> OidcToken:
+        """The token again from :meth:`renewal` (renewed on first use if it is due)."""
+        return cls(
+            str(renewal.get("access_token") or ""),
+            refresh_token=renewal.get("refresh_token"),
+            expires_at=renewal.get("expires_at"),
+            token_endpoint=renewal.get("token_endpoint"),
+            client_id=renewal.get("client_id"),
+            client_secret=client_secret,
+            verify_ssl=verify_ssl,
+        )
+
     @property
     def refreshable(self) -> bool:
         return bool(self._refresh_token)

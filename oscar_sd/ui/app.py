@@ -43,6 +43,7 @@ from .budget import MB, ResultsBudget
 from .downloads import download_route
 from .handlers import Handlers
 from .http import FileGuard, PageMeta, health_route
+from .lasting import LastingSignIns, RestoreSignIn
 from .login import ClusterLogin, LocalLogin, local_history
 from .oidc import OidcSignIn
 from .page import CSS, build_page
@@ -116,6 +117,11 @@ class WebApp:
             )
         else:
             self.login = None
+        self.sealer = Sealer(app_secret(
+            settings.secret_key.get_secret_value(), local=self.local,
+            data_folder=settings.data_folder(),
+        ))
+        self.shares = Shares(self.sealer, settings.data_folder(), settings.share_days * DAY)
         self.signin: SignIn | None = None
         if self.login is not None:
             cluster_login = self.login if isinstance(self.login, ClusterLogin) else None
@@ -126,12 +132,12 @@ class WebApp:
                 password_login=self.login if settings.password_login else None,
                 oidc=oidc,
                 oidc_with_token=cluster_login.with_oidc if cluster_login else None,
+                lasting=LastingSignIns(
+                    self.sealer,
+                    client_secret=settings.oidc_client_secret.get_secret_value() or None,
+                    verify_ssl=settings.verify_ssl,
+                ) if oidc is not None else None,
             )
-        self.sealer = Sealer(app_secret(
-            settings.secret_key.get_secret_value(), local=self.local,
-            data_folder=settings.data_folder(),
-        ))
-        self.shares = Shares(self.sealer, settings.data_folder(), settings.share_days * DAY)
         self.handlers = Handlers(
             self.sessions,
             self._shared if self.login is None else None,
@@ -213,6 +219,8 @@ class WebApp:
         ]
         if self.signin is not None:
             middleware.append(Middleware(LoginRedirect, signin=self.signin))
+            # Outermost: a sealed sign-in is back before anything asks who it is.
+            middleware.insert(0, Middleware(RestoreSignIn, signin=self.signin))
         return middleware
 
     def close(self) -> None:

@@ -31,6 +31,7 @@ from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Re
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from .lasting import LastingSignIns
 from .login import LoginRefused
 from .login_page import render_login_page
 from .oidc import OidcSignIn, SignInFailed
@@ -60,6 +61,7 @@ class SignIn:
         oidc: OidcSignIn | None,
         oidc_with_token: Callable[..., Awaitable[UserSession]] | None = None,
         oidc_label: str = "Sign in with EGI Check-in",
+        lasting: LastingSignIns | None = None,
     ) -> None:
         self.sessions = sessions
         self.base = root_path.rstrip("/")
@@ -69,6 +71,17 @@ class SignIn:
         self.oidc_with_token = oidc_with_token
         self.oidc_label = oidc_label
         self._tickets: dict[str, str] = {}  # cookie value -> session key
+        #: Seals OIDC sign-ins into the cookie, so they outlive the process (lasting.py).
+        self.lasting = lasting
+        self.cookie_name = COOKIE
+
+    def known_ticket(self, ticket: str) -> str | None:
+        """The session key this process gave ``ticket``, if any."""
+        return self._tickets.get(ticket)
+
+    def adopt(self, ticket: str, session: UserSession) -> None:
+        """``ticket`` (a sealed sign-in brought back) now names ``session``."""
+        self._tickets[ticket] = session.key
 
     # -- who is it ------------------------------------------------------------------
 
@@ -180,6 +193,10 @@ class SignIn:
         """End this login's session (its backend and images) and nobody else's."""
         ticket = request.cookies.get(COOKIE, "")
         key = self._tickets.pop(ticket, None)
+        for other in [t for t, k in self._tickets.items() if k == key]:
+            del self._tickets[other]  # its earlier (rotated) cookies
+        if self.lasting is not None:
+            self.lasting.revoke(ticket, key)
         if key is not None:
             await self.sessions.close(key, "logout")
         response = RedirectResponse(f"{self.base}/login", status_code=302)
@@ -189,8 +206,12 @@ class SignIn:
     # -- helpers ----------------------------------------------------------------------
 
     def _start(self, request: Request, response: Response, session: UserSession) -> None:
-        ticket = secrets.token_urlsafe(32)
+        sealed = self.lasting.ticket_for(session) if self.lasting is not None else None
+        ticket = sealed or secrets.token_urlsafe(32)
         self._tickets[ticket] = session.key
+        self.set_cookie(request, response, ticket)
+
+    def set_cookie(self, request: HTTPConnection, response: Response, ticket: str) -> None:
         response.set_cookie(
             COOKIE, ticket, httponly=True, samesite="lax", path=self.base or "/",
             secure=request.url.scheme == "https"

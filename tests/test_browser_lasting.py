@@ -1,0 +1,64 @@
+"""OIDC sign-ins outlive the app process (Chromium, two app processes' worth of WebApps):
+a person signed in keeps working when the app restarts, and when their next visit
+lands on another replica, both holding the same OSCAR_SD_SECRET_KEY. The cookie
+holds the sealed sign-in; it never holds a password, and no page shows it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from urllib.parse import urlsplit
+
+from playwright.sync_api import Browser, expect
+
+from oscar_sd import Settings
+from oscar_sd.ui import WebApp, build_app
+from tests.double import ClusterDouble, OidcProviderDouble
+from tests.test_browser import browser, make_six_images, pytestmark  # noqa: F401
+from tests.test_browser_signin import CLIENT_ID, sign_in_with_the_provider
+from tests.ui_fixtures import cluster_settings, free_port
+
+SECRET = "the replicas' shared secret, from a Kubernetes Secret"
+
+
+@contextmanager
+def serving(settings: Settings, port: int) -> Iterator[WebApp]:
+    app = build_app(settings)
+    app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True)
+    try:
+        yield app
+    finally:
+        app.close()
+
+
+def test_an_oidc_sign_in_survives_a_restart_and_reaches_another_replica(
+    browser: Browser, oidc_cluster: ClusterDouble, oidc_provider: OidcProviderDouble  # noqa: F811
+) -> None:
+    settings = cluster_settings(
+        oidc_cluster.oscar_endpoint, oidc_issuer=oidc_provider.issuer,
+        oidc_client_id=CLIENT_ID, oidc_client_secret="browser-tests-secret",
+        secret_key=SECRET)
+    one, two = free_port(), free_port()
+    page = browser.new_page()
+    try:
+        with serving(settings, one) as app:
+            assert app.url is not None
+            sign_in_with_the_provider(page, app.url, "erin@egi.eu")
+            make_six_images(page, "before the restart")
+            (cookie,) = [c for c in page.context.cookies() if c["name"] == "oscar-sd-session"]
+            assert "refresh" not in cookie["value"] and cookie["httpOnly"]
+        with serving(settings, one) as app:  # the same replica, restarted
+            page.reload()
+            make_six_images(page, "after the restart")
+            assert [s.account for s in app.sessions.of_account("erin@egi.eu")] == ["erin@egi.eu"]
+            # Its history came along: the bucket is erin's, not the app's.
+            expect(page.locator("#history img")).to_have_count(2)
+            # The next visit lands on the other replica (cookies do not care for ports).
+            with serving(settings, two) as other:
+                assert other.url is not None and urlsplit(other.url).port == two
+                page.goto(other.url)
+                make_six_images(page, "on the other replica")
+                expect(page.locator("#history img")).to_have_count(3)
+                assert len(other.sessions.of_account("erin@egi.eu")) == 1
+    finally:
+        page.close()
