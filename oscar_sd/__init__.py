@@ -30,6 +30,7 @@ if TYPE_CHECKING:
         deploy_service,
         service_status,
     )
+    from ._doctor import Check, DoctorReport, doctor
     from ._errors import (
         AuthenticationError,
         ClusterRequestError,
@@ -70,6 +71,9 @@ _HOMES = {
     "ServiceStatus": "._deploy",
     "deploy_service": "._deploy",
     "service_status": "._deploy",
+    "Check": "._doctor",
+    "DoctorReport": "._doctor",
+    "doctor": "._doctor",
     "AuthenticationError": "._errors",
     "ClusterRequestError": "._errors",
     "ClusterUnreachableError": "._errors",
@@ -103,11 +107,13 @@ __all__ = [
     "AuthenticationError",
     "Backend",
     "Backoff",
+    "Check",
     "ClusterRequestError",
     "ClusterUnreachableError",
     "DeployError",
     "DeployRefused",
     "DeployedService",
+    "DoctorReport",
     "FDLError",
     "GenerationRequest",
     "GenerationResult",
@@ -135,6 +141,7 @@ __all__ = [
     "connect_backend",
     "connect_pair",
     "deploy_service",
+    "doctor",
     "service_status",
 ]
 

@@ -116,6 +116,11 @@ class MinioStorage:
             http_client=listen_pool,
         )
 
+    @property
+    def client(self) -> Minio:
+        """The minio-py client of the ordinary calls (for probes that need its own calls)."""
+        return self._client
+
     def check_bucket(self, bucket: str) -> bool:
         return self._client.bucket_exists(bucket)
 

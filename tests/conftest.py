@@ -63,3 +63,14 @@ def cluster() -> Iterator[ClusterDouble]:
 def oidc_cluster(oidc_provider: OidcProviderDouble) -> Iterator[ClusterDouble]:
     """The same, with OIDC users signing in at ``oidc_provider`` (``double.sign_in(sub)``)."""
     yield from _started(ClusterDouble(admin=ADMIN, oidc=oidc_provider))
+
+
+@pytest.fixture
+def versioned(request: pytest.FixtureRequest,
+              oidc_provider: OidcProviderDouble) -> Iterator[ClusterDouble]:
+    """A started double of the OSCAR release given as the fixture's param (default the
+    newest), with OIDC, and no service: ``@pytest.mark.parametrize("versioned",
+    ["3.6.5", "4.0.0", "4.1.2"], indirect=True)``."""
+    version = getattr(request, "param", "4.1.2")
+    with ClusterDouble(admin=ADMIN, oidc=oidc_provider, oscar_version=version) as double:
+        yield double

@@ -9,14 +9,13 @@ that asks more than the caller's Kueue quota is warned about.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from oscar_sd import DeployRefused, deploy_service
 from oscar_sd._settings import Settings
-from tests.double import ClusterDouble, OidcProviderDouble
+from tests.double import ClusterDouble
 
 pytestmark = pytest.mark.anyio
 
@@ -29,11 +28,9 @@ VERSIONS = ["3.6.5", "4.0.0", "4.1.2"]
 
 
 @pytest.fixture
-def double(request: pytest.FixtureRequest,
-           oidc_provider: OidcProviderDouble) -> Iterator[ClusterDouble]:
-    with ClusterDouble(admin=ADMIN, oidc=oidc_provider,
-                       oscar_version=getattr(request, "param", "4.1.2")) as started:
-        yield started
+def double(versioned: ClusterDouble) -> ClusterDouble:
+    """The double of the release given (conftest.py ``versioned``)."""
+    return versioned
 
 
 async def _deploy(double: ClusterDouble, fdl: Path, token: str | None = None,
@@ -46,7 +43,7 @@ async def _deploy(double: ClusterDouble, fdl: Path, token: str | None = None,
     return deployed, said
 
 
-@pytest.mark.parametrize("double", VERSIONS, indirect=True)
+@pytest.mark.parametrize("versioned", VERSIONS, indirect=True)
 async def test_the_warm_service_and_the_app_deploy_on_each_release(
         double: ClusterDouble) -> None:
     token = double.sign_in("alice")["access_token"]
@@ -61,7 +58,7 @@ async def test_the_warm_service_and_the_app_deploy_on_each_release(
     assert any(f"OSCAR v{double.oscar_version}" in line for line in said)
 
 
-@pytest.mark.parametrize("double", ["3.6.5", "4.1.2"], indirect=True)
+@pytest.mark.parametrize("versioned", ["3.6.5", "4.1.2"], indirect=True)
 async def test_the_apps_root_path_works_without_oscar_service_base_path(
         double: ClusterDouble, monkeypatch: pytest.MonkeyPatch) -> None:
     await _deploy(double, APP_FDL, token=double.sign_in("alice")["access_token"])
@@ -120,7 +117,7 @@ async def test_an_unknown_visibility_is_refused_before_anything_is_sent(
     assert double.oscar_requests["POST /system/services"] == 0
 
 
-@pytest.mark.parametrize("double", ["4.0.0", "4.1.2"], indirect=True)
+@pytest.mark.parametrize("versioned", ["4.0.0", "4.1.2"], indirect=True)
 async def test_deploy_warns_when_the_service_asks_more_than_the_quota(
         double: ClusterDouble) -> None:
     deployed, said = await _deploy(double, JOB_FDL, token=double.sign_in("alice")["access_token"])
@@ -134,7 +131,7 @@ async def test_deploy_warns_when_the_service_asks_more_than_the_quota(
     assert not [w for w in deployed.warnings if "quota" in w]  # type: ignore[attr-defined]
 
 
-@pytest.mark.parametrize("double", ["3.6.5"], indirect=True)
+@pytest.mark.parametrize("versioned", ["3.6.5"], indirect=True)
 async def test_no_quota_call_where_the_release_has_no_quotas_api(double: ClusterDouble) -> None:
     await _deploy(double, JOB_FDL, token=double.sign_in("alice")["access_token"])
     assert double.oscar_requests["GET /system/quotas/user"] == 0

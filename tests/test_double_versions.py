@@ -6,14 +6,12 @@ Each behaviour here is one the double names its upstream file for
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import requests
 from minio import Minio
 from minio.error import S3Error
 
-from tests.double import ClusterDouble, OidcProviderDouble
+from tests.double import ClusterDouble
 
 ADMIN = ("oscar", "oscar-pw")
 VERSIONS = ["3.6.5", "4.0.0", "4.1.2"]
@@ -26,15 +24,14 @@ def _service(name: str, api_port: object, **extra: object) -> dict[str, object]:
 
 
 @pytest.fixture
-def double(request: pytest.FixtureRequest,
-           oidc_provider: OidcProviderDouble) -> Iterator[ClusterDouble]:
-    version = getattr(request, "param", "4.1.2")
-    with ClusterDouble(admin=ADMIN, oidc=oidc_provider, oscar_version=version,
-                       oidc_groups=["vo.example.eu"], gpus=2) as started:
-        yield started
+def double(versioned: ClusterDouble) -> ClusterDouble:
+    """The double of the release given (conftest.py ``versioned``), with a group and GPUs."""
+    versioned.oidc_groups = ("vo.example.eu",)
+    versioned.gpus = 2
+    return versioned
 
 
-@pytest.mark.parametrize("double", VERSIONS, indirect=True)
+@pytest.mark.parametrize("versioned", VERSIONS, indirect=["versioned"])
 def test_system_info_answers_the_version_played(double: ClusterDouble) -> None:
     info = requests.get(f"{double.oscar_endpoint}/system/info", auth=ADMIN, timeout=10).json()
     assert info["version"] == f"v{double.oscar_version}"
@@ -47,9 +44,9 @@ def test_the_newest_release_is_the_default_and_unknown_ones_are_refused() -> Non
         ClusterDouble(oscar_version="3.5.0")
 
 
-@pytest.mark.parametrize(("double", "right", "wrong"), [
+@pytest.mark.parametrize(("versioned", "right", "wrong"), [
     ("3.6.5", 8080, [8080]), ("4.0.0", 8080, [8080]), ("4.1.2", [8080], 8080),
-], indirect=["double"])
+], indirect=["versioned"])
 def test_the_api_port_shape_of_another_release_is_a_400(
         double: ClusterDouble, right: object, wrong: object) -> None:
     url = f"{double.oscar_endpoint}/system/services"
@@ -69,10 +66,10 @@ def test_v4_1_refuses_oscar_clis_node_port_zero(double: ClusterDouble) -> None:
     assert answer.status_code == 400 and "nodePort" in answer.text
 
 
-@pytest.mark.parametrize(("double", "base_path"), [
+@pytest.mark.parametrize(("versioned", "base_path"), [
     ("3.6.5", None), ("4.0.0", "/system/services/app/exposed"),
     ("4.1.2", "/system/services/app/exposed"),
-], indirect=["double"])
+], indirect=["versioned"])
 def test_oscar_service_base_path_only_since_v4_0(double: ClusterDouble,
                                                  base_path: str | None) -> None:
     port = [7000] if double.oscar_version == "4.1.2" else 7000
@@ -91,7 +88,7 @@ def test_config_lists_the_groups_and_status_the_gpus(double: ClusterDouble) -> N
     assert status.json()["cluster"]["metrics"]["gpu"]["total_gpu"] == 2
 
 
-@pytest.mark.parametrize("double", ["3.6.5", "4.1.2"], indirect=True)
+@pytest.mark.parametrize("versioned", ["3.6.5", "4.1.2"], indirect=["versioned"])
 def test_the_quotas_api_exists_since_v4_with_kueues_defaults(double: ClusterDouble) -> None:
     token = double.sign_in("alice")["access_token"]
     bearer = {"Authorization": f"Bearer {token}"}

@@ -4,6 +4,7 @@
     oscar-sd generate "a red fox" -n 6   images on the cluster, or in-process without one
     oscar-sd deploy                      create or update the service from its FDL
     oscar-sd status                      the service and its recent jobs
+    oscar-sd doctor                      the operator's checklist: can people use it?
 
 The cluster is ``--endpoint`` or the ``oscar_endpoint`` variable. The account
 is ``--user`` / ``OSCAR_SD_USER`` with the password from ``OSCAR_SD_PASSWORD``

@@ -11,6 +11,7 @@ from .._deploy import (
 from .._deploy_prepare import VISIBILITIES
 from ._commands import run_deploy, run_generate, run_serve, run_status
 from ._common import DEFAULT_FDL, EXIT_CODES_HELP
+from ._doctor import run_doctor
 from ._warm import add_warm_parser
 
 
@@ -129,6 +130,22 @@ def build_parser() -> argparse.ArgumentParser:
         "secrets (the warm one) gets MinIO's root keys, which reach every bucket",
     )
     deploy.set_defaults(run=run_deploy)
+
+    check = commands.add_parser(
+        "doctor", parents=[cluster, account, output],
+        help="check that people can use the service (the operator's checklist)",
+        epilog="exit codes: 0 people can use it, 2 usage or credentials, 3 a check failed",
+        description="Check, as this identity, everything people need: the cluster answers, "
+        "its version and the FDL shape it takes, sign-in, the service and its buckets, "
+        "notifications, conditional PUTs, the quota, GPUs, a warm service's health, and "
+        "one test request end to end. Each line is ✔ or ✘ with the fix.",
+    )
+    check.add_argument("--json", action="store_true", help="print JSON instead of text")
+    check.add_argument("--no-request", action="store_true",
+                       help="do not send the test request")
+    check.add_argument("--request-timeout", type=float, default=300.0, metavar="SECONDS",
+                       help="how long the test request may take (default 300)")
+    check.set_defaults(run=run_doctor)
 
     status = commands.add_parser(
         "status", parents=[cluster, account, output], help="show the service and its recent jobs",
