@@ -12,18 +12,29 @@ import json
 import logging
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 
 import anyio
 import pytest
+import yaml
 from minio import Minio
 from minio.error import S3Error
 
 from oscar_sd import GenerationRequest
 from oscar_sd._claim_probe import PROBE_FOLDER, probe_conditional_put
-from oscar_sd.service.errors import ConfigurationError
+from oscar_sd.service.errors import EXIT_ENVIRONMENT, ConfigurationError
 from oscar_sd.service.warm import WarmWorker
+from oscar_sd.service.warm_config import WarmSettings
 from tests.double import ClusterDouble
-from tests.warm_fixtures import WARM, ThreadReplica, connect_warm, warm_cluster, warm_settings
+from tests.warm_fixtures import (
+    WARM,
+    ThreadReplica,
+    connect_warm,
+    start_replica_process,
+    warm_cluster,
+    warm_environment,
+    warm_settings,
+)
 
 OLD = "RELEASE.2024-04-28T17-53-50Z"  # before * was honoured
 BROKEN = "RELEASE.2025-09-06T17-38-46Z"  # conditional PUT of a missing key refused
@@ -120,3 +131,33 @@ def test_on_a_good_release_health_says_claims_are_exclusive(double: ClusterDoubl
     with ThreadReplica(warm_settings(double, "normal", replicas=3)) as replica:
         assert str(health(replica)["claims"]).startswith("exclusive")
         assert replica.worker.store.conditional
+
+
+def test_the_replica_count_comes_from_the_definitions_max_scale(
+    double: ClusterDouble, monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+) -> None:
+    config = tmp_path / "function_config.yaml"
+    for name, value in warm_environment(double, OSCAR_SD_FUNCTION_CONFIG=str(config)).items():
+        monkeypatch.setenv(name, value)
+    config.write_text(yaml.safe_dump({"name": WARM, "expose": {"min_scale": 1, "max_scale": 2}}))
+    assert WarmSettings.from_environment().replicas == 2
+    config.write_text(yaml.safe_dump({"name": WARM, "expose": {"api_port": 8080}}))
+    assert WarmSettings.from_environment().replicas == 10  # OSCAR's default max_scale
+    monkeypatch.setenv("OSCAR_SD_REPLICAS", "1")
+    assert WarmSettings.from_environment().replicas == 1
+    monkeypatch.delenv("OSCAR_SD_REPLICAS")
+    config.unlink()
+    assert WarmSettings.from_environment().replicas == 1  # not an exposed service
+
+
+def test_a_replica_process_that_may_not_claim_alone_exits_saying_why(
+    double: ClusterDouble, tmp_path: Path,
+) -> None:
+    double.minio_release = OLD
+    config = tmp_path / "function_config.yaml"
+    config.write_text(yaml.safe_dump({"name": WARM, "expose": {"max_scale": 2}}))
+    process = start_replica_process(double, OSCAR_SD_FUNCTION_CONFIG=str(config))
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode == EXIT_ENVIRONMENT, output
+    assert "Claims cannot be exclusive" in output and "up to 2 replicas" in output
+    assert double.minio_secret_key not in output

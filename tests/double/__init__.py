@@ -13,11 +13,13 @@
 Files, one idea each:
 - ``cluster.py``: :class:`ClusterDouble`, the switches and helpers tests use;
 - ``s3.py``: moto's S3 behind a front that checks access keys, serves listen, fires events;
+- ``conditional.py``: conditional PUT as each MinIO release answers it (``minio_release``);
 - ``listen.py``: open listen streams and the fan-out of events to them;
 - ``events.py``: MinIO's event record shape, key escaping, event-name wildcards;
 - ``oscar.py``: the OSCAR REST subset (Flask): one admin account, OIDC users;
 - ``oidc.py``: an OIDC provider on loopback (``oidc-provider-mock``);
 - ``jobs.py``: uploads become jobs run the faas-supervisor way; ``ScriptHandler``;
+- ``kueue.py``: per-owner quotas that hold users' jobs ``Suspended`` until admitted;
 - ``services.py``: ready-made handlers (``fake_generator``, ``upstream_example``, ...);
 - ``server.py``: a threaded werkzeug server on a random loopback port.
 """
