@@ -62,6 +62,11 @@ logger = logging.getLogger("oscar_sd.local")
 AUTO_MODEL = "auto"
 TURBO_MODEL = "stabilityai/sd-turbo"  # the service's default model
 TINY_MODEL = "tiny"
+#: How a person gets real pictures where "auto" found no model (page, log and README).
+REAL_PICTURES = (
+    f"For real pictures, start the app where it can download {TURBO_MODEL} once (a few "
+    "GB; then it is cached), or set OSCAR_SD_MODEL to a model folder on this computer."
+)
 #: How long "auto" waits for the Hugging Face hub before settling for "tiny".
 HUB_CHECK_SECONDS = 3.0
 
@@ -127,7 +132,9 @@ class LocalSD:
         if self._model is None:
             return f"{where}, model chosen on first use ({TURBO_MODEL} if available, else tiny)"
         if self._model == TINY_MODEL:
-            return f"{where}, model tiny (random weights: makes noise, not pictures)"
+            return f"{where}, model tiny (random weights: makes noise, not pictures). " + (
+                REAL_PICTURES
+            )
         return f"{where}, model {self._label or self._model}"
 
     async def __aenter__(self) -> LocalSD:
@@ -367,8 +374,8 @@ async def _choose_auto_model() -> str:
     if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
         logger.warning(
             "Model auto: tiny (%s is not cached and HF_HUB_OFFLINE is set); "
-            "images will be noise, not pictures",
-            TURBO_MODEL,
+            "images will be noise, not pictures. %s",
+            TURBO_MODEL, REAL_PICTURES,
         )
         return TINY_MODEL
     reason = f"the Hugging Face hub did not answer within {HUB_CHECK_SECONDS:.0f} s"
@@ -386,5 +393,6 @@ async def _choose_auto_model() -> str:
                 "Model auto: %s (the hub answered; it is downloaded on first use)", TURBO_MODEL
             )
             return TURBO_MODEL
-    logger.warning("Model auto: tiny (%s); images will be noise, not pictures", reason)
+    logger.warning("Model auto: tiny (%s); images will be noise, not pictures. %s",
+                   reason, REAL_PICTURES)
     return TINY_MODEL

@@ -100,6 +100,8 @@ def test_log_in_type_a_prompt_see_six_images(browser: Browser, cluster: ClusterD
     with running_app(cluster_settings(cluster.oscar_endpoint)) as app:
         with signed_in_page(browser, app, (1000, 620)) as page:
             expect(page.locator("#backend-line")).to_contain_text("OSCAR service")
+            # The page says who is signed in.
+            expect(page.locator("#backend-line")).to_contain_text(f"Signed in as {ADMIN[0]}")
             make_six_images(page, "a lighthouse at dusk, oil painting")
             # The images are served as the PNG files the service made.
             first = page.locator("#results img").first.get_attribute("src") or ""
@@ -154,9 +156,27 @@ def test_a_phone_sees_the_results_above_the_fold(
         try:
             assert app.url is not None
             log_in(page, app.url)
+            # The open Advanced panel puts the results below the fold: tapping the
+            # button scrolls to the progress, and to the images once they are there.
+            page.get_by_text("Advanced", exact=True).click()
+            assert page.locator("#results").bounding_box()["y"] > 844  # type: ignore[index]
             make_six_images(page, "a small boat")
+            page.wait_for_function(
+                "() => { const top = document.querySelector('#results')"
+                ".getBoundingClientRect().top; return window.scrollY > 0 && top > -40 "
+                "&& top < 844 / 2; }")
             first = page.locator("#results img").first.bounding_box()
-            assert first is not None and first["y"] < 844, "the first image is on screen"
+            assert first is not None and 0 <= first["y"] < 844 / 2, "the first image is on screen"
+            # The action buttons keep their words on one line, inside the screen.
+            for action in ("#use-seed", "#copy", "#download-all a"):
+                box = page.locator(action).bounding_box()
+                assert box is not None and box["height"] < 40 and box["x"] + box["width"] <= 390, (
+                    action, box)
+            # The parameters box shows all of its text (it grows; nothing is cut off).
+            page.locator("#parameters textarea").wait_for()
+            clipped = page.locator("#parameters textarea").evaluate(
+                "box => box.scrollHeight - box.clientHeight")
+            assert clipped <= 2, clipped
         finally:
             page.close()
 

@@ -71,13 +71,75 @@ def test_the_stage_is_written_while_a_cluster_job_waits(
         expect(page.locator("#results img")).to_have_count(6, timeout=30_000)
 
 
+#: Keeps every text Gradio's screen-reader status is given (it clears it again soon).
+RECORD_ANNOUNCEMENTS = """() => {
+  window.announced = [];
+  new MutationObserver(() => {
+    for (const status of document.querySelectorAll('.sr-only[role="status"]')) {
+      if (status.textContent) window.announced.push(status.textContent);
+    }
+  }).observe(document.body, {subtree: true, childList: true, characterData: true});
+}"""
+
+
+def test_the_buttons_the_keys_and_the_announcer_follow_the_run(
+    browser: Browser, slow_app: WebApp  # noqa: F811
+) -> None:
+    with signed_in_page(browser, slow_app, (1100, 900)) as page:
+        generate, cancel = page.locator("#generate"), page.locator("#cancel")
+        expect(cancel).to_be_disabled()
+        # The primary button's keyboard focus is a clear ring.
+        prompt = page.get_by_label("Prompt", exact=True)
+        prompt.focus()
+        for _ in range(3):
+            page.keyboard.press("Tab")
+            if page.evaluate("document.activeElement.id") == "generate":
+                break
+        ring = generate.evaluate("b => [getComputedStyle(b).outlineStyle, "
+                                 "getComputedStyle(b).outlineWidth]")
+        assert ring == ["solid", "3px"], ring
+        page.evaluate(RECORD_ANNOUNCEMENTS)
+
+        # Ctrl+Enter makes the images from any field; while they are made the button is
+        # disabled (a second click is not silently dropped) and Cancel is on.
+        prompt.fill("a lighthouse, by keyboard")
+        advanced(page)
+        fill(page, "Negative prompt", "fog")
+        page.get_by_label("Negative prompt").press("Control+Enter")
+        expect(page.locator("#results")).to_contain_text("Waiting for a GPU", timeout=10_000)
+        expect(generate).to_be_disabled()
+        expect(cancel).to_be_enabled()
+        # Escape cancels.
+        page.keyboard.press("Escape")
+        expect(page.locator("#status")).to_have_text("Cancelled")
+        expect(generate).to_be_enabled()
+        (session,) = slow_app.sessions.of_account(ADMIN[0])
+        wait_until(lambda: not session.busy, what="the server ended the cancelled run")
+
+        # Enter in Steps makes them too; once they are there, Cancel is off again.
+        fill(page, "Steps", "2")
+        page.get_by_label("Steps").press("Enter")
+        expect(page.locator("#results img")).to_have_count(6, timeout=30_000)
+        expect(cancel).to_be_disabled()
+        expect(generate).to_be_enabled()
+        page.wait_for_function("window.announced.includes('Done')", timeout=5_000)
+        announced = sorted(set(page.evaluate("window.announced")))
+        assert not [said for said in announced if "common." in said], announced
+
+
 def test_the_status_line_shows_the_last_error_with_the_fields_name(
     browser: Browser, cluster: ClusterDouble  # noqa: F811
 ) -> None:
     with running_app(cluster_settings(cluster.oscar_endpoint)) as app:
         with signed_in_page(browser, app, (1100, 900)) as page:
             advanced(page)
+            # A typed seed is the seed used: typing it unticks "Randomize seed" (A1111).
+            randomize = page.get_by_label("Randomize seed")
+            expect(randomize).to_be_checked()
+            page.get_by_label("Seed", exact=True).press_sequentially("42")
+            expect(randomize).not_to_be_checked()
             make_six_images(page, "a red fox")
+            expect(page.get_by_label("Seed used")).to_have_value("42")
             steps = page.get_by_label("Steps")
             steps.fill("200")
             expect(steps).to_have_value("200")
@@ -85,11 +147,24 @@ def test_the_status_line_shows_the_last_error_with_the_fields_name(
             status = page.locator("#status")
             expect(status).to_contain_text("Steps must be between 1 and 150")
             expect(status).not_to_contain_text("6 images")
+            # The last run's images and seed are not left beside the error.
+            expect(page.locator("#results img")).to_have_count(0)
+            expect(page.get_by_label("Seed used")).to_be_hidden()
+            expect(page.locator("#image-actions")).to_be_hidden()
 
             page.get_by_label("Steps").fill("")
             cluster.fail_next_job("CUDA out of memory")
             page.get_by_role("button", name="From Text to Image").click()
             expect(status).to_contain_text("ask for fewer or smaller images")
+            # Errors are said on the status line: no toasts pile up over the gallery.
+            expect(page.locator(".toast-body")).to_have_count(0)
+
+            # The prompt's counter says the limit as one types, in the server's format.
+            page.get_by_label("Prompt", exact=True).fill("x" * 2001)
+            expect(page.locator("#prompt-count")).to_have_text(
+                "2,001 / 2,000 characters: 1 too many")
+            page.get_by_role("button", name="From Text to Image").click()
+            expect(status).to_contain_text("Prompt is 2,001 characters long; the limit is 2,000")
 
 
 def test_a_refused_prompt_is_not_told_to_try_again(
@@ -129,14 +204,22 @@ def test_the_advanced_panel_shows_hints_and_the_page_its_own_name(
                 field = page.get_by_label(label, exact=True)
                 expect(field).to_have_value("")
                 assert hint in (field.get_attribute("placeholder") or "")
-            expect(page.get_by_label("Seed used")).to_have_value("")
+            # Nothing to act on yet: no empty "Seed used" box, no active-looking Cancel.
+            expect(page.get_by_label("Seed used")).to_be_hidden()
+            expect(page.locator("#cancel")).to_be_disabled()
             # No empty history box before the first run.
             expect(page.get_by_text("History (this login)")).to_be_hidden()
-            # An example fills the prompt.
+            # An example fills the prompt, and its counter follows.
             page.locator("#examples").get_by_text("a red fox in fresh snow").click()
             expect(page.get_by_label("Prompt", exact=True)).to_have_value(
                 "a red fox in fresh snow, morning light, photograph"
             )
+            expect(page.locator("#prompt-count")).to_have_text("50 / 2,000")
+            # Gradio's Settings say nothing meant for Gradio's developers.
+            page.get_by_text("Settings", exact=True).click()
+            expect(page.get_by_text("Progressive Web App", exact=True)).to_be_visible()
+            expect(page.get_by_text("launch(pwa=True)")).to_have_count(0)
+            expect(page.get_by_text("Screen Studio allows you")).to_be_hidden()
         finally:
             page.close()
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -265,23 +266,27 @@ async def test_a_model_that_cannot_load_fails_the_request(results: Path) -> None
 async def test_description_names_the_model(results: Path) -> None:
     tiny = LocalSD(model="tiny", results_dir=results)
     assert tiny.model == "tiny"
-    assert tiny.description == (
-        "this computer (in-process), model tiny (random weights: makes noise, not pictures)"
+    assert tiny.description.startswith(
+        "this computer (in-process), model tiny (random weights: makes noise, not pictures)."
     )
     assert LocalSD(model="org/some-model").description.endswith("model org/some-model")
 
 
 @pytest.mark.anyio
 async def test_auto_falls_back_to_tiny_offline(
-    results: Path, monkeypatch: pytest.MonkeyPatch
+    results: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(local_module, "TURBO_MODEL", "oscar-sd-tests/not-cached-anywhere")
     sd = LocalSD(results_dir=results, device="cpu")
     assert sd.model == "auto" and "chosen on first use" in sd.description
-    await sd.load()
+    with caplog.at_level(logging.WARNING, logger="oscar_sd.local"):
+        await sd.load()
     assert sd.model == "tiny"
     assert "noise, not pictures" in sd.description
+    # Said with what to do about it, on the page and in the log.
+    for said in (sd.description, caplog.text):
+        assert "For real pictures" in said and "OSCAR_SD_MODEL" in said, said
 
 
 @pytest.mark.anyio

@@ -10,6 +10,7 @@ import logging
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from urllib.parse import quote
 
 import httpx
@@ -247,19 +248,31 @@ def test_timeout(cluster: ClusterDouble, tmp_path: Path) -> None:
             cluster.release_jobs()
 
 
-def test_service_missing(cluster: ClusterDouble, tmp_path: Path) -> None:
+def test_service_missing(
+    cluster: ClusterDouble, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     settings = cluster_settings(cluster.oscar_endpoint, service="no-such-service")
     with running_app(settings) as app:
-        # The credentials are good, so the login works; the page says what is wrong.
-        api = client(app, tmp_path, auth=ADMIN)
-        with pytest.raises(AppError, match=r"The cluster has no service named 'no-such-service'"):
+        # The credentials are good, so the login works; the page says what is wrong at
+        # once, in words a page user can act on; the operator's detail is in the log.
+        with caplog.at_level(logging.WARNING, logger="oscar_sd.ui"):
+            api = client(app, tmp_path, auth=ADMIN)
+        assert "no service named 'no-such-service'" in caplog.text
+        (session,) = app.sessions.of_account(ADMIN[0])
+        top_line = app._describe_backend(SimpleNamespace(username=session.key))  # type: ignore[arg-type]
+        assert "Signed in as" in top_line and "cannot make images yet" in top_line
+        with pytest.raises(AppError) as failure:
             generate(api, PROMPT)
+        said = str(failure.value)
+        assert "the person who runs this app" in said
+        assert "`" not in said and "oscar-sd deploy" not in said and "no-such-service" not in said
         # Once the service is deployed ...
         cluster.add_service("no-such-service", input_path="nss/in", output_path="nss/out",
                             handler=services.fake_generator)
         # The password was not kept, so the page asks to log in again; then it works.
-        with pytest.raises(AppError, match="log out and log in again"):
+        with pytest.raises(AppError, match="log out and log in again") as failure:
             generate(api, PROMPT)
+        assert "`" not in str(failure.value)
         api = client(app, tmp_path, auth=ADMIN)
         images, _, _ = generate(api, PROMPT, num_images=1)
         assert len(images) == 1

@@ -41,12 +41,13 @@ from .._settings import Settings
 from .._spill import SpillOver
 from .budget import MB, ResultsBudget
 from .downloads import download_route
-from .handlers import Handlers
+from .handlers import SERVICE_NOT_READY, Handlers
 from .http import FileGuard, PageMeta, health_route
 from .lasting import LastingSignIns, RestoreSignIn
 from .login import ClusterLogin, LocalLogin, local_history
 from .oidc import OidcSignIn
 from .page import CSS, build_page
+from .page_script import PAGE_SCRIPT, TRANSLATIONS
 from .sealed import Sealer, app_secret
 from .session_watch import SESSION_WATCH
 from .sessions import Sessions
@@ -191,6 +192,13 @@ class WebApp:
             # A page whose session ended goes to the sign-in page (session_watch.py).
             head=SESSION_WATCH if self.signin else None,
             theme=gr.themes.Soft(),
+            # The page's own keyboard, busy buttons and prompt counter (page_script.py),
+            # and words for the keys Gradio's screen-reader status lacks.
+            js=PAGE_SCRIPT,
+            i18n=gr.I18n(**TRANSLATIONS),
+            # Installable; and Gradio's Settings then tells people how, instead of
+            # telling developers to "start your Gradio app with launch(pwa=True)".
+            pwa=True,
             app_kwargs={
                 # Listed before Gradio's own routes, so /login and /logout are these.
                 "routes": [
@@ -268,15 +276,22 @@ class WebApp:
         return self.local_backend
 
     def _describe_backend(self, request: gr.Request) -> str:
+        """The line under the title, once per page load: who is signed in, and what
+        makes the images (or, when the service was not usable at sign-in, that)."""
         backend: Backend | None = None
+        signed_in = ""
         if request.username and (session := self.sessions.get(request.username)):
             backend = session.backend
+            if session.account:
+                signed_in = f"Signed in as **{_markdown_text(session.account)}** · "
+            if backend is None and session.backend_error is not None:
+                return f"{signed_in}⚠ {SERVICE_NOT_READY}"
         elif self.local:
             backend = self.local_backend
         if isinstance(backend, SpillOver):
             backend.page_opened()  # warm on demand: someone is there
         description = backend.description if backend else self._backend_summary()
-        return f"Images made by {html.escape(description)}"
+        return f"{signed_in}Images made by {_markdown_text(description)}"
 
     def _backend_summary(self) -> str:
         if self.local:
@@ -288,7 +303,7 @@ class WebApp:
         if self.login is None:
             return None
         if self.local:
-            return "Log in with an account of this app (OSCAR_SD_USERS)."
+            return "Log in with the user name and password you were given for this app."
         where = _public_url(self.settings.oscar_endpoint)
         if self.settings.oidc_enabled:
             return f"Sign in to make images on the OSCAR cluster at {where}."
@@ -296,6 +311,15 @@ class WebApp:
 
     def _health(self) -> dict[str, object]:
         return {"mode": "local" if self.local else "cluster", "sessions": len(self.sessions)}
+
+
+def _markdown_text(text: str) -> str:
+    """``text`` as plain words in the page's Markdown: HTML escaped, and the characters
+    Markdown reads as formatting too."""
+    escaped = html.escape(text)
+    for mark in "\\`*_[]":
+        escaped = escaped.replace(mark, "\\" + mark)
+    return escaped
 
 
 def _public_url(url: str) -> str:

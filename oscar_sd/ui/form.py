@@ -101,7 +101,7 @@ def build_request(
         # Anything but text fails the request's own check, which names the field.
         prompt=prompt or "",
         negative_prompt=negative_prompt or "",
-        seed=None if randomize_seed else _optional_int("seed", seed),
+        seed=None if randomize_seed else _seed(seed),
         # Empty (or 0, as earlier pages sent) means "the model's default", as the hint says.
         steps=_optional_int("steps", steps) or None,
         guidance_scale=_optional_number("guidance_scale", guidance_scale),
@@ -109,6 +109,12 @@ def build_request(
         height=height,
         num_images=_image_count(num_images),
     )
+
+
+def _seed(value: FieldValue) -> int | None:
+    """The typed seed; empty, or -1 as in AUTOMATIC1111, means a random one."""
+    seed = _optional_int("seed", value)
+    return None if seed == -1 else seed
 
 
 def _image_count(value: object) -> int:
@@ -158,7 +164,8 @@ class HistoryEntry:
 
     @property
     def caption(self) -> str:
-        prompt = self.prompt if len(self.prompt) <= 60 else self.prompt[:59] + "…"
+        prompt = without_bidi_controls(self.prompt)
+        prompt = prompt if len(prompt) <= 60 else prompt[:59] + "…"
         return f"{prompt} · seed {self.seed}"
 
     def form_values(self) -> tuple[Any, ...]:
@@ -173,6 +180,21 @@ class HistoryEntry:
             self.size,
             self.num_images,
         )
+
+
+#: Unicode's bidirectional formatting characters: embeddings, overrides (U+202E turns
+#: what follows right to left, seed and all), isolates and marks.
+BIDI_CONTROLS = frozenset(
+    "\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
+)
+
+
+def without_bidi_controls(text: str) -> str:
+    """``text`` as the page shows a prompt: each bidi control as a visible ``<U+202E>``,
+    so that none reorders what the page writes after it."""
+    if not BIDI_CONTROLS.intersection(text):
+        return text
+    return "".join(f"<U+{ord(c):04X}>" if c in BIDI_CONTROLS else c for c in text)
 
 
 #: The form's fields in the order the handlers take and give them.

@@ -22,9 +22,11 @@ from .._errors import (
     InvalidRequestError,
     JobFailedError,
     OscarSDError,
+    ServiceMisconfiguredError,
+    ServiceNotFoundError,
     SignInExpired,
 )
-from .._models import GenerationResult
+from .._models import GenerationResult, count_of
 from ..history import History
 from .downloads import DOWNLOADS, image_names
 from .form import (
@@ -36,6 +38,7 @@ from .form import (
     build_request,
     image_info,
     image_seed_of,
+    without_bidi_controls,
 )
 from .gallery import gallery_value
 from .progress import StageDisplay
@@ -46,6 +49,11 @@ log = logging.getLogger("oscar_sd.ui")
 T = TypeVar("T")
 
 UNEXPECTED = "Something went wrong on the server (it is logged). Try again in a moment."
+#: The app's service is missing or unusable: nothing a page user can fix; the log says more.
+SERVICE_NOT_READY = (
+    "This app cannot make images yet: the image service it is set up to use is not "
+    "ready on the cluster. Tell the person who runs this app (the details are in its log)."
+)
 #: A run no longer on disk (the results budget made room, or the session ended).
 GONE_FROM_HISTORY = "Those images were deleted to make room for newer ones."
 
@@ -80,6 +88,8 @@ def message_for(exc: BaseException) -> str:
         return str(exc)
     if isinstance(exc, (SessionExpired, AuthenticationError)):
         return SESSION_EXPIRED
+    if isinstance(exc, (ServiceNotFoundError, ServiceMisconfiguredError)):
+        return SERVICE_NOT_READY
     if isinstance(exc, JobFailedError):
         # The library's message carries the service's own words.
         said = str(exc).rstrip(".")
@@ -90,16 +100,20 @@ def message_for(exc: BaseException) -> str:
 
 
 def _shown(message: str) -> gr.Error:
-    """A gr.Error for ``message``; Gradio renders it as HTML, so it is escaped first."""
-    return gr.Error(html.escape(message, quote=False), print_exception=False)
+    """A gr.Error for ``message``; Gradio renders it as HTML, so it is escaped first.
+
+    No toast (``visible=False``): the page says it on its status line, beside the
+    gallery (``last_error``), where toasts piled up over the images. API callers
+    get the message all the same.
+    """
+    return gr.Error(html.escape(message, quote=False), print_exception=False, visible=False)
 
 
 def status_line(result: GenerationResult) -> str:
-    count = len(result.images)
     seconds = result.timings.total
     took = f" in {seconds:.1f} s" if seconds else ""
     model = f" · {result.model}" if result.model else ""
-    return f"{count} image{'s' * (count != 1)}{took} · seed {result.request.seed}{model}"
+    return f"{count_of(len(result.images), 'image')}{took} · seed {result.request.seed}{model}"
 
 
 class Handlers:
@@ -196,15 +210,19 @@ class Handlers:
         self._errors[tab] = message
         return _shown(message)
 
-    def last_error(self, request: gr.Request) -> Any:
-        """The status line after a failed run: the error, in place of the last success.
+    def last_error(self, request: gr.Request) -> tuple[Any, ...]:
+        """After a failed run: the error on the status line, in place of the last success,
+        and the last run's images, seed and buttons gone (they are not this click's).
 
-        A cancelled run ends as "failed" too, with no error: its "Cancelled" stays.
+        A cancelled run ends as "failed" too, with no error: its "Cancelled" stays,
+        and so does what the page showed.
         """
         message = self._errors.pop(request.session_hash or "", None)
         if message is None:
-            return gr.skip()
-        return f"⚠ {html.escape(message, quote=False)}"
+            return (gr.skip(),) * 7
+        hidden = gr.update(visible=False)
+        return (f"⚠ {html.escape(message, quote=False)}", [], "", hidden, hidden,
+                gr.update(value="", visible=False), "")
 
     async def history(
         self, request: gr.Request
@@ -264,6 +282,7 @@ class Handlers:
             gr.update(value=parameters, visible=bool(parameters)),
             gr.update(visible=bool(link)),
             link,
+            gr.update(visible=bool(link)),  # the seed used, with its run
         )
 
     async def choose_from_history(
@@ -311,7 +330,7 @@ class Handlers:
         if entry is None or not 0 <= index < len(entry.images):
             return ""
         info = await anyio.to_thread.run_sync(image_info, entry.images[index])
-        return info.parameters
+        return without_bidi_controls(info.parameters)
 
     async def use_seed(self, run: str, index: int, request: gr.Request) -> tuple[Any, ...]:
         """The picked image's own seed into the Seed field, with Randomize off."""

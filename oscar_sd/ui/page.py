@@ -14,6 +14,7 @@ import gradio as gr
 from .form import DEFAULT_SIZE, SIZE_PRESETS
 from .gallery import serving_results_as_they_are
 from .handlers import Handlers
+from .page_script import RANDOMIZE_TICKED, SEED_TYPED
 
 EXAMPLE_PROMPTS = [
     ["a lighthouse on a cliff at dusk, oil painting"],
@@ -64,9 +65,36 @@ CSS = """
 #results [data-testid="status-tracker"]:has(span.error) { display: none !important; }
 #download-all a { white-space: nowrap; }
 #examples button { font-size: 0.8rem; text-align: left; padding: 2px 8px; }
+/* Errors are said on the status line, beside the gallery: no toasts piling up over it. */
+/* The buttons say what can be done now (page_script.py disables them): a disabled
+   one looks it, and keyboard focus shows as a clear ring. */
+#generate:disabled, #cancel:disabled { opacity: 0.45; cursor: not-allowed; }
+#generate:disabled { cursor: progress; }
+#generate:focus-visible, #cancel:focus-visible {
+  outline: 3px solid #1e1b4b; outline-offset: 2px;
+}
+#prompt-count { font-size: 0.8rem; opacity: 0.75; text-align: right; margin-top: 4px; }
+#prompt-count.over { color: #b91c1c; opacity: 1; font-weight: 600; }
+/* An unticked box looks unticked, not disabled. */
+#randomize-seed input[type="checkbox"]:not(:checked) {
+  background: #fff; border: 1.5px solid #6b7280;
+}
+/* The history strip is as tall as its thumbnails, with their captions whole. */
+#history .grid-wrap { min-height: 0 !important; }
+#history { min-height: 0 !important; }
+#history .caption-label {
+  position: static; white-space: normal; overflow: visible; text-overflow: clip;
+  max-width: none; margin-top: 4px; font-size: 0.75rem; line-height: 1.2;
+}
+#history .thumbnail-item { flex-direction: column; height: auto; aspect-ratio: auto; }
+#image-actions { flex-wrap: wrap; gap: 8px; }
+#image-actions button, #download-all a { white-space: nowrap; }
+/* Gradio's Settings panel: its Screen Studio section is for Gradio developers. */
+.banner-wrap:has(.record-button) { display: none; }
 @media (max-width: 640px) {
   #results .grid-container { grid-template-columns: repeat(2, minmax(0, 1fr)) !important; }
   #history .grid-container { grid-template-columns: repeat(3, minmax(0, 1fr)) !important; }
+  #image-actions > * { min-width: 0 !important; flex: 0 1 auto !important; }
 }
 """
 
@@ -139,14 +167,20 @@ def build_page(
                         # empty value (which reads as guidance off) and checks ranges
                         # itself without naming the field ("Value 200 is greater than
                         # maximum value 150."); build_request checks them, by name.
-                        seed = gr.Textbox(label="Seed", value="", placeholder="random")
-                        randomize_seed = gr.Checkbox(label="Randomize seed", value=True)
+                        seed = gr.Textbox(
+                            label="Seed", value="", placeholder="random", elem_id="seed"
+                        )
+                        randomize_seed = gr.Checkbox(
+                            label="Randomize seed", value=True, elem_id="randomize-seed"
+                        )
                     with gr.Row():
                         steps = gr.Textbox(
-                            label="Steps", value="", placeholder="model default (1–150)"
+                            label="Steps", value="", placeholder="model default (1–150)",
+                            elem_id="steps",
                         )
                         guidance_scale = gr.Textbox(
-                            label="Guidance", value="", placeholder="model default (0–30)"
+                            label="Guidance", value="", placeholder="model default (0–30)",
+                            elem_id="guidance",
                         )
                     size = gr.Dropdown(
                         label="Size (width × height)",
@@ -189,9 +223,9 @@ def build_page(
                     )
                     download_all = gr.HTML(elem_id="download-all", padding=False)
                 with gr.Row(equal_height=True):
-                    seed_used = gr.Textbox(
-                        label="Seed used", value="", interactive=False, scale=0, min_width=160
-                    )
+                    # Shown with a run's images only: no empty box before the first.
+                    with gr.Column(scale=0, min_width=160, visible=False) as seed_box:
+                        seed_used = gr.Textbox(label="Seed used", value="", interactive=False)
                     status = gr.Markdown(elem_id="status")
                 share_link = gr.Textbox(
                     label="Share link (no sign-in needed to open it)", interactive=False,
@@ -200,7 +234,8 @@ def build_page(
                 parameters = gr.Textbox(
                     label="Parameters of the picked image",
                     lines=1,
-                    max_lines=4,
+                    # Long enough for a long prompt on a phone: the box grows, never clips.
+                    max_lines=20,
                     interactive=False,
                     buttons=["copy"],
                     visible=False,
@@ -233,8 +268,15 @@ def build_page(
             size,
             num_images,
         ]
+        # Typing a seed means that seed (A1111's way): in the browser, no server work.
+        seed.input(None, seed, randomize_seed, js=SEED_TYPED, api_visibility="private")
+        randomize_seed.input(
+            None, [randomize_seed, seed], seed, js=RANDOMIZE_TICKED, api_visibility="private"
+        )
         making = gr.on(
-            triggers=[generate.click, prompt.submit],
+            # Enter in the prompt, the seed, steps or guidance makes the images too.
+            triggers=[generate.click, prompt.submit, seed.submit, steps.submit,
+                      guidance_scale.submit],
             fn=handlers.generate,
             inputs=form,
             outputs=[results, seed_used, status, run_shown],
@@ -250,16 +292,19 @@ def build_page(
         making.success(
             handlers.show_run,
             run_shown,
-            [past_runs, history_box, picked, parameters, actions, download_all],
+            [past_runs, history_box, picked, parameters, actions, download_all, seed_box],
             api_visibility="private",
             show_progress="hidden",
             # Heard when the tab is in the background: the title says the images are ready.
             js=NOTIFY_WHEN_HIDDEN,
             postprocess=False,  # the history strip comes as shown (gallery.py)
         )
-        # The status line shows the error of a failed run, in place of the last success.
+        # The status line shows the error of a failed run, in place of the last success,
+        # whose images, seed and buttons go: they are not what this click made.
         making.failure(
-            handlers.last_error, None, status, api_visibility="private", show_progress="hidden"
+            handlers.last_error, None,
+            [status, results, seed_used, seed_box, actions, parameters, run_shown],
+            api_visibility="private", show_progress="hidden",
         )
         # In the browser, at once: the server's part (stopping the run) follows.
         cancel.click(
@@ -298,7 +343,7 @@ def build_page(
         ).success(
             handlers.show_run,
             run_shown,
-            [past_runs, history_box, picked, parameters, actions, download_all],
+            [past_runs, history_box, picked, parameters, actions, download_all, seed_box],
             api_visibility="private",
             show_progress="hidden",
             postprocess=False,

@@ -77,6 +77,14 @@ SESSION_EXPIRED = (
 ENDED_MEMORY = 10_000
 
 
+#: What a page user reads when the app's service was not usable at their login.
+SERVICE_NOT_READY_AT_LOGIN = (
+    "This app could not make images when you logged in: the image service it is set up "
+    "to use was not ready on the cluster. Once the person who runs this app has fixed "
+    "that (its log says what is wrong), log out and log in again."
+)
+
+
 @dataclass(eq=False)
 class UserSession:
     """One logged-in user (or, without login, one browser tab)."""
@@ -195,11 +203,9 @@ class Sessions:
             if session.reconnect is None:
                 if session.backend_error is None:
                     raise SessionExpired(session.key)
-                # A password login: the password was not kept to try again with.
-                said = str(session.backend_error).rstrip(".")
-                raise SessionExpired(
-                    session.key, f"{said}. Once that is done, log out and log in again."
-                )
+                # A password login: the password was not kept to try again with. The
+                # operator's detail (which service, what the cluster has) went to the log.
+                raise SessionExpired(session.key, SERVICE_NOT_READY_AT_LOGIN)
             # The service was missing or misconfigured at login: it may be there now.
             backend = await session.reconnect()
             if session.backend is None:
