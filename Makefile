@@ -37,6 +37,7 @@ bench: $(BIN)/.installed
 	$(BIN)/python bench/reconcile.py
 	$(BIN)/python bench/service.py
 	$(BIN)/python bench/ui.py
+	$(BIN)/python bench/history.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
