@@ -77,6 +77,10 @@ def test_the_quota_admits_jobs_as_others_end_and_admins_services_never_wait(
         upload(cluster, name)
     statuses = sorted(job.status for job in cluster.jobs(SERVICE).values())
     assert statuses.count("Suspended") == 1
+    quota = httpx.get(f"{cluster.oscar_endpoint}/system/quotas/user/{ALICE}",
+                      auth=cluster.admin).json()["resources"]
+    assert quota["cpu"] == {"max": 2000, "used": 2000}
+    assert quota["memory"] == {"max": 2 * 2**30, "used": 2 * 2**30}
     gate.set()
     assert all(job.done.wait(20) for job in cluster.jobs(SERVICE).values())
     assert {job.status for job in cluster.jobs(SERVICE).values()} == {"Succeeded"}

@@ -106,6 +106,11 @@ class Kueue:
         """job.go: jobs of services that the admin does not own start suspended."""
         return self.active() and str(definition.get("owner") or DEFAULT_OWNER) != DEFAULT_OWNER
 
+    def used(self, owner: str) -> Resources:
+        """What the owner's admitted jobs hold now (the quotas API's ``used``)."""
+        with self._lock:
+            return self._used.get(owner, Resources())
+
     # -- jobs -----------------------------------------------------------------------------
 
     def enqueue(self, job: str, owner: str, requests: Resources,

@@ -43,9 +43,11 @@ def quota_of(double: ClusterDouble, uid: str) -> dict[str, int]:
 
 
 def _quota_answer(double: ClusterDouble, uid: str) -> dict[str, Any]:
-    quota = quota_of(double, uid)
+    quota, used = quota_of(double, uid), double.kueue.used(uid)  # admitted jobs (kueue.py)
+    in_use = {"cpu": round(used.cpu * 1000), "memory": int(used.memory), "gpu": used.gpu}
     return {"user_id": uid, "cluster_queue": f"oscar-cq-{uid[:20]}",
-            "resources": {name: {"max": value, "used": 0} for name, value in quota.items()}}
+            "resources": {name: {"max": value, "used": in_use[name]}
+                          for name, value in quota.items()}}
 
 
 def _parse_update(body: Any) -> dict[str, int] | None:
