@@ -41,6 +41,7 @@ if TYPE_CHECKING:
         JobFailedError,
         OscarSDError,
         ServiceMisconfiguredError,
+        ServiceNotAvailableError,
         ServiceNotFoundError,
         SignInExpired,
     )
@@ -83,6 +84,7 @@ _HOMES = {
     "JobFailedError": "._errors",
     "OscarSDError": "._errors",
     "ServiceMisconfiguredError": "._errors",
+    "ServiceNotAvailableError": "._errors",
     "ServiceNotFoundError": "._errors",
     "SignInExpired": "._errors",
     "Backoff": "._notify.backoff",
@@ -129,6 +131,7 @@ __all__ = [
     "Progress",
     "ProgressCallback",
     "ServiceMisconfiguredError",
+    "ServiceNotAvailableError",
     "ServiceNotFoundError",
     "ServiceStatus",
     "Settings",

@@ -8,6 +8,7 @@ in here and in the storage client: never in a message or a log line.
 
 from __future__ import annotations
 
+import logging
 import tempfile
 from collections.abc import Awaitable, Generator
 from dataclasses import dataclass
@@ -17,15 +18,25 @@ from typing import Any, Generic, Protocol, TypeVar
 
 import anyio
 import anyio.to_thread
+from minio.error import S3Error
 
 from ._cluster import OscarCluster
-from ._errors import ClusterUnreachableError, OscarSDError, ServiceMisconfiguredError
+from ._errors import (
+    AuthenticationError,
+    ClusterUnreachableError,
+    OscarSDError,
+    ServiceMisconfiguredError,
+    ServiceNotAvailableError,
+    ServiceNotFoundError,
+)
 from ._limits import StorageLimits
 from ._notify.backoff import Backoff
 from ._notify.hub import NotificationHub, StreamAddress, get_hub
 from ._service_paths import service_paths
 from ._storage import MinioStorage, StoragePath, storage_error
 from ._tokens import OidcToken
+
+log = logging.getLogger("oscar_sd")
 
 
 @dataclass(frozen=True)
@@ -74,7 +85,7 @@ async def open_connection(
         limit=connect_timeout,
     )
     config = await cluster.config()
-    definition = await cluster.require_service(service)
+    definition = await _service_for(cluster, service)
 
     provider = config.get("minio_provider") or {}
     if not provider.get("endpoint") or not provider.get("access_key"):
@@ -120,6 +131,19 @@ async def open_connection(
     )
 
 
+async def _service_for(cluster: OscarCluster, service: str) -> dict[str, Any]:
+    """The service's definition. A person (a token) who may not see it is told only that it
+    is not available to them; what the operator needs goes to the log."""
+    try:
+        return await cluster.require_service(service)
+    except (ServiceNotFoundError, AuthenticationError) as exc:
+        if cluster.token is None:
+            raise  # the admin can act on the detail: deploy it, pick another
+        log.warning("service %r is not open to this OIDC user: %s (the operator can check "
+                    "with `oscar-sd doctor --token ...`)", service, exc)
+        raise ServiceNotAvailableError(service) from None
+
+
 async def _require_bucket(
     storage: MinioStorage, bucket: str, service: str, limit: float, limits: StorageLimits
 ) -> None:
@@ -136,6 +160,15 @@ async def _require_bucket(
         ) from None
     except OscarSDError:
         raise
+    except S3Error as exc:
+        if exc.code != "AccessDenied":
+            raise storage_error(exc, storage.endpoint) from None
+        # No MinIO policy for this user on the bucket (an admin's service: grycap/oscar
+        # create.go writes none): the person can do nothing about it but ask.
+        log.warning("the storage refuses this account the bucket %r of service %r "
+                    "(AccessDenied): no MinIO policy for it; `oscar-sd doctor` shows why",
+                    bucket, service)
+        raise ServiceNotAvailableError(service) from None
     except Exception as exc:
         raise storage_error(exc, storage.endpoint) from None
     if not exists:

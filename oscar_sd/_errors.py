@@ -67,6 +67,19 @@ class ServiceMisconfiguredError(OscarSDError):
     """The service exists but lacks the MinIO input or output path the app needs."""
 
 
+class ServiceNotAvailableError(ServiceMisconfiguredError):
+    """The service is there, but not open to this person's account (no storage policy,
+    private to someone else): only the cluster's operator can change that, so the
+    message says only that; the detail goes to the log and to ``oscar-sd doctor``."""
+
+    def __init__(self, service: str) -> None:
+        self.service = service
+        super().__init__(
+            f"Service {service!r} is not available to your account. Ask the cluster's "
+            "operator to share it with you."
+        )
+
+
 class JobFailedError(OscarSDError):
     """The service ran and reported a failure for this job."""
 

@@ -135,3 +135,18 @@ async def test_deploy_warns_when_the_service_asks_more_than_the_quota(
 async def test_no_quota_call_where_the_release_has_no_quotas_api(double: ClusterDouble) -> None:
     await _deploy(double, JOB_FDL, token=double.sign_in("alice")["access_token"])
     assert double.oscar_requests["GET /system/quotas/user"] == 0
+
+
+@pytest.mark.parametrize("fdl", [JOB_FDL, WARM_FDL, APP_FDL], ids=["job", "warm", "app"])
+def test_the_manifests_say_what_oscar_cli_carries(fdl: Path) -> None:
+    """oscar-cli decodes with exact YAML keys (`Variables:`) and v4.1 refuses a nodePort."""
+    import yaml
+
+    (cluster,) = yaml.safe_load(fdl.read_text())["functions"]["oscar"]
+    (entry,) = cluster.values()
+    assert set(entry.get("environment") or {}) <= {"Variables", "secrets"}
+    assert "nodePort" not in (entry.get("expose") or {})
+    if fdl == APP_FDL:  # no affinity on OSCAR's exposed Ingress: one replica
+        assert entry["expose"]["min_scale"] == entry["expose"]["max_scale"] == 1
+        assert entry["environment"]["Variables"]["OSCAR_SD_ROOT_PATH"] == (
+            f"/system/services/{entry['name']}/exposed")

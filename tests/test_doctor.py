@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import requests
 
-from oscar_sd import DoctorReport, doctor
+from oscar_sd import DoctorReport, OscarSD, ServiceNotAvailableError, doctor
 from oscar_sd.cli import EXIT_FAILURE, EXIT_OK, main
 from oscar_sd.service.warm import WarmWorker
 from tests.double import ClusterDouble
@@ -195,3 +195,25 @@ def test_the_command_exits_0_when_people_can_use_it_and_3_when_not(
     (quota,) = [check for check in answer["checks"] if check["name"] == "quota"]
     assert quota["status"] == "fail" and "PUT /system/quotas/user/alice" in quota["fix"]
     assert alice not in json.dumps(answer)
+
+
+# -- what a person is told (the detail is the operator's) ---------------------------
+
+
+async def test_a_person_is_told_only_to_ask_the_operator(
+        double: ClusterDouble, caplog: pytest.LogCaptureFixture) -> None:
+    _create(double, None, visibility="public")  # the admin's: no storage policy for people
+    with pytest.raises(ServiceNotAvailableError) as refused:
+        async with OscarSD.connect(double.oscar_endpoint, token=_token(double, "alice"),
+                                   service=SERVICE):
+            pass
+    assert str(refused.value) == (f"Service {SERVICE!r} is not available to your account. "
+                                  "Ask the cluster's operator to share it with you.")
+    assert "AccessDenied" in caplog.text and "oscar-sd doctor" in caplog.text
+
+    double.remove_service(SERVICE)
+    _create(double, _token(double, "bob"))  # bob's own, private
+    with pytest.raises(ServiceNotAvailableError):
+        async with OscarSD.connect(double.oscar_endpoint, token=_token(double, "alice"),
+                                   service=SERVICE):
+            pass
