@@ -10,6 +10,7 @@ missing, or with OSCAR_SD_UPDATE_SCREENSHOT=1).
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -102,7 +103,8 @@ def test_the_buttons_the_keys_and_the_announcer_follow_the_run(
 
         # Ctrl+Enter makes the images from any field; while they are made the button is
         # disabled (a second click is not silently dropped) and Cancel is on.
-        prompt.fill("a lighthouse, by keyboard")
+        # U+202E would turn what follows right to left, the seed included.
+        prompt.fill("a lighthouse \u202eby keyboard")
         advanced(page)
         fill(page, "Negative prompt", "fog")
         page.get_by_label("Negative prompt").press("Control+Enter")
@@ -125,6 +127,21 @@ def test_the_buttons_the_keys_and_the_announcer_follow_the_run(
         page.wait_for_function("window.announced.includes('Done')", timeout=5_000)
         announced = sorted(set(page.evaluate("window.announced")))
         assert not [said for said in announced if "common." in said], announced
+
+        # The prompt is shown with the control neutralised, in the history's caption and
+        # the parameters box; the strip is as tall as its thumbnail, its caption whole.
+        history = page.locator("#history")
+        expect(history).to_contain_text("a lighthouse <U+202E>by keyboard · seed")
+        assert "\u202e" not in (history.text_content() or "")
+        expect(page.locator("#parameters textarea")).to_have_value(
+            re.compile(r"^a lighthouse <U\+202E>by keyboard\nNegative prompt: fog\n"))
+        thumbnail = history.locator(".thumbnail-item").first.bounding_box()
+        strip = history.bounding_box()
+        assert thumbnail and strip and strip["height"] < thumbnail["height"] + 60, (
+            thumbnail, strip)
+        caption = history.locator(".caption-label").first
+        assert caption.evaluate("c => c.scrollWidth <= c.clientWidth")
+        assert "…" not in (caption.text_content() or "")
 
 
 def test_the_status_line_shows_the_last_error_with_the_fields_name(

@@ -19,6 +19,12 @@ from tests.test_browser import browser, log_in, make_six_images, pytestmark  # n
 from tests.ui_fixtures import cluster_settings, running_app
 
 CLIENT_ID = "oscar-sd-browser-tests"
+#: The font of the page and the colours of its primary button.
+LOOK = """() => {
+  const font = getComputedStyle(document.querySelector("body")).fontFamily.split(",")[0];
+  const button = getComputedStyle(document.querySelector("button[type=submit]"));
+  return [font, button.backgroundColor, button.color];
+}"""
 
 
 @pytest.fixture
@@ -60,6 +66,10 @@ def test_the_login_page_says_what_it_is_and_keeps_the_user_name(
             assert "oscar-sd" in page.title() and "Gradio" not in page.title()
             og = page.locator('meta[property="og:title"]').get_attribute("content") or ""
             assert "Gradio" not in og
+            # Words for people: no environment variable names.
+            assert "OSCAR_SD_" not in (page.locator("body").text_content() or "")
+            # The same look as the app: its font and its primary button's colour.
+            login_look = page.evaluate(LOOK)
             page.get_by_label("Username").fill("oscar")
             page.get_by_label("Password").fill("not-the-password")
             page.get_by_role("button", name="Log in").click()
@@ -68,6 +78,10 @@ def test_the_login_page_says_what_it_is_and_keeps_the_user_name(
             expect(page.get_by_label("Password")).to_have_value("")
             assert "not-the-password" not in page.content()
             assert len(app.sessions) == 0
+            log_in(page, app.url)
+            app_look = page.evaluate(LOOK.replace("body", ".gradio-container").replace(
+                "button[type=submit]", "#generate"))
+            assert login_look == app_look, (login_look, app_look)
         finally:
             page.close()
 

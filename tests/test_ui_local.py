@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from gradio_client.exceptions import AuthenticationError
 
@@ -45,6 +46,10 @@ def test_local_mode_makes_six_images_without_login(tmp_path: Path) -> None:
 
 def test_oscar_sd_users_turns_login_on(tmp_path: Path) -> None:
     with running_app(local_settings(users="carol:carol-pw,dave:dave-pw")) as app:
+        # The login page speaks to people: no environment variable names.
+        login_page = httpx.get(f"{app.url}login")
+        assert "Log in with the user name and password" in login_page.text
+        assert "OSCAR_SD_USERS" not in login_page.text
         with pytest.raises(AuthenticationError):
             client(app, tmp_path)
         with pytest.raises(AuthenticationError):

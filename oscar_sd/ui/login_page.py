@@ -12,17 +12,25 @@ from html import escape
 
 TITLE = "Sign in · oscar-sd text to image"
 
+# The app's own look (Gradio's Soft theme, as the page is drawn: its font, its
+# indigo primary button, its label pills), so that signing in is the same app.
 _STYLE = """
-body{font-family:system-ui,sans-serif;background:#f6f7fb;margin:0;color:#1f2937}
-main{max-width:380px;margin:8vh auto;background:#fff;padding:28px 32px;border-radius:12px;
-box-shadow:0 2px 12px rgba(0,0,0,.08)}
-h1{font-size:1.35rem;margin:0 0 6px}p{margin:6px 0 16px;color:#4b5563}
-label{display:block;margin:12px 0 4px;font-weight:600}
-input{width:100%;box-sizing:border-box;padding:9px;border:1px solid #cbd5e1;border-radius:6px}
+body{font-family:Montserrat,ui-sans-serif,system-ui,sans-serif;background:#f9fafb;margin:0;
+color:#1f2937}
+main{max-width:380px;margin:8vh auto;background:#fff;padding:28px 32px;border-radius:8px;
+border:1px solid #e5e7eb;box-shadow:0 1px 3px rgba(0,0,0,.06)}
+h1{font-size:1.4rem;margin:0 0 6px}p{margin:6px 0 16px;color:#4b5563}
+label{display:inline-block;margin:14px 0 6px;padding:4px 6px;border-radius:6px;
+background:#e0e7ff;color:#6366f1;font-weight:600;font-size:.875rem}
+input{width:100%;box-sizing:border-box;padding:9px;border:1px solid #e5e7eb;border-radius:4px;
+box-shadow:0 2px 5px rgba(0,0,0,.1);font:inherit;font-size:14px}
+input:focus{outline:none;border-color:#a5b4fc}
 button,.oidc{display:block;width:100%;box-sizing:border-box;margin-top:18px;padding:10px;
-border:0;border-radius:6px;background:#4f46e5;color:#fff;font-size:1rem;text-align:center;
-text-decoration:none;cursor:pointer}
-.oidc{background:#0b5394}.or{text-align:center;margin:18px 0 0;color:#6b7280}
+border:0;border-radius:6px;background:#6366f1;color:#fff;font:inherit;font-size:1rem;
+font-weight:600;text-align:center;text-decoration:none;cursor:pointer}
+button:hover,.oidc:hover{background:#4f46e5}
+button:focus-visible,.oidc:focus-visible{outline:3px solid #1e1b4b;outline-offset:2px}
+.or{text-align:center;margin:18px 0 0;color:#6b7280}
 .error{background:#fef2f2;color:#991b1b;padding:10px;border-radius:6px}
 """
 
