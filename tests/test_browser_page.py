@@ -224,6 +224,13 @@ def test_the_advanced_panel_shows_hints_and_the_page_its_own_name(
             # Nothing to act on yet: no empty "Seed used" box, no active-looking Cancel.
             expect(page.get_by_label("Seed used")).to_be_hidden()
             expect(page.locator("#cancel")).to_be_disabled()
+            # An unticked box looks unticked, not disabled: a white box, a firm border.
+            randomize = page.get_by_label("Randomize seed")
+            randomize.uncheck()
+            look = randomize.evaluate("box => [getComputedStyle(box).backgroundColor, "
+                                      "getComputedStyle(box).borderTopColor]")
+            assert look == ["rgb(255, 255, 255)", "rgb(107, 114, 128)"], look
+            randomize.check()
             # No empty history box before the first run.
             expect(page.get_by_text("History (this login)")).to_be_hidden()
             # An example fills the prompt, and its counter follows.
