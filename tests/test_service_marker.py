@@ -37,7 +37,8 @@ def double() -> Iterator[ClusterDouble]:
 
 
 def job_mounts(tmp_path: Path, double: ClusterDouble, endpoint: str | None = None,
-               output: str = "stable-diffusion/out") -> dict[str, str]:
+               output: str = "stable-diffusion/out",
+               isolation: dict[str, object] | None = None) -> dict[str, str]:
     """The environment of a job pod: the keys' folder and the service definition."""
     providers = tmp_path / "providers" / "minio.default"
     providers.mkdir(parents=True)
@@ -50,6 +51,7 @@ def job_mounts(tmp_path: Path, double: ClusterDouble, endpoint: str | None = Non
         "storage_providers": {"minio": {"default": {
             "endpoint": endpoint or double.minio_endpoint, "verify": True,
             "region": "us-east-1"}}},
+        **(isolation or {}),
     }
     return {
         "OSCAR_SD_PROVIDERS_DIR": str(providers),
@@ -123,30 +125,36 @@ def test_an_unreachable_minio_does_not_fail_the_marker_call(
     assert double.minio_secret_key not in caplog.text
 
 
-def test_the_job_writes_its_marker_before_its_result(
+def test_the_job_writes_its_marker_before_its_result_where_its_outputs_go(
     tmp_path: Path, double: ClusterDouble
 ) -> None:
+    """The real worker, in a USER-isolated service: the job started from a user's private
+    bucket, so faas-supervisor uploads there (faassupervisor/storage/config.py) and the
+    marker must land there too, read from the definition and ``$EVENT`` as the pod has them."""
+    user = "alice-0123456789@egi.eu"
+    private = "stable-diffusion-alice-0123"
     env = {
-        **job_mounts(tmp_path, double, output="stable-diffusion/out"),
+        **job_mounts(tmp_path, double, output="stable-diffusion/out",
+                     isolation={"isolation_level": "USER", "bucket_list": [private]}),
         "OSCAR_SD_MODEL": "tiny",
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
         "PYTHONPATH": str(REPO),  # this checkout's worker, whatever the venv has installed
     }
     landed: list[str] = []
-    double.on_object_created = lambda bucket, key, when: landed.append(key)
+    double.on_object_created = lambda bucket, key, when: landed.append(f"{bucket}/{key}")
     double.add_service("stable-diffusion", input_path="stable-diffusion/in",
-                       output_path="stable-diffusion/out",
-                       handler=ScriptHandler(SCRIPT, env=env, timeout=240))
+                       output_path="stable-diffusion/out", isolation_level="USER",
+                       allowed_users=[user], handler=ScriptHandler(SCRIPT, env=env, timeout=240))
     request = GenerationRequest(prompt="a red fox", seed=3, width=64, height=64, num_images=1)
 
     body = json.dumps(request.to_payload()).encode()
-    double.put_object("stable-diffusion", "in/c0ffee.json", body)
+    double.put_object(private, "in/c0ffee.json", body)
     (job,) = double.jobs("stable-diffusion").values()
     assert job.done.wait(240), "the job did not finish"
 
     assert job.status == "Succeeded", job.log
-    assert [key for key in landed if key.startswith("out/")] == [
-        "out/c0ffee.started.json", "out/c0ffee.zip"], job.log
-    assert json.loads(double.get_object("stable-diffusion", "out/c0ffee.started.json"))[
+    assert [key for key in landed if "/out/" in key] == [
+        f"{private}/out/c0ffee.started.json", f"{private}/out/c0ffee.zip"], job.log
+    assert json.loads(double.get_object(private, "out/c0ffee.started.json"))[
         "job"].startswith("stable-diffusion-")
-    assert "Wrote the started marker stable-diffusion/out/c0ffee.started.json" in job.log
+    assert f"Wrote the started marker {private}/out/c0ffee.started.json" in job.log
