@@ -181,6 +181,13 @@ class OscarCluster:
             what="read this account's quota", missing_ok=True)
         return None if response is None else response.json()
 
+    async def user_quota(self, user_id: str) -> dict[str, Any] | None:
+        """``GET /system/quotas/user/<user_id>`` (OSCAR v4, the admin only)."""
+        response = await self.call(
+            oscar_requests.make_request, self.client, f"/system/quotas/user/{quote(user_id)}",
+            "get", what=f"read the quota of {user_id!r}", missing_ok=True)
+        return None if response is None else response.json()
+
     async def service(self, name: str) -> dict[str, Any] | None:
         """The service's definition, or None when the cluster has no such service."""
         response = await self.call(

@@ -125,6 +125,7 @@ async def doctor(
                    credentials={"user": user, "password": password, "token": token})
     finally:
         checks.skip_rest(ALL_CHECKS, "not checked: fix the problem above first")
+        report.checks.sort(key=lambda check: ALL_CHECKS.index(check.name))
     return report
 
 
@@ -178,9 +179,8 @@ async def _run(cluster: OscarCluster, checks: _Checklist, service: str, *, verif
         return
     checks.add("service", "ok", _describe_access(definition, as_admin))
 
-    if not await _storage_checks(checks, definition, provider, uid, verify_ssl):
-        return
-    await _quota_check(checks, cluster, definition, version, as_admin)
+    await _storage_checks(checks, definition, provider, uid, verify_ssl)
+    await _quota_check(checks, cluster, definition, version, uid)
     await _gpu_check(checks, cluster, definition)
     await _health_check(checks, cluster, definition, version)
     if not test_request:
@@ -220,7 +220,8 @@ def _describe_access(definition: dict[str, Any], as_admin: bool) -> str:
 
 async def _storage_checks(checks: _Checklist, definition: dict[str, Any],
                           provider: dict[str, Any], uid: str | None, verify_ssl: bool) -> bool:
-    """Buckets, notifications, conditional PUT; False when the buckets are unusable."""
+    """Buckets, then (when they work) notifications and conditional PUT; False when the
+    buckets are unusable."""
     if not provider.get("endpoint") or not provider.get("access_key"):
         return checks.add("buckets", "fail", "/system/config reports no MinIO storage",
                           "check OSCAR's MinIO settings")
@@ -266,15 +267,22 @@ def _is_exposed(definition: dict[str, Any]) -> bool:
 
 
 async def _quota_check(checks: _Checklist, cluster: OscarCluster, definition: dict[str, Any],
-                       version: OscarVersion, as_admin: bool) -> None:
-    if as_admin:
+                       version: OscarVersion, uid: str | None) -> None:
+    """The service owner's Kueue quota against one pod: Kueue queues a service's jobs
+    in its owner's ClusterQueue (grycap/oscar create.go EnsureKueueUserQueues)."""
+    owner = str(definition.get("owner") or "")
+    if owner in ("", "cluster_admin"):
         checks.add("quota", "skip", "the admin's services run outside Kueue's user quotas")
         return
     if not version.has_quotas_api:
         checks.add("quota", "skip", f"OSCAR {version} has no quotas API (since v4.0)")
         return
+    if uid is not None and uid != owner:
+        checks.add("quota", "skip", f"the owner's ({owner}) quota applies: run doctor as "
+                   "the owner or with the admin password to see it")
+        return
     try:
-        quota = await cluster.own_quota()
+        quota = await (cluster.own_quota() if uid == owner else cluster.user_quota(owner))
     except OscarSDError as exc:
         checks.add("quota", "skip", f"not readable ({exc})")
         return
@@ -283,11 +291,11 @@ async def _quota_check(checks: _Checklist, cluster: OscarCluster, definition: di
         return
     problems = shortfalls(definition, quota)
     if problems:
-        checks.add("quota", "fail", f"one pod of the service asks more than this user's "
+        checks.add("quota", "fail", f"one pod of the service asks more than its owner's "
                    f"quota ({'; '.join(problems)}): its jobs stay Suspended, never run",
                    f"lower cpu/memory in the FDL, or {raise_hint(quota)}")
     else:
-        checks.add("quota", "ok", "one pod of the service fits this user's quota")
+        checks.add("quota", "ok", f"one pod of the service fits its owner's ({owner}) quota")
 
 
 async def _gpu_check(checks: _Checklist, cluster: OscarCluster,

@@ -86,6 +86,7 @@ async def test_no_storage_policy_for_a_service_the_admin_created(double: Cluster
     assert _failed(report) == ["buckets"]
     assert "✘ buckets" in report.text() and "AccessDenied" in report.text()
     assert _marks(report)["test request"] == "skip"
+    assert _marks(report)["GPUs"] == "ok"  # what does not depend on the buckets still runs
 
 
 async def test_a_private_service_of_someone_else_is_not_there(double: ClusterDouble) -> None:
@@ -115,6 +116,18 @@ async def test_a_quota_below_the_service_is_a_failure_naming_the_fix(
     assert _failed(report) == ["quota"]
     assert "4 CPU asked, the quota allows 2" in report.text()
     assert "PUT /system/quotas/user/alice" in report.text()
+
+
+async def test_the_quota_checked_is_the_owners(versioned: ClusterDouble) -> None:
+    double = versioned
+    double.minio_keys_for("bob")
+    _create(double, _token(double, "alice"), visibility="restricted", allowed_users=["bob"])
+    as_admin = await doctor(double.oscar_endpoint, user=ADMIN[0], password=ADMIN[1],
+                            service=SERVICE, test_request=False)
+    assert _failed(as_admin) == ["quota"] and "its owner's quota" in as_admin.text()
+    as_bob = await doctor(double.oscar_endpoint, token=_token(double, "bob"), service=SERVICE,
+                          test_request=False)
+    assert _marks(as_bob)["quota"] == "skip" and "owner's (alice) quota" in as_bob.text()
 
 
 async def test_a_gpu_service_on_a_cluster_without_gpus(double: ClusterDouble) -> None:

@@ -17,6 +17,9 @@ Files, one idea each:
 - ``listen.py``: open listen streams and the fan-out of events to them;
 - ``events.py``: MinIO's event record shape, key escaping, event-name wildcards;
 - ``oscar.py``: the OSCAR REST subset (Flask): one admin account, OIDC users;
+- ``versions.py``: what OSCAR 3.6.5 / 4.0.0 / 4.1.2 accept and set (``oscar_version``);
+- ``policies.py``: MinIO policies per service owner and visibility (restricted: no listen);
+- ``system.py``: ``/system/status`` (GPUs) and the quotas API (v4);
 - ``oidc.py``: an OIDC provider on loopback (``oidc-provider-mock``);
 - ``jobs.py``: uploads become jobs run the faas-supervisor way; ``ScriptHandler``;
 - ``kueue.py``: per-owner quotas that hold users' jobs ``Suspended`` until admitted;
