@@ -85,6 +85,9 @@ class Settings(BaseSettings):
     data_dir: str = ""
     #: Web app: days a share link works (at most 7 on a cluster: presigned URLs).
     share_days: float = Field(7.0, gt=0)
+    #: Web app: seconds a SIGTERM waits for the runs in flight (inside the pod's
+    #: terminationGracePeriodSeconds, 30 by default).
+    drain_seconds: float = Field(25.0, ge=0)
     #: Web app: seals share links and sign-in cookies (the same on every replica).
     #: Empty: locally a key kept in the data folder; on a cluster one per process.
     secret_key: SecretStr = SecretStr("")

@@ -18,10 +18,12 @@ The generate event is an API too (``api_name="generate"``):
 
 from __future__ import annotations
 
+import _thread
 import logging
 import os
 import signal
 import threading
+from functools import partial
 from types import FrameType
 
 from .._settings import Settings
@@ -50,12 +52,23 @@ def serve(settings: Settings | None = None) -> None:
         # The results live in Gradio's temp folder (see oscar_sd.ui.http).
         os.environ.setdefault("GRADIO_TEMP_DIR", settings.results_dir)
     app = build_app(settings)
-    # Kubernetes stops a pod with SIGTERM: end like Ctrl-C, so that sessions are
-    # closed and their files deleted. (Only the main thread may set handlers.)
+    # Kubernetes stops a pod with SIGTERM: the runs in flight finish first (drain.py),
+    # then the app ends like Ctrl-C. (Only the main thread may set handlers.)
     if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _interrupt)
+        signal.signal(signal.SIGTERM, partial(_drain_then_stop, app, settings.drain_seconds))
     app.launch()
 
 
-def _interrupt(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
+def _drain_then_stop(app: WebApp, grace: float, signum: int, frame: FrameType | None) -> None:
+    if app.drain.draining:  # a second SIGTERM: stop now
+        raise KeyboardInterrupt
+    app.drain.begin()
+    logging.getLogger("oscar_sd.ui").info(
+        "SIGTERM: finishing %d run(s) in flight (at most %g s)", app.drain.running, grace
+    )
+
+    def stop_when_drained() -> None:
+        app.drain.wait(grace)
+        _thread.interrupt_main()  # as Ctrl-C: Gradio closes, sessions close
+
+    threading.Thread(target=stop_when_drained, name="drain", daemon=True).start()

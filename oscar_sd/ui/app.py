@@ -41,6 +41,7 @@ from .._settings import Settings
 from .._spill import SpillOver
 from .budget import MB, ResultsBudget
 from .downloads import download_route
+from .drain import Drain
 from .handlers import SERVICE_NOT_READY, Handlers
 from .http import FileGuard, PageMeta, health_route
 from .lasting import LastingSignIns, RestoreSignIn
@@ -310,7 +311,17 @@ class WebApp:
         return f"Log in with the OSCAR account of the cluster at {where}."
 
     def _health(self) -> dict[str, object]:
-        return {"mode": "local" if self.local else "cluster", "sessions": len(self.sessions)}
+        health: dict[str, object] = {
+            "mode": "local" if self.local else "cluster", "sessions": len(self.sessions),
+        }
+        if self.drain.draining:
+            health.update(status="draining", running=self.drain.running)
+        return health
+
+    @property
+    def drain(self) -> Drain:
+        """The runs in flight; :meth:`Drain.begin` on SIGTERM (see ``serve``)."""
+        return self.handlers.drain
 
 
 def _markdown_text(text: str) -> str:

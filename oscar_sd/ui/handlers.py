@@ -8,6 +8,7 @@ sentence the person can act on.
 
 from __future__ import annotations
 
+import functools
 import html
 import logging
 from collections.abc import Awaitable, Callable
@@ -29,6 +30,7 @@ from .._errors import (
 from .._models import GenerationResult, count_of
 from ..history import History
 from .downloads import DOWNLOADS, image_names
+from .drain import Drain, Draining
 from .form import (
     DEFAULT_SIZE,
     FIELD_LABELS,
@@ -116,6 +118,27 @@ def status_line(result: GenerationResult) -> str:
     return f"{count_of(len(result.images), 'image')}{took} · seed {result.request.seed}{model}"
 
 
+def counted(method: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
+    """A run that the app's drain waits for (``drain.py``); refused once it drains.
+
+    ``functools.wraps`` keeps the signature Gradio reads (``request``, ``progress``).
+    """
+
+    @functools.wraps(method)
+    async def run(self: Handlers, *args: Any, **kwargs: Any) -> T:
+        try:
+            running = self.drain.run()
+            running.__enter__()
+        except Draining as draining:
+            raise _shown(str(draining)) from None
+        try:
+            return await method(self, *args, **kwargs)
+        finally:
+            running.__exit__(None, None, None)
+
+    return run
+
+
 class Handlers:
     """The page's event handlers, bound to the app's sessions."""
 
@@ -126,6 +149,8 @@ class Handlers:
         root_path: str = "",
     ) -> None:
         self._sessions = sessions
+        #: The runs in flight, which a SIGTERM lets finish (drain.py).
+        self.drain = Drain()
         self._shares = shares
         self._root_path = root_path.rstrip("/")
         # Without login (local mode), each tab gets a session on the shared backend,
@@ -135,6 +160,7 @@ class Handlers:
         # Each tab's last error, until its status line has shown it (see last_error).
         self._errors: dict[str, str] = {}
 
+    @counted
     async def generate(
         self,
         prompt: str,

@@ -49,10 +49,12 @@ def requested_file(path: str) -> str | None:
 def health_route(
     describe: Callable[[], dict[str, object]],
 ) -> Callable[[Request], Awaitable[JSONResponse]]:
-    """``GET /healthz``: 200 and a little JSON, no login, for Kubernetes probes."""
+    """``GET /healthz``: 200 and a little JSON, no login, for Kubernetes probes;
+    503 while the app drains before it stops (``drain.py``)."""
 
     async def healthz(request: Request) -> JSONResponse:
-        return JSONResponse({"status": "ok", **describe()})
+        described = {"status": "ok", **describe()}
+        return JSONResponse(described, status_code=503 if described["status"] != "ok" else 200)
 
     return healthz
 
