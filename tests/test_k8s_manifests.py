@@ -52,7 +52,8 @@ def app_container() -> dict[str, Any]:
 
 
 def container_env() -> dict[str, str]:
-    return {entry["name"]: entry["value"] for entry in app_container()["env"]}
+    # Values from a Secret (valueFrom) are the cluster's, not the file's.
+    return {entry["name"]: entry["value"] for entry in app_container()["env"] if "value" in entry}
 
 
 def container_port(port: int | str) -> int:
