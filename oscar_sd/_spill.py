@@ -15,8 +15,9 @@ are not seen. Until a gap is measured nothing spills for being late; each
 waiting request looks again whenever the queue moves. It spills only when the
 per-job path would start it sooner: a job pays a pod start and a model load
 (measured on this client's spilled jobs, else the warm service's own last
-start, same image and model), and when the jobs already spilled wait longer
-than that for a GPU, the per-job path is as far off as their wait.
+start, same image and model), behind the spilled jobs not started yet, as many
+at a time as have been seen running at once; and no sooner than the oldest of
+those has waited.
 
 Exactly once: a request is claimed before it is handed over. The warm replicas
 claim ``<warm output>/<job>.started.json`` with ``If-None-Match: *``
@@ -111,6 +112,8 @@ class SpillOver:
         #: uploaded but not started (job -> when uploaded).
         self._job_starts: deque[float] = deque(maxlen=GAP_WINDOW)
         self._unstarted_jobs: dict[str, float] = {}
+        self._running_jobs: set[str] = set()
+        self._most_running = 0
 
     # -- the estimate --------------------------------------------------------------------
 
@@ -133,14 +136,22 @@ class SpillOver:
         return ahead * gap
 
     def per_job_start(self) -> float:
-        """Seconds until a job spilled now would start (0 while nothing is known)."""
+        """Seconds until a job spilled now would start (0 while nothing is known).
+
+        A start (pod start and model load) each, measured; behind the spilled jobs not
+        started yet, as many at a time as this client has seen running at once (the
+        GPUs the per-job path has shown it has); and never sooner than the oldest of
+        those has already waited.
+        """
         if self._job_starts:
             known = sum(self._job_starts) / len(self._job_starts)
         else:
             known = self.control.start_seconds or 0.0
+        queued = len(self._unstarted_jobs)
+        behind = known * (1 + queued // max(1, self._most_running))
         now = time.monotonic()
         waited = max((now - since for since in self._unstarted_jobs.values()), default=0.0)
-        return max(known, waited)
+        return max(behind, waited)
 
     def _should_spill(self, job: str) -> bool:
         expected = self.expected_start(job)
@@ -272,6 +283,8 @@ class SpillOver:
                 self._unstarted_jobs[job] = time.monotonic()
             elif progress.stage is Stage.RUNNING and job in self._unstarted_jobs:
                 self._job_starts.append(time.monotonic() - self._unstarted_jobs.pop(job))
+                self._running_jobs.add(job)
+                self._most_running = max(self._most_running, len(self._running_jobs))
                 self._moved()
             _forward(on_progress, replace(progress, route=PER_JOB,
                                           elapsed=progress.elapsed + offset))
@@ -282,6 +295,7 @@ class SpillOver:
             result = await self.per_job.generate(request, tagged, job_id=job)
         finally:
             self._unstarted_jobs.pop(job, None)
+            self._running_jobs.discard(job)
             with anyio.CancelScope(shield=True), anyio.move_on_after(5):
                 await self._drop_claim(job)
         self.stats.per_job += 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from pathlib import Path
 
@@ -9,14 +10,19 @@ import anyio
 import pytest
 
 from oscar_sd import GenerationRequest, OscarSD, OscarSDError, Progress, Stage
+from oscar_sd._claims import is_spilled, spill_claim
+from oscar_sd._cluster import OscarCluster
 from oscar_sd._spill import SpillOver, connect_backend, spill_partner
+from oscar_sd._warm_control import WarmControl
 from oscar_sd.cli import main
+from oscar_sd.cli._warm import _auto as auto
 from oscar_sd.service.warm import WarmWorker
 from oscar_sd.ui.progress import stage_text
 from tests.double import ClusterDouble, services
 from tests.double.capacity import Capacity, Timing
+from tests.helpers import until
 from tests.spill_fixtures import PER_JOB, connect_spill, deploy_pair
-from tests.warm_fixtures import WARM
+from tests.warm_fixtures import WARM, ThreadReplica, deploy_warm, warm_settings
 
 
 def request(n: int) -> GenerationRequest:
@@ -180,3 +186,43 @@ def test_the_page_says_which_path_runs_a_request() -> None:
     assert "warm service is starting" in stage_text(waiting)
     assert stage_text(Progress(Stage.RUNNING, "Running on the GPU", route="warm")) == (
         "Running on the GPU · warm replica")
+
+
+@pytest.mark.anyio
+async def test_a_replica_never_takes_over_a_spilled_request() -> None:
+    """The app's claim on a request it handed to the per-job path never expires: a
+    replica that finds the input (and takes every other claim as expired) leaves it."""
+    with ClusterDouble() as double:
+        deploy_warm(double)
+        double.put_object(WARM, "in/c0ffee.json",
+                          json.dumps(request(1).to_payload()).encode())
+        double.put_object(WARM, "out/c0ffee.started.json", spill_claim(PER_JOB))
+        stats = None
+        with ThreadReplica(warm_settings(double, "replica-a", claim_ttl=0.0)) as replica:
+            stats = replica.worker.stats
+            await until(lambda: stats.claims_lost >= 2 or bool(stats.generated), 30,
+                        "two looks at the spilled request")
+        assert not stats.generated, "a replica ran a request the per-job path holds"
+        assert is_spilled(double.get_object(WARM, "out/c0ffee.started.json"))
+
+
+@pytest.mark.anyio
+async def test_warm_auto_starts_on_a_request_and_stops_when_idle() -> None:
+    """`oscar-sd warm auto`: a request landing in the per-job input folder starts the
+    stopped warm service; nothing more for --idle-stop seconds stops it again."""
+    with ClusterDouble() as double:
+        deploy_pair(double, min_scale=1)
+        deployment = double.exposed[WARM]
+        deployment.stop()
+        assert await anyio.to_thread.run_sync(deployment.wait_stopped, 30)
+        cluster = OscarCluster(double.oscar_endpoint, user="oscar", password="oscar-pw")
+        control = WarmControl(cluster, WARM, idle_stop=0.5, check_interval=0.01)
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(auto, control, cluster, WARM, False)
+            await until(lambda: double.listen_connections >= 2, 30, "both folders watched")
+            double.put_object(PER_JOB, "in/c0ffee.json",
+                              json.dumps(request(1).to_payload()).encode())
+            assert await anyio.to_thread.run_sync(deployment.wait_available, 1, 30)
+            assert await anyio.to_thread.run_sync(deployment.wait_stopped, 30)
+            tasks.cancel_scope.cancel()
+        assert control.starts == 1 and control.stops == 1

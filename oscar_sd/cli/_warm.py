@@ -13,6 +13,7 @@ import argparse
 import json
 import logging
 import threading
+from functools import partial
 from typing import Any
 
 import anyio
@@ -102,8 +103,8 @@ async def _auto(control: WarmControl, oscar: OscarCluster, service: str,
     async with anyio.create_task_group() as tasks:
         tasks.start_soon(control.run)
         for folder in folders:
-            tasks.start_soon(anyio.to_thread.run_sync, _watch, storage, folder, control, stop,
-                             abandon_on_cancel=True)
+            watch = partial(_watch, storage, folder, control, stop)
+            tasks.start_soon(partial(anyio.to_thread.run_sync, watch, abandon_on_cancel=True))
         try:
             await anyio.sleep_forever()
         finally:

@@ -160,6 +160,7 @@ class WarmWorker:
     def request_stop(self) -> None:
         """Finish the round that runs, take nothing more, and let :meth:`serve` return."""
         self.stop_event.set()
+        self._looked.set()  # a stop during start-up: serve() waits for no first look
         self._reconcile_now.set()
         with self._cond:
             self._cond.notify_all()

@@ -87,7 +87,7 @@ class Pod:
             replica = self.deployment.make_replica(self.name)
             self.replica = replica
             if self.stop.is_set():
-                replica.request_stop()
+                return  # scaled away while starting
             serving = threading.Thread(target=self._serve, args=(replica,),
                                        name=f"{self.name}-serve", daemon=True)
             serving.start()
