@@ -27,6 +27,7 @@ import anyio.to_thread
 from . import _doctor_storage as storage_checks
 from ._cluster import OscarCluster
 from ._deploy import cluster_version
+from ._doctor_pair import pair_check
 from ._errors import AuthenticationError, ClusterUnreachableError, OscarSDError
 from ._quota import raise_hint, shortfalls
 from ._service_paths import service_paths
@@ -95,7 +96,8 @@ class _Checklist:
 
 
 ALL_CHECKS = ["reachable", "version", "auth", "service", "buckets", "notifications",
-              "conditional PUT", "quota", "GPUs", "warm health", "test request"]
+              "conditional PUT", "quota", "GPUs", "warm health", "spill-over pair",
+              "test request"]
 
 
 async def doctor(
@@ -183,6 +185,7 @@ async def _run(cluster: OscarCluster, checks: _Checklist, service: str, *, verif
     await _quota_check(checks, cluster, definition, version, uid)
     await _gpu_check(checks, cluster, definition)
     await _health_check(checks, cluster, definition, version)
+    await pair_check(checks, cluster, definition, version)
     if not test_request:
         checks.add("test request", "skip", "not asked for (--no-request)")
     elif report_ok_so_far(checks):

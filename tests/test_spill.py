@@ -9,7 +9,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from oscar_sd import GenerationRequest, OscarSD, OscarSDError, Progress, Stage
+from oscar_sd import GenerationRequest, OscarSD, OscarSDError, Progress, Stage, doctor
 from oscar_sd._claims import is_spilled, spill_claim
 from oscar_sd._cluster import OscarCluster
 from oscar_sd._spill import SpillOver, connect_backend, spill_partner
@@ -226,3 +226,20 @@ async def test_warm_auto_starts_on_a_request_and_stops_when_idle() -> None:
             assert await anyio.to_thread.run_sync(deployment.wait_stopped, 30)
             tasks.cancel_scope.cancel()
         assert control.starts == 1 and control.stops == 1
+
+
+@pytest.mark.anyio
+async def test_doctor_checks_both_services_of_the_pair() -> None:
+    with ClusterDouble() as double:
+        deploy_pair(double, min_scale=1)
+        assert await anyio.to_thread.run_sync(double.exposed[WARM].wait_available, 1, 30)
+        where = {"user": "oscar", "password": "oscar-pw", "service": WARM,
+                 "test_request": False}
+        report = await doctor(double.oscar_endpoint, **where)
+        pair = next(check for check in report.checks if check.name == "spill-over pair")
+        assert pair.status == "ok" and "warm on demand" in pair.detail, report.text()
+        double.runner.services[PER_JOB].definition["image"] = "elsewhere/other:1"
+        report = await doctor(double.oscar_endpoint, **where)
+        pair = next(check for check in report.checks if check.name == "spill-over pair")
+        assert pair.status == "fail" and "elsewhere/other:1" in pair.detail
+        assert "deploy --pair" in pair.fix
