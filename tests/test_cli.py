@@ -234,6 +234,26 @@ def test_without_an_endpoint_the_images_are_made_in_process(monkeypatch, capsys,
     assert "2 images in" in err
 
 
+def test_image_to_image_from_a_file_with_a_strength(monkeypatch, capsys, tmp_path):
+    from PIL import Image
+
+    monkeypatch.setenv("OSCAR_SD_MODEL", "tiny")
+    Image.new("RGB", (96, 64), (200, 40, 30)).save(tmp_path / "start.jpg")
+
+    code = main(["generate", "a fox", "-n", "1", "--size", "64x64", "--steps", "4",
+                 "--image", "start.jpg", "--strength", "0.5"])
+
+    out, err = capsys.readouterr()
+    assert code == EXIT_OK, err
+    with Image.open(tmp_path / out.strip()) as made:
+        assert made.size == (64, 64)
+        assert "Denoising strength: 0.5" in made.text["parameters"]
+    assert main(["generate", "a fox", "--strength", "0.5"]) == EXIT_USAGE
+    assert "--strength goes with --image" in error_line(capsys.readouterr().err)
+    assert main(["generate", "a fox", "--image", "missing.png"]) == EXIT_USAGE
+    assert "missing.png: no such file" in error_line(capsys.readouterr().err)
+
+
 def test_one_image_is_said_in_the_singular(monkeypatch, capsys, tmp_path):
     monkeypatch.setenv("OSCAR_SD_MODEL", "tiny")
 

@@ -104,7 +104,13 @@ class ProgressPrinter:
 def run_generate(args: argparse.Namespace, secrets: list[str]) -> int:
     settings = load_settings()
     width, height = args.size
+    if args.strength is not None and args.image is None:
+        raise UsageError("--strength goes with --image (the picture to start from)")
+    if args.image is not None and not args.image.is_file():
+        raise UsageError(f"--image {args.image}: no such file")
     request = GenerationRequest(
+        init_image=args.image,
+        strength=args.strength,
         prompt=args.prompt,
         negative_prompt=args.negative,
         seed=args.seed,

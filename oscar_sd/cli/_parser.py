@@ -80,6 +80,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     generate.add_argument("--negative", default="", metavar="TEXT", help="what to avoid")
     generate.add_argument(
+        "--image", type=Path, metavar="FILE",
+        help="image to image: start from this picture (PNG, JPEG or WebP, at most 4 MiB), "
+        "resized to --size",
+    )
+    generate.add_argument(
+        "--strength", type=float, metavar="S",
+        help="with --image: how much of it is redrawn, above 0 up to 1 (default: the "
+        "model's, 0.75; 0.5 for turbo models)",
+    )
+    generate.add_argument(
         "-o", "--output", type=Path, metavar="DIR",
         help="where to copy the images (default: ./outputs/<job id>/, new for each run); "
         "a folder that already holds files is refused unless --force",
