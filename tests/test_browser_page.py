@@ -263,7 +263,7 @@ def test_cancel_says_cancelled_and_the_next_generate_works(browser: Browser) -> 
             fill(page, "Size (width × height)", "1024x1024")
             page.get_by_label("Prompt", exact=True).fill("a slow fox")
             page.get_by_role("button", name="From Text to Image").click()
-            expect(page.locator("#results")).to_contain_text("Generating: step", timeout=120_000)
+            expect(page.locator("#results")).to_contain_text("Generating · step", timeout=120_000)
 
             page.get_by_role("button", name="Cancel").click()
             expect(page.locator("#status")).to_have_text("Cancelled")

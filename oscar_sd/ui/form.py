@@ -35,6 +35,8 @@ FIELD_LABELS = {
     "num_images": "Number of images",
     "size": "Size",
     "randomize_seed": "Randomize seed",
+    "init_image": "Start image",
+    "strength": "Strength",
 }
 
 
@@ -88,11 +90,15 @@ def build_request(
     guidance_scale: FieldValue,
     size: str,
     num_images: float | None,
+    start_image: bytes | str | None = None,
+    strength: float | None = None,
 ) -> GenerationRequest:
     """The request the form describes; raises :class:`~oscar_sd.InvalidRequestError`.
 
     The values come as the page or an API caller sent them (Gradio does not
     preprocess them, see ``page.py``), so each is checked for its type here too.
+    ``start_image`` (the file's bytes, or base64 text) makes it image to image, at
+    ``strength``; without a start image the strength slider means nothing.
     """
     width, height = parse_size(size)
     if randomize_seed is not None and not isinstance(randomize_seed, bool):
@@ -108,6 +114,8 @@ def build_request(
         width=width,
         height=height,
         num_images=_image_count(num_images),
+        init_image=start_image or None,
+        strength=_strength(strength) if start_image else None,
     )
 
 
@@ -115,6 +123,15 @@ def _seed(value: FieldValue) -> int | None:
     """The typed seed; empty, or -1 as in AUTOMATIC1111, means a random one."""
     seed = _optional_int("seed", value)
     return None if seed == -1 else seed
+
+
+def _strength(value: object) -> float | None:
+    """The strength slider's value; empty means the model's default."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InvalidRequestError("strength", "must be a number above 0 up to 1")
+    return float(value)
 
 
 def _image_count(value: object) -> int:

@@ -46,6 +46,7 @@ from .gallery import gallery_value
 from .progress import StageDisplay
 from .sessions import SESSION_EXPIRED, SessionExpired, Sessions, UserSession, tab_key
 from .share import DAY, SHARE, Shares
+from .start_image import start_image_of
 
 log = logging.getLogger("oscar_sd.ui")
 T = TypeVar("T")
@@ -171,12 +172,15 @@ class Handlers:
         guidance_scale: FieldValue = None,
         size: str = DEFAULT_SIZE,
         num_images: float = 6,
+        start_image: Any = None,
+        strength: float | None = None,
         request: gr.Request | None = None,
         progress: gr.Progress = gr.Progress(),  # noqa: B008 (Gradio's documented idiom)
     ) -> tuple[list[dict[str, object]], str, str, str]:
         """Make the images the form asks for; returns gallery, seed used, status, run id.
 
-        The defaults are the API's: ``client.predict("a red fox", api_name="/generate")``.
+        The defaults are the API's: ``client.predict("a red fox", api_name="/generate")``;
+        image to image with ``start_image=handle_file("fox.png"), strength=0.6``.
         Gradio fills ``request`` and ``progress``; it neither pre- nor postprocesses
         (see ``page.py``), so the values come as sent and go as shown. The run joins
         the login's history, kept on the server (see ``Sessions.keep``).
@@ -195,6 +199,8 @@ class Handlers:
                 guidance_scale,
                 size,
                 num_images,
+                await start_image_of(start_image),
+                strength,
             )
             session = await self._session_of(request)
         except (InvalidRequestError, SessionExpired) as exc:
@@ -413,6 +419,15 @@ class Handlers:
             "host", "localhost"
         )
         return f"{scheme}://{host}{self._root_path}"
+
+    async def use_as_start(self, run: str, index: int, request: gr.Request) -> tuple[Any, ...]:
+        """The picked image into the start image box: the next run starts from it."""
+        entry = self._entry(request, run)
+        if entry is None or not 0 <= index < len(entry.images):
+            return gr.skip(), gr.skip(), GONE_FROM_HISTORY
+        said = (f"Image {index + 1} is the start image: the next run redraws it "
+                "(Strength sets how much).")
+        return entry.images[index], gr.update(open=True), said
 
     async def forget_tab(self, request: gr.Request) -> None:
         """A tab closed: without login its session (and images) go; a login's history

@@ -155,6 +155,22 @@ def build_page(
                     examples_per_page=len(EXAMPLE_PROMPTS),
                     elem_id="examples",
                 )
+                with gr.Accordion(
+                    "Start from an image", open=False, elem_id="image-to-image"
+                ) as start_box:
+                    start_image = gr.Image(
+                        label="Start image (empty: text to image)",
+                        type="filepath",
+                        sources=["upload", "clipboard"],
+                        format="png",
+                        height=220,
+                        elem_id="start-image",
+                    )
+                    strength = gr.Slider(
+                        label="Strength (how much of the start image is redrawn)",
+                        minimum=0.05, maximum=1.0, step=0.05, value=0.6,
+                        elem_id="strength",
+                    )
                 with gr.Accordion("Advanced", open=False, elem_id="advanced"):
                     negative_prompt = gr.Textbox(
                         label="Negative prompt",
@@ -210,6 +226,10 @@ def build_page(
                     use_seed = gr.Button(
                         "Use this image's seed", size="sm", scale=0, min_width=170,
                         elem_id="use-seed",
+                    )
+                    use_start = gr.Button(
+                        "Use this image as a start", size="sm", scale=0, min_width=190,
+                        elem_id="use-start",
                     )
                     copy = gr.Button(
                         "Copy parameters", size="sm", scale=0, min_width=150, elem_id="copy"
@@ -273,12 +293,21 @@ def build_page(
         randomize_seed.input(
             None, [randomize_seed, seed], seed, js=RANDOMIZE_TICKED, api_visibility="private"
         )
+        # A new run's progress never sits beside the last run's "Cancelled" or error.
+        # Registered before the run's event: of two events that write the status on
+        # one click, the browser keeps what the later-registered one writes.
+        gr.on(
+            triggers=[generate.click, prompt.submit, seed.submit, steps.submit,
+                      guidance_scale.submit],
+            fn=None, js="() => ''", outputs=status,
+            api_visibility="private", show_progress="hidden",
+        )
         making = gr.on(
             # Enter in the prompt, the seed, steps or guidance makes the images too.
             triggers=[generate.click, prompt.submit, seed.submit, steps.submit,
                       guidance_scale.submit],
             fn=handlers.generate,
-            inputs=form,
+            inputs=[*form, start_image, strength],
             outputs=[results, seed_used, status, run_shown],
             api_name="generate",
             concurrency_limit=concurrency,
@@ -309,6 +338,10 @@ def build_page(
         # In the browser, at once: the server's part (stopping the run) follows.
         cancel.click(
             None, None, status, js="() => 'Cancelled'", cancels=[making], api_visibility="private"
+        )
+        use_start.click(
+            handlers.use_as_start, [run_shown, picked], [start_image, start_box, status],
+            api_visibility="private", show_progress="hidden",
         )
         results.select(
             handlers.pick_image, run_shown, [picked, parameters],
