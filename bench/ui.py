@@ -15,6 +15,10 @@ Two kinds of client click, one after the other, each against a fresh app:
   the ``queue/data`` event stream, then the six images at once over at most
   six kept-alive connections, and the page's follow-up event that shows the
   run in the history), all users in one asyncio process (aiohttp);
+- ``browser-img2img``: the same tabs, image to image: each tab uploads a
+  512x512 start image once (as a person does), then every click sends it with
+  a strength; the app reads it, carries it base64 inside the input object
+  (about 0.5 MB here), and the double's service reads it back;
 - ``gradio_client``: ``Client.predict`` in a thread per user. It opens a new
   connection for every request and a thread per event stream, and its CPU
   per click is about the app's own: on two shared cores that is time taken
@@ -25,7 +29,8 @@ The app runs as ``manifests/deploy_gradio.yaml`` ships it (its
 ``OSCAR_SD_CONCURRENCY``: that many runs at once, the rest wait in Gradio's
 queue), unless ``--concurrency`` says otherwise.
 
-    .venv/bin/python bench/ui.py [--rounds 10] [--users 1 50] [--clients browser gradio_client]
+    .venv/bin/python bench/ui.py [--rounds 10] [--users 1 50]
+        [--clients browser browser-img2img gradio_client]
 
 Target: p50 at or under 1 s with 50 users.
 """
@@ -136,9 +141,13 @@ class BrowserTab:
     runs the follow-up event that shows the run in the history strip.
     """
 
-    def __init__(self, url: str, account: tuple[str, str]) -> None:
+    def __init__(
+        self, url: str, account: tuple[str, str], start_image: bytes | None = None
+    ) -> None:
         self.url = url.rstrip("/") + "/"
         self.account = account
+        #: Image to image: the PNG this tab uploads once and starts every click from.
+        self.start_image = start_image
         self.tab = secrets.token_hex(6)  # Gradio's session_hash: one per tab
         self.generate_id = self.follow_up_id = -1
         self.form: list[object] = []
@@ -169,6 +178,21 @@ class BrowserTab:
                          and d.get("trigger_only_on_success"))
         self.generate_id, self.follow_up_id = generate["id"], follow_up["id"]
         self.form = [values.get(component) for component in generate["inputs"]]
+        if self.start_image is not None:
+            kinds = {c["id"]: c.get("type") for c in config["components"]}
+            uploaded = await self._upload(self.start_image)
+            for index, component in enumerate(generate["inputs"]):
+                if kinds.get(component) == "image":
+                    self.form[index] = {"path": uploaded, "orig_name": "start.png",
+                                        "meta": {"_type": "gradio.FileData"}}
+
+    async def _upload(self, png: bytes) -> str:
+        """The page's upload of a file to Gradio: its path on the server."""
+        form = aiohttp.FormData()
+        form.add_field("files", png, filename="start.png", content_type="image/png")
+        async with self.http.post("gradio_api/upload", data=form) as answer:
+            answer.raise_for_status()
+            return str((await answer.json())[0])
 
     async def click(self, prompt: str) -> tuple[list[bytes], Awaitable[object]]:
         """Generate with ``prompt`` and the form's other values.
@@ -220,14 +244,16 @@ class BrowserTab:
         return image
 
 
-def click_in_browsers(url: str, users: int, rounds: int, begin: Callable[[], None]) -> list[float]:
+def click_in_browsers(url: str, users: int, rounds: int, begin: Callable[[], None],
+                      start_image: bytes | None = None) -> list[float]:
     """Every user's clicks, all users clicking together each round; seconds per click.
 
     ``begin`` is called once everyone is logged in and warmed up, as the timed rounds start.
+    With ``start_image`` every click is image to image, from that PNG.
     """
 
     async def run() -> list[float]:
-        tabs = [BrowserTab(url, account) for account in accounts_for(users).values()]
+        tabs = [BrowserTab(url, account, start_image) for account in accounts_for(users).values()]
         for tab in tabs:
             await tab.open()
         for _, follow_up in await asyncio.gather(*(tab.click("warm-up") for tab in tabs)):
@@ -293,6 +319,20 @@ def click_in_gradio_clients(
     return timings
 
 
+def start_png() -> bytes:
+    """A 512x512 start image with some texture, as PNG (about 0.4 MB, like a photo's PNG)."""
+    import io
+
+    from PIL import Image, ImageFilter
+
+    noise = Image.effect_noise((512, 512), 48).filter(ImageFilter.GaussianBlur(1))
+    picture = Image.merge("RGB", (noise, Image.linear_gradient("L").resize((512, 512)),
+                                  noise.rotate(90)))
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
 @dataclass
 class Run:
     """One measured run: every click's seconds, and the CPU each process spent on them."""
@@ -316,6 +356,8 @@ def measure(client: str, users: int, rounds: int, concurrency: int, downloads: P
     try:
         if client == "browser":
             timings = click_in_browsers(url, users, rounds, begin)
+        elif client == "browser-img2img":
+            timings = click_in_browsers(url, users, rounds, begin, start_png())
         else:
             timings = click_in_gradio_clients(url, users, rounds, begin, downloads)
         cpu = {name: cpu_seconds(pid) - cpu_before[name] for name, pid in processes.items()}
@@ -330,13 +372,13 @@ def report(runs: list[Run], concurrency: int) -> None:
     print()
     print(f"click-to-six-images (cluster double, service answers at once; app concurrency "
           f"{concurrency}; {os.cpu_count()} cores shared by app, double and clients)")
-    print(f"{'client':<14} {'users':>5} {'clicks':>6} {'p50 s':>7} {'p95 s':>7} {'max s':>7}"
+    print(f"{'client':<16} {'users':>5} {'clicks':>6} {'p50 s':>7} {'p95 s':>7} {'max s':>7}"
           f"  {'CPU ms per click: app':>21} {'double':>7} {'clients':>8}")
     for run in runs:
         timings = run.timings
         app, double, clients = (1000 * run.cpu[name] / len(timings)
                                 for name in ("app", "cluster double", "clients"))
-        print(f"{run.client:<14} {run.users:>5} {len(timings):>6}"
+        print(f"{run.client:<16} {run.users:>5} {len(timings):>6}"
               f" {statistics.median(timings):>7.3f} {percentile(timings, 0.95):>7.3f}"
               f" {max(timings):>7.3f}"
               f"  {app:>21.1f} {double:>7.1f} {clients:>8.1f}")
@@ -345,14 +387,18 @@ def report(runs: list[Run], concurrency: int) -> None:
         if ("browser", users) in by_kind and ("gradio_client", users) in by_kind:
             ratio = by_kind[("gradio_client", users)] / by_kind[("browser", users)]
             print(f"{users} users: p50 through gradio_client is {ratio:.2f}x the browser's")
+        if ("browser", users) in by_kind and ("browser-img2img", users) in by_kind:
+            ratio = by_kind[("browser-img2img", users)] / by_kind[("browser", users)]
+            print(f"{users} users: p50 of image to image is {ratio:.2f}x text to image's")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=10, help="clicks per user (default 10)")
     parser.add_argument("--users", type=int, nargs="+", default=[1, 50])
-    parser.add_argument("--clients", nargs="+", default=["browser", "gradio_client"],
-                        choices=["browser", "gradio_client"])
+    parser.add_argument("--clients", nargs="+",
+                        default=["browser", "browser-img2img", "gradio_client"],
+                        choices=["browser", "browser-img2img", "gradio_client"])
     parser.add_argument("--concurrency", type=int, default=None,
                         help="the app's concurrency (default: manifests/deploy_gradio.yaml's)")
     args = parser.parse_args()

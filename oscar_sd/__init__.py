@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ._backend import Backend
+    from ._choice import ModelChoice
     from ._deploy import (
         DeployedService,
         DeployError,
@@ -89,6 +90,7 @@ _HOMES = {
     "SignInExpired": "._errors",
     "Backoff": "._notify.backoff",
     "LocalSD": "._local",
+    "ModelChoice": "._choice",
     "GenerationRequest": "._models",
     "GenerationResult": "._models",
     "Progress": "._models",
@@ -125,6 +127,7 @@ __all__ = [
     "JobFailedError",
     "JobState",
     "LocalSD",
+    "ModelChoice",
     "OidcToken",
     "OscarSD",
     "OscarSDError",

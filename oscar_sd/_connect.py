@@ -54,6 +54,8 @@ class Connection:
     hidden: tuple[str, ...]
     #: The OIDC user's uid (their MinIO access key); None with basic auth.
     uid: str | None = None
+    #: The model the service runs, from its ``OSCAR_SD_MODEL`` variable (None if unset).
+    model: str | None = None
 
 
 async def open_connection(
@@ -128,6 +130,7 @@ async def open_connection(
         results_dir=results,
         hidden=(str(provider["access_key"]), str(provider.get("secret_key") or "")),
         uid=uid,
+        model=model_of(definition),
     )
 
 
@@ -142,6 +145,14 @@ async def _service_for(cluster: OscarCluster, service: str) -> dict[str, Any]:
         log.warning("service %r is not open to this OIDC user: %s (the operator can check "
                     "with `oscar-sd doctor --token ...`)", service, exc)
         raise ServiceNotAvailableError(service) from None
+
+
+def model_of(definition: dict[str, Any]) -> str | None:
+    """The model a service definition names (``environment.variables.OSCAR_SD_MODEL``)."""
+    environment = definition.get("environment") or {}
+    variables = environment.get("variables") or environment.get("Variables") or {}
+    model = variables.get("OSCAR_SD_MODEL") if isinstance(variables, dict) else None
+    return str(model).strip() or None if model else None
 
 
 async def _require_bucket(

@@ -103,7 +103,11 @@ class OscarSD:
         quota_timeout: float = 600.0,
         hidden: tuple[str, ...] = (),
         uid: str | None = None,
+        model: str | None = None,
     ) -> None:
+        #: The model the service runs (its OSCAR_SD_MODEL variable), else the service's name:
+        #: what a model choice calls it.
+        self.model = model or service
         #: Who this client is on the cluster: the OIDC uid, None for the basic-auth account.
         self.uid = uid
         self.outage_timeout = outage_timeout
@@ -254,6 +258,7 @@ class OscarSD:
                 quota_timeout=quota_timeout,
                 hidden=opened.hidden,
                 uid=opened.uid,
+                model=opened.model,
             )
 
         return Connecting(open_client())
@@ -367,6 +372,7 @@ class OscarSD:
                     wait=waited - uploaded,
                     download=finished - waited,
                 ),
+                model=self.model,
             )
         except BaseException:
             if directory is not None:

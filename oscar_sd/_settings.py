@@ -25,7 +25,8 @@ class Settings(BaseSettings):
     port: int = Field(7000, validation_alias="port")
     #: Address the web app binds to.
     host: str = "0.0.0.0"
-    #: Name of the Stable Diffusion service on the cluster.
+    #: Name of the Stable Diffusion service on the cluster; several, comma-separated, make
+    #: a model choice on the page (each named by its model).
     service: str = "stable-diffusion"
     #: Path prefix when served behind an Ingress subpath, e.g. "/sd". As an OSCAR
     #: exposed service (manifests/app.yaml) OSCAR sets OSCAR_SERVICE_BASE_PATH
@@ -50,6 +51,15 @@ class Settings(BaseSettings):
     verify_ssl: bool = True
     #: Local backend model: "auto", "tiny", a hub id or a folder.
     model: str = "auto"
+    #: Local mode: a folder of diffusers pipelines (one sub-folder each) offered as models,
+    #: beside the configured one, those in the Hugging Face cache, and tiny.
+    models_dir: str = ""
+
+    @property
+    def services(self) -> list[str]:
+        """The service names of ``service`` (a comma-separated list), in order."""
+        names = [name.strip() for name in self.service.split(",") if name.strip()]
+        return names or ["stable-diffusion"]
     #: OIDC sign-in ("Sign in with EGI Check-in"): the issuer, and this app's client.
     oidc_issuer: str = "https://aai.egi.eu/auth/realms/egi"
     #: Empty: no OIDC sign-in on the page (the user name and password form only).

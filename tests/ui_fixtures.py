@@ -72,7 +72,7 @@ def session_file_urls(http: httpx.Client, prompt: str) -> list[str]:
     info = http.get("/config").json()
     generate_id = next(d["id"] for d in info["dependencies"] if d.get("api_name") == "generate")
     http.post("/gradio_api/queue/join", json={
-        "data": [prompt, "", None, True, None, None, "512x512", 6, None, 0.6],
+        "data": [prompt, "", None, True, None, None, "512x512", 6, None, 0.6, None],
         "fn_index": generate_id, "trigger_id": None, "session_hash": "a",
     }).raise_for_status()
     with http.stream("GET", "/gradio_api/queue/data", params={"session_hash": "a"},

@@ -59,7 +59,7 @@ def resolve_cluster(
 
     place = {
         "endpoint": endpoint.rstrip("/"),
-        "service": args.service or settings.service,
+        "service": args.service or settings.services[0],
         "verify_ssl": settings.verify_ssl and not args.insecure,
     }
     token = args.token or os.environ.get("OSCAR_SD_TOKEN")

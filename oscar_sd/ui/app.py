@@ -36,6 +36,7 @@ from starlette.requests import HTTPConnection
 from starlette.routing import Route
 
 from .._backend import Backend
+from .._choice import ModelChoice, local_models
 from .._local import LocalSD
 from .._settings import Settings
 from .._spill import SpillOver
@@ -108,6 +109,8 @@ class WebApp:
         self.local = settings.local
         # The local backend is made on the server's event loop, at startup.
         self.local_backend: LocalSD | None = None
+        #: Locally, every model that can load (the configured one first), when more than one.
+        self.local_choice: ModelChoice | None = None
         self.login: ClusterLogin | LocalLogin | None
         oidc: OidcSignIn | None = None
         if not self.local:
@@ -241,9 +244,14 @@ class WebApp:
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(self._expire_idle_sessions)
             if self.local:
-                self.local_backend = LocalSD(
-                    model=self.settings.model, results_dir=self.sessions.root / "incoming"
+                incoming = self.sessions.root / "incoming"
+                self.local_backend = LocalSD(model=self.settings.model, results_dir=incoming)
+                models = await anyio.to_thread.run_sync(
+                    local_models, self.settings.model, self.settings.models_dir or None
                 )
+                if len(models) > 1:  # each loads on first use (and stays loaded)
+                    self.local_choice = ModelChoice({self.settings.model: self.local_backend, **{
+                        name: LocalSD(model=name, results_dir=incoming) for name in models[1:]}})
                 tasks.start_soon(self._warm_up, self.local_backend)
             try:
                 yield
@@ -251,7 +259,9 @@ class WebApp:
                 tasks.cancel_scope.cancel()
                 with anyio.CancelScope(shield=True):
                     await self.sessions.close_all()
-                    if self.local_backend is not None:
+                    if self.local_choice is not None:
+                        await self.local_choice.aclose()
+                    elif self.local_backend is not None:
                         await self.local_backend.aclose()
 
     async def _expire_idle_sessions(self) -> None:
@@ -274,7 +284,7 @@ class WebApp:
     def _shared(self) -> Backend:
         if self.local_backend is None:
             raise RuntimeError("the local backend exists only while the app runs")
-        return self.local_backend
+        return self.local_choice or self.local_backend
 
     def _describe_backend(self, request: gr.Request) -> str:
         """The line under the title, once per page load: who is signed in, and what

@@ -36,6 +36,7 @@ FIELD_LABELS = {
     "size": "Size",
     "randomize_seed": "Randomize seed",
     "init_image": "Start image",
+    "model": "Model",
     "strength": "Strength",
 }
 

@@ -18,6 +18,7 @@ import anyio
 import gradio as gr
 
 from .._backend import Backend
+from .._choice import ModelChoice
 from .._errors import (
     AuthenticationError,
     InvalidRequestError,
@@ -174,13 +175,15 @@ class Handlers:
         num_images: float = 6,
         start_image: Any = None,
         strength: float | None = None,
+        model: str | None = None,
         request: gr.Request | None = None,
         progress: gr.Progress = gr.Progress(),  # noqa: B008 (Gradio's documented idiom)
     ) -> tuple[list[dict[str, object]], str, str, str]:
         """Make the images the form asks for; returns gallery, seed used, status, run id.
 
         The defaults are the API's: ``client.predict("a red fox", api_name="/generate")``;
-        image to image with ``start_image=handle_file("fox.png"), strength=0.6``.
+        image to image with ``start_image=handle_file("fox.png"), strength=0.6``; where
+        the page offers several models, ``model=`` names one (default: the first).
         Gradio fills ``request`` and ``progress``; it neither pre- nor postprocesses
         (see ``page.py``), so the values come as sent and go as shown. The run joins
         the login's history, kept on the server (see ``Sessions.keep``).
@@ -211,8 +214,9 @@ class Handlers:
             if session.token is not None:  # renewed now if it has under 60 s left
                 await session.token.fresh()
             async with self._sessions.using(session) as backend:
+                chosen = backend.pick(model) if isinstance(backend, ModelChoice) else backend
                 result = await cancellable(
-                    backend.generate, generation, display, alongside=display.keep_counting
+                    chosen.generate, generation, display, alongside=display.keep_counting
                 )
         except AuthenticationError as exc:
             log.info("the backend refused the session's credentials; closing the session")
@@ -419,6 +423,20 @@ class Handlers:
             "host", "localhost"
         )
         return f"{scheme}://{host}{self._root_path}"
+
+    def models(self, request: gr.Request) -> Any:
+        """The model choice of this login (or of this computer), shown when there is one."""
+        backend = None
+        if request.username and (session := self._sessions.get(request.username)):
+            backend = session.backend
+        elif not request.username and self._shared_backend is not None:
+            try:
+                backend = self._shared_backend()
+            except RuntimeError:  # the app is not serving yet
+                backend = None
+        names = backend.models if isinstance(backend, ModelChoice) else []
+        return gr.update(choices=names, value=names[0] if names else None,
+                         visible=len(names) > 1)
 
     async def use_as_start(self, run: str, index: int, request: gr.Request) -> tuple[Any, ...]:
         """The picked image into the start image box: the next run starts from it."""

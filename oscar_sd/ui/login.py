@@ -20,9 +20,12 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+
+import anyio
 
 from .._backend import Backend
+from .._choice import ModelChoice, named_by_model
 from .._errors import (
     AuthenticationError,
     ClusterUnreachableError,
@@ -89,20 +92,25 @@ class ClusterLogin:
         settings, folder = self._settings, self._sessions.new_folder()
         token = credentials.get("token")
 
-        async def connect() -> Backend:
+        async def connect_to(service: str) -> Backend:
             # A warm service that names a per-job partner connects as a spill-over pair;
             # connecting is a sign-in, which starts a stopped warm service (_spill.py).
             return await connect_backend(
                 settings.oscar_endpoint,
                 **credentials,  # type: ignore[arg-type]
                 keep_password=False,
-                service=settings.service,
+                service=service,
                 spill_after=settings.spill_after,
                 verify_ssl=settings.verify_ssl,
                 timeout=settings.timeout,
                 quota_timeout=settings.quota_timeout,
                 results_dir=folder,
             )
+
+        async def connect() -> Backend:
+            if len(settings.services) == 1:
+                return await connect_to(settings.services[0])
+            return await connect_choice(settings.services, connect_to)
 
         key = new_session_key()
         try:
@@ -153,6 +161,36 @@ class ClusterLogin:
         except OscarSDError as exc:
             log.warning("no history for this login: %s", exc)
             return None
+
+
+async def connect_choice(
+    services: list[str], connect_to: Callable[[str], Awaitable[Backend]]
+) -> ModelChoice:
+    """A client for each of ``services`` this person may use, named by model.
+
+    A service they cannot use (missing, not theirs to see, misconfigured) is left
+    out and logged; with none left, the first one's error is raised. Refused
+    credentials are raised at once (they are the same for every service).
+    """
+    clients: dict[str, Backend] = {}
+    errors: dict[str, OscarSDError] = {}
+
+    async def one(service: str) -> None:
+        try:
+            clients[service] = await connect_to(service)
+        except (ServiceNotFoundError, ServiceMisconfiguredError) as exc:
+            log.info("service %r is not offered to this login: %s", service, exc)
+            errors[service] = exc
+
+    async with anyio.create_task_group() as tasks:
+        for service in services:
+            tasks.start_soon(one, service)
+    if not clients:
+        raise errors[services[0]]
+    # A spill-over pair is named by its warm half's model (it runs the same one).
+    ordered = [(getattr(clients[s], "model", None) or s, s, clients[s])
+               for s in services if s in clients]
+    return ModelChoice(named_by_model(ordered))
 
 
 def groups_refused(yours: tuple[str, ...], admitted: tuple[str, ...]) -> str:

@@ -135,6 +135,11 @@ def build_page(
                     autofocus=True,
                     elem_id="prompt",
                 )
+                # Shown where there is a choice: the cluster's services this login may
+                # use (each named by its model), or the models this computer can load.
+                model = gr.Dropdown(
+                    label="Model", choices=[], value=None, visible=False, elem_id="model",
+                )
                 with gr.Row():
                     generate = gr.Button(
                         "From Text to Image",
@@ -307,7 +312,7 @@ def build_page(
             triggers=[generate.click, prompt.submit, seed.submit, steps.submit,
                       guidance_scale.submit],
             fn=handlers.generate,
-            inputs=[*form, start_image, strength],
+            inputs=[*form, start_image, strength, model],
             outputs=[results, seed_used, status, run_shown],
             api_name="generate",
             concurrency_limit=concurrency,
@@ -387,5 +392,6 @@ def build_page(
             api_visibility="private", show_progress="hidden", postprocess=False,
         )
         page.load(describe_backend, None, backend_line, api_visibility="private")
+        page.load(handlers.models, None, model, api_visibility="private", show_progress="hidden")
         page.unload(handlers.forget_tab)
     return page

@@ -89,7 +89,9 @@ def render_png(request: dict[str, Any], index: int) -> bytes:
         "RGB", (IMAGE_SIZE, IMAGE_SIZE), pixels(request["prompt"], request["seed"], index))
     info = PngImagePlugin.PngInfo()
     info.add_text("parameters", a1111_parameters(request))
-    info.add_text("oscar-sd", json.dumps({**request, "index": index}))
+    # As the worker does: a start image is not copied into every PNG made from it.
+    described = {key: value for key, value in request.items() if key != "init_image"}
+    info.add_text("oscar-sd", json.dumps({**described, "index": index}))
     out = io.BytesIO()
     image.save(out, format="PNG", pnginfo=info, compress_level=0)  # noise won't compress
     return out.getvalue()
