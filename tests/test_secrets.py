@@ -140,7 +140,8 @@ def read_queue_streams(app: WebApp, cluster: ClusterDouble) -> str:
         joined = bob.post(
             "/gradio_api/queue/join",
             json={
-                "data": ["a quiet harbour", "", None, True, None, None, "512x512", 6, None, 0.6, None],
+                "data": ["a quiet harbour", "", None, True, None, None, "512x512", 6,
+                         None, 0.6, None],
                 "fn_index": generate["id"],
                 "trigger_id": None,
                 "session_hash": session_hash,

@@ -91,7 +91,8 @@ def test_a_waiting_tab_hears_its_place_once_a_second_not_once_per_start(
 
         def join(tab: str) -> None:
             http.post("/gradio_api/queue/join", json={
-                "data": [f"{PROMPT} {tab}", "", None, True, None, None, "512x512", 1, None, 0.6, None],
+                "data": [f"{PROMPT} {tab}", "", None, True, None, None, "512x512", 1,
+                         None, 0.6, None],
                 "fn_index": generate_id, "trigger_id": None, "session_hash": tab,
             }).raise_for_status()
 
