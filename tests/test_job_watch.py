@@ -327,3 +327,20 @@ def test_a_log_line_shown_never_carries_a_key():
         assert leaky not in useful_line(log)
     assert len(useful_line("x" * 500 + " error")) <= 160
     assert FAILED_BY == "job-watch"
+
+
+async def test_a_lone_waiting_request_hears_its_place_in_line(cluster: ClusterDouble):
+    """No job of this client runs, so no running request lists the jobs: the waiting
+    one does, once an interval."""
+    queued = Running()
+    try:
+        async with connect(cluster, job_check_interval=0.2, timeout=600) as sd:
+            cluster.hold_jobs()  # its job stays Pending: no GPU for it
+            with anyio.fail_after(20):
+                async with anyio.create_task_group() as tasks:
+                    tasks.start_soon(sd.generate, "alone", queued.callback())
+                    await until_rounds(
+                        sd.job_watch, lambda: "Waiting for a GPU (1 job queued)" in queued.messages)
+                    cluster.release_jobs()
+    finally:
+        cluster.release_jobs()
