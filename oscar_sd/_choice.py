@@ -41,15 +41,14 @@ class ModelChoice:
 
     @property
     def description(self) -> str:
-        first = next(iter(self.backends.values()))
         more = len(self.backends) - 1
-        return first.description + (f" (and {more} more model{'s' * (more != 1)})"
+        return self._first.description + (f" (and {more} more model{'s' * (more != 1)})"
                                     if more else "")
 
     def pick(self, model: str | None) -> Backend:
         """The backend of ``model`` (empty: the default); InvalidRequestError names the choices."""
         if not model:
-            return next(iter(self.backends.values()))
+            return self._first
         try:
             return self.backends[model]
         except KeyError:
@@ -67,6 +66,28 @@ class ModelChoice:
     async def aclose(self) -> None:
         for backend in self.backends.values():
             await backend.aclose()
+
+    # What the app asks of a cluster login, answered by the default backend (every
+    # backend of one login has the same identity on the same cluster).
+
+    async def history(self, budget: Any = None) -> Any:
+        """The identity's history (:meth:`OscarSD.history`)."""
+        return await self._first.history(budget)  # type: ignore[attr-defined]
+
+    @property
+    def oidc_groups(self) -> tuple[str, ...]:
+        return tuple(getattr(self._first, "oidc_groups", ()))
+
+    def page_opened(self) -> None:
+        """Someone opened the page: each warm-on-demand backend starts its service."""
+        for backend in self.backends.values():
+            opened = getattr(backend, "page_opened", None)
+            if opened is not None:
+                opened()
+
+    @property
+    def _first(self) -> Backend:
+        return next(iter(self.backends.values()))
 
 
 def named_by_model(backends: Iterable[tuple[str, str, Any]]) -> dict[str, Any]:

@@ -299,7 +299,7 @@ class WebApp:
                 return f"{signed_in}⚠ {SERVICE_NOT_READY}"
         elif self.local:
             backend = self.local_backend
-        if isinstance(backend, SpillOver):
+        if isinstance(backend, (SpillOver, ModelChoice)):
             backend.page_opened()  # warm on demand: someone is there
         description = backend.description if backend else self._backend_summary()
         return f"{signed_in}Images made by {_markdown_text(description)}"

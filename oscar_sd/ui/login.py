@@ -154,7 +154,7 @@ class ClusterLogin:
         log.info("login: session open; %d open", len(self._sessions))
         return session
 
-    async def _history_of(self, backend: OscarSD | SpillOver) -> History | None:
+    async def _history_of(self, backend: OscarSD | SpillOver | ModelChoice) -> History | None:
         """The identity's history on the cluster; without it the page still works."""
         try:
             return await backend.history(self._settings.history_budget())
