@@ -213,7 +213,7 @@ class JobWatch:
                     message = f"Waiting for a GPU ({_jobs(queued)} queued)"
                 elif told:
                     message = "Waiting for a GPU"
-            if message and message != told:
+            if message:  # again each round: an outage's words may have replaced it
                 told = message
                 report(stage, message)
             await anyio.sleep(max(0.0, this_round.at + self.interval - time.monotonic()))
