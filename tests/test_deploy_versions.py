@@ -150,3 +150,27 @@ def test_the_manifests_say_what_oscar_cli_carries(fdl: Path) -> None:
         assert entry["expose"]["min_scale"] == entry["expose"]["max_scale"] == 1
         assert entry["environment"]["Variables"]["OSCAR_SD_ROOT_PATH"] == (
             f"/system/services/{entry['name']}/exposed")
+
+
+def test_the_command_line_shares_the_service_as_asked(
+        double: ClusterDouble, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    import os
+    import sys
+
+    from oscar_sd.cli import EXIT_OK, EXIT_USAGE, main
+
+    for name in list(os.environ):
+        if name.upper().startswith("OSCAR_SD_") or name == "oscar_endpoint":
+            monkeypatch.delenv(name)
+    monkeypatch.setattr(sys, "stdin", open(os.devnull))
+    token = double.sign_in("alice")["access_token"]
+    argv = ["deploy", "--endpoint", double.oscar_endpoint, "--token", token, "--fdl", str(JOB_FDL)]
+
+    assert main([*argv, "--visibility", "restricted", "--allowed-users", "bob, carol"]) == EXIT_OK
+    definition = double.runner.services["stable-diffusion"].definition
+    assert (definition["visibility"], definition["allowed_users"]) == ("restricted",
+                                                                      ["bob", "carol"])
+    assert "warning:" in capsys.readouterr().err  # the quota, and what restricted users see
+
+    assert main([*argv, "--visibility", "everyone"]) == EXIT_USAGE  # argparse's choices
