@@ -130,6 +130,15 @@ class OscarCluster:
 
     def _http_error(self, exc: requests.exceptions.HTTPError, what: str) -> OscarSDError:
         status = exc.response.status_code if exc.response is not None else 0
+        if status == 401 and self.token is not None:
+            # OSCAR answers 401 both to a token it cannot verify and to the valid token of
+            # someone in none of its OIDC_GROUPS (pkg/utils/auth/oidc.go IsAuthorised).
+            return AuthenticationError(
+                f"The OSCAR cluster at {self.endpoint} refused the credentials (HTTP 401): "
+                "the token expired or is not valid there, or the cluster admits only members "
+                "of its OIDC groups and this account is in none of them. Sign in again, or "
+                "ask the cluster's operator which groups it admits.", 401
+            )
         if status == 401:
             return AuthenticationError(
                 f"The OSCAR cluster at {self.endpoint} refused the credentials (HTTP 401). "

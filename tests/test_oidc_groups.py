@@ -82,6 +82,7 @@ async def test_the_library_learns_the_admitted_groups_and_says_401_plainly(
         await OscarSD.connect(grouped_cluster.oscar_endpoint, service=SERVICE,
                               token=outsider["access_token"])
     assert refused.value.status == 401
+    assert "admits only members of its OIDC groups" in str(refused.value)  # CLI and library
 
 
 @pytest.fixture
