@@ -69,6 +69,7 @@ async def open_connection(
     verify_ssl: bool,
     connect_timeout: float,
     stall_timeout: float,
+    outage_timeout: float,
     backoff: Backoff | None,
     storage_threads: int,
     results_dir: str | Path | None,
@@ -108,6 +109,8 @@ async def open_connection(
         verify=bool(provider.get("verify", True)) and verify_ssl,
         stall_timeout=stall_timeout,
         pool_size=StorageLimits.pool_size(storage_threads),
+        outage_timeout=outage_timeout,
+        backoff=backoff,
     )
     limits = StorageLimits.create(storage_threads)
     await _require_bucket(storage, output_path.bucket, service, connect_timeout, limits)
@@ -115,7 +118,7 @@ async def open_connection(
     address = StreamAddress(
         storage.endpoint, output_path.bucket, output_path.prefix, provider["access_key"]
     )
-    hub = get_hub(address, storage, **({"backoff": backoff} if backoff else {}))
+    hub = get_hub(address, storage.for_hub, **({"backoff": backoff} if backoff else {}))
     results = Path(results_dir or Path(tempfile.gettempdir()) / "oscar-sd-results")
     await anyio.to_thread.run_sync(
         partial(results.mkdir, parents=True, exist_ok=True), limiter=limits.results

@@ -37,6 +37,7 @@ from ._cluster import OscarCluster
 from ._connect import Connecting, open_connection
 from ._errors import (
     AuthenticationError,
+    ClusterUnreachableError,
     GenerationTimeout,
     JobFailedError,
     OscarSDError,
@@ -234,6 +235,7 @@ class OscarSD:
                 verify_ssl=verify_ssl,
                 connect_timeout=connect_timeout,
                 stall_timeout=stall_timeout,
+                outage_timeout=outage_timeout,
                 backoff=backoff,
                 storage_threads=storage_threads,
                 results_dir=results_dir,
@@ -315,8 +317,8 @@ class OscarSD:
                 started(key)
 
         waiter = self._hub.register(
-            result_keys, self._storage, progress_keys=[marker_key, steps.key], on_progress=told,
-            repeating_keys=[steps.key],
+            result_keys, self._storage.for_hub, progress_keys=[marker_key, steps.key],
+            on_progress=told, repeating_keys=[steps.key],
         )
         landed: str | None = None
         upload: threading.Event | None = None
@@ -422,6 +424,13 @@ class OscarSD:
         )
 
     async def _last_look(self, waiter: Waiter) -> str | None:
+        down_since = self._storage.gate.down_since
+        if down_since is not None:  # a look now would wait out the outage: not a last look
+            raise ClusterUnreachableError(
+                f"Cannot reach the cluster's storage (MinIO) at {self._storage.endpoint}: it "
+                f"has not answered for {time.monotonic() - down_since:.0f} s. "
+                "Check that the cluster is up."
+            )
         return await self._storage_call(
             self._hub.look_now, waiter, self.limits.requests, run=False
         )

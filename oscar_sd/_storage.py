@@ -1,14 +1,17 @@
 """The cluster's MinIO, as the OSCAR backend uses it.
 
 Every method here blocks (minio is a blocking library): callers run them
-through ``anyio.to_thread.run_sync``.
+through ``anyio.to_thread.run_sync``. Every call but the listen request rides
+out a MinIO restart through the client's :class:`OutageGate` (refused or reset
+connections, 502/503/504) for up to ``outage_timeout`` seconds; the hub
+reconnects the listen stream itself.
 """
 
 from __future__ import annotations
 
 import datetime
+import hashlib
 import io
-from collections.abc import Iterable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -16,7 +19,7 @@ import certifi
 import urllib3
 from minio import Minio
 from minio.deleteobjects import DeleteObject
-from minio.error import S3Error, ServerError
+from minio.error import S3Error
 from urllib3.exceptions import (
     ConnectTimeoutError,
     MaxRetryError,
@@ -27,13 +30,14 @@ from urllib3.exceptions import (
 )
 
 from ._errors import ClusterUnreachableError, InvalidResultError
+from ._notify.backoff import Backoff
 from ._notify.source import ListenResponse, ListenUnsupported
+from ._outage_gate import OutageGate
 from ._retry_log import summarise_urllib3_retries
+from ._storage_faults import http_answer, listen_refusal
 
 #: The largest result object downloaded (a zip of 8 PNGs is a few MB).
 MAX_RESULT_BYTES = 64 * 1024 * 1024
-#: What a server without MinIO's listen API answers a listen request with.
-LISTEN_UNSUPPORTED_CODES = {"NotImplemented", "MethodNotAllowed", "NotSupported"}
 
 
 @dataclass(frozen=True)
@@ -69,6 +73,8 @@ class MinioStorage:
         verify: bool = True,
         stall_timeout: float = 5.0,
         pool_size: int = 32,
+        outage_timeout: float = 60.0,
+        backoff: Backoff | None = None,
     ) -> None:
         summarise_urllib3_retries()  # an outage retries every second: log it once a minute
         url = urlsplit(endpoint if "://" in endpoint else f"https://{endpoint}")
@@ -80,16 +86,15 @@ class MinioStorage:
         }
         # Every worker thread may hold a connection at once: ``pool_size`` is
         # at least the number of threads that use this client (see connect()).
-        # A refused connection is retried once only: the hub notices an outage
-        # and says so, rather than urllib3 retrying quietly for seconds.
+        # urllib3 retries nothing: the gate does, shared by every thread, so that
+        # a restart costs one probe at a time rather than a burst from each call.
         requests_pool = urllib3.PoolManager(
             maxsize=pool_size,
             timeout=urllib3.Timeout(connect=10, read=120),
-            retries=urllib3.Retry(
-                total=5, connect=1, backoff_factor=0.2, status_forcelist=[500, 502, 503, 504]
-            ),
+            retries=False,
             **options,
         )
+        self.gate = OutageGate(outage_timeout, backoff)
         # The listen stream gets its own pool: its read timeout is the stall
         # limit, and the hub, not urllib3, decides when to reconnect.
         listen_pool = urllib3.PoolManager(
@@ -122,7 +127,7 @@ class MinioStorage:
         return self._client
 
     def check_bucket(self, bucket: str) -> bool:
-        return self._client.bucket_exists(bucket)
+        return bool(self.gate.call(lambda: self._client.bucket_exists(bucket)))
 
     def make_bucket(self, bucket: str) -> None:
         """Create ``bucket`` (the root keys may; a user's keys may not, see history/_minio.py)."""
@@ -135,11 +140,33 @@ class MinioStorage:
         )
 
     def put(self, bucket: str, key: str, data: bytes, content_type: str) -> None:
-        self._client.put_object(bucket, key, io.BytesIO(data), len(data), content_type=content_type)
+        """Upload ``data``. A connection cut mid-upload may still have stored it, and a
+        second PUT of an input would start a second job: the object is looked at
+        before it is sent again."""
+        self.gate.call(
+            lambda: self._client.put_object(
+                bucket, key, io.BytesIO(data), len(data), content_type=content_type),
+            done_anyway=lambda: self.holds(bucket, key, data),
+        )
+
+    def holds(self, bucket: str, key: str, data: bytes) -> bool:
+        """Whether ``key`` exists with exactly ``data`` (its size and, for a plain PUT,
+        its ETag, the MD5 of the body)."""
+        try:
+            stat = self.gate.call(lambda: self._client.stat_object(bucket, key))
+        except S3Error as exc:
+            if exc.code in ("NoSuchKey", "NoSuchObject"):
+                return False
+            raise
+        if stat is None or stat.size != len(data):
+            return False
+        etag = (stat.etag or "").strip('"')
+        return len(etag) != 32 or etag == hashlib.md5(data, usedforsecurity=False).hexdigest()
 
     def put_if_absent(self, bucket: str, key: str, data: bytes, content_type: str) -> bool:
         """Create ``key`` unless it exists (``If-None-Match: *``, which MinIO checks and
-        writes under the object's lock): False when it existed (412)."""
+        writes under the object's lock): False when it existed (412). Not through the
+        gate: a repeat after a cut would read the first attempt's success as a 412."""
         # minio-py's put_object turns unknown headers into x-amz-meta-*; _put_object
         # sends them as given (as oscar_sd/service/claims.py does for the replicas).
         try:
@@ -152,6 +179,12 @@ class MinioStorage:
         return True
 
     def get(self, bucket: str, key: str, limit: int = MAX_RESULT_BYTES) -> bytes:
+        """Download ``key`` (at most ``limit`` bytes); a cut download starts again."""
+        data = self.gate.call(lambda: self._get_once(bucket, key, limit))
+        assert data is not None
+        return data
+
+    def _get_once(self, bucket: str, key: str, limit: int) -> bytes:
         response = self._client.get_object(bucket, key)
         try:
             declared = int(response.headers.get("Content-Length") or 0)
@@ -167,15 +200,29 @@ class MinioStorage:
             raise InvalidResultError(f"The result object is larger than {limit} bytes.")
         return data
 
-    def remove(self, bucket: str, keys: list[str]) -> list[str]:
-        """Delete ``keys`` in one request (S3's multi-object delete); returns those that failed."""
-        errors = self._client.remove_objects(bucket, [DeleteObject(key) for key in keys])
-        return [error.name or "?" for error in errors]
+    @property
+    def for_hub(self) -> HubStorage:
+        """This client as the notification hub uses it (each call tried once)."""
+        return HubStorage(self)
 
-    def list_keys(self, bucket: str, prefix: str) -> Iterable[str]:
-        for item in self._client.list_objects(bucket, prefix=prefix, recursive=True):
-            if item.object_name is not None:
-                yield item.object_name
+    def remove(self, bucket: str, keys: list[str], patient: bool = True) -> list[str]:
+        """Delete ``keys`` in one request (S3's multi-object delete); returns those that failed.
+        Deleting twice is harmless, so a cut request is simply sent again."""
+
+        def remove_once() -> list[str]:
+            errors = self._client.remove_objects(bucket, [DeleteObject(key) for key in keys])
+            return [error.name or "?" for error in errors]  # the request goes out here
+
+        return self.gate.call(remove_once, patient=patient) or []
+
+    def list_keys(self, bucket: str, prefix: str, patient: bool = True) -> list[str]:
+        """Every key under ``prefix`` (all pages); a cut listing starts again."""
+
+        def list_once() -> list[str]:
+            items = self._client.list_objects(bucket, prefix=prefix, recursive=True)
+            return [item.object_name for item in items if item.object_name is not None]
+
+        return self.gate.call(list_once, patient=patient) or []
 
     def open_listen(self, bucket: str, prefix: str) -> ListenResponse:
         """Open MinIO's listen stream and return the live response.
@@ -188,9 +235,11 @@ class MinioStorage:
         the connect completes in about half a second instead of ``ping``
         seconds (cmd/listen-notification-handlers.go).
 
-        Raises :class:`ListenUnsupported` when the server has no listen API:
-        it answers NotImplemented, or (like AWS S3, which ignores unknown
-        parameters) a plain XML listing of the bucket.
+        Raises :class:`ListenUnsupported` when the server refuses the listen
+        request itself while it may still serve the others: any refusal
+        (403 AccessDenied, as MinIO answers a restricted service's users; 405;
+        501; in S3's XML or a proxy's plain text; ``_storage_faults.listen_refusal``),
+        or, like AWS S3, which ignores unknown parameters, a plain XML listing.
         """
         try:
             response = self._listen_client._execute(
@@ -199,19 +248,34 @@ class MinioStorage:
                 query_params={"prefix": prefix, "suffix": "", "events": ("s3:ObjectCreated:*",)},
                 preload_content=False,
             )
-        except S3Error as exc:
-            if exc.code in LISTEN_UNSUPPORTED_CODES:
-                raise ListenUnsupported(exc.code) from None
-            raise
-        except ServerError as exc:
-            if exc.status_code in (405, 501):
-                raise ListenUnsupported(str(exc.status_code)) from None
+        except Exception as exc:
+            refusal = listen_refusal(exc)
+            if refusal is not None:
+                raise ListenUnsupported(refusal) from None
             raise
         if "xml" in (response.headers.get("Content-Type") or ""):
             response.close()
             response.release_conn()
             raise ListenUnsupported("an XML answer")
         return response  # type: ignore[return-value]
+
+
+class HubStorage:
+    """The storage calls of a notification hub: each tried once, never waiting out an
+    outage in the gate. The hub retries on its own schedule (reconnect backoff,
+    reconciliation rounds, background deletions) and must stop at once when closed."""
+
+    def __init__(self, storage: MinioStorage) -> None:
+        self.storage = storage
+
+    def open_listen(self, bucket: str, prefix: str) -> ListenResponse:
+        return self.storage.open_listen(bucket, prefix)
+
+    def list_keys(self, bucket: str, prefix: str) -> list[str]:
+        return self.storage.list_keys(bucket, prefix, patient=False)
+
+    def remove(self, bucket: str, keys: list[str]) -> list[str]:
+        return self.storage.remove(bucket, keys, patient=False)
 
 
 def storage_error(exc: BaseException, endpoint: str) -> Exception:
@@ -223,6 +287,12 @@ def storage_error(exc: BaseException, endpoint: str) -> Exception:
                 "Ask the cluster administrator to check the service's bucket permissions."
             )
         return ClusterUnreachableError(f"The cluster's storage answered {exc.code}.")
+    answer = http_answer(exc)
+    if answer is not None:  # it answered, but not in S3's words (a proxy in front of it)
+        return ClusterUnreachableError(
+            f"The cluster's storage at {endpoint} answered HTTP {answer[0]}. "
+            "Check that the cluster is up; if it stays so, tell the cluster administrator."
+        )
     return ClusterUnreachableError(
         f"Cannot reach the cluster's storage (MinIO) at {endpoint}: {_in_words(exc)}. "
         "Check that the cluster is up."
@@ -235,10 +305,11 @@ def _in_words(exc: BaseException) -> str:
     cause = exc.reason if isinstance(exc, MaxRetryError) and exc.reason else exc
     if isinstance(cause, SSLError):
         return "its TLS certificate was not accepted"
-    if isinstance(cause, (ConnectTimeoutError, ReadTimeoutError, TimeoutError)):
-        return "it did not answer in time"
+    # urllib3's NewConnectionError (refused) is a ConnectTimeoutError: it goes first.
     if isinstance(cause, (NewConnectionError, ConnectionRefusedError)):
         return "the connection was refused"
+    if isinstance(cause, (ConnectTimeoutError, ReadTimeoutError, TimeoutError)):
+        return "it did not answer in time"
     if isinstance(cause, (ProtocolError, ConnectionError)):
         return "the connection was dropped"
     return "it did not answer"

@@ -34,7 +34,7 @@ def storage_for(cluster: ClusterDouble, access_key: str | None = None) -> MinioS
 async def hub(cluster: ClusterDouble) -> AsyncIterator[NotificationHub]:
     storage = storage_for(cluster)
     address = StreamAddress(storage.endpoint, BUCKET, "out/", cluster.minio_access_key)
-    hub = NotificationHub(address, storage, backoff=Backoff(0.01, 0.1), idle_timeout=60)
+    hub = NotificationHub(address, storage.for_hub, backoff=Backoff(0.01, 0.1), idle_timeout=60)
     yield hub
     await hub.aclose()
 

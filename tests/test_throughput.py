@@ -33,7 +33,7 @@ async def test_a_blocked_event_loop_does_not_delay_another_loops_results(
     storage = MinioStorage(cluster.minio_endpoint, cluster.minio_access_key,
                            cluster.minio_secret_key)
     address = StreamAddress(storage.endpoint, BUCKET, "out/", cluster.minio_access_key)
-    hub = NotificationHub(address, storage, backoff=Backoff(0.01, 0.1), idle_timeout=60)
+    hub = NotificationHub(address, storage.for_hub, backoff=Backoff(0.01, 0.1), idle_timeout=60)
     registered, unblock = threading.Event(), threading.Event()
     other: dict[str, Any] = {}
 

@@ -19,4 +19,5 @@ class Backoff:
     cap: float = 5.0
 
     def delay(self, attempt: int) -> float:
-        return random.uniform(0, min(self.cap, self.base * 2**attempt))
+        # The exponent stops growing long after the cap is reached (a float overflows).
+        return random.uniform(0, min(self.cap, self.base * 2 ** min(attempt, 64)))

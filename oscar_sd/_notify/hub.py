@@ -231,6 +231,9 @@ class NotificationHub:
     def on_connected(self, response: ListenResponse, reconnect: bool) -> None:
         if reconnect:
             logger.info("%s: notification stream open again", self.label)
+        if self.stats.listen_unsupported:  # asked again later, and now it listens
+            self.stats.listen_unsupported, self.stats.listen_refusal = False, ""
+            logger.info("%s: notifications are allowed now; listing-only mode ends", self.label)
         with self._lock:
             self._response = response
             if self.stop_event.is_set():  # closed while connecting
@@ -238,13 +241,17 @@ class NotificationHub:
         self.on_storage_ok()
         self._become_ready()
 
-    def on_listen_unsupported(self) -> None:
-        """No listen API: say so once, then run on reconciliation alone."""
+    def on_listen_unsupported(self, refusal: str = "") -> None:
+        """No listen API, or the listen request refused (``refusal``, e.g. "403
+        AccessDenied"): say so once, then run on listing (reconciliation) alone. The
+        storage answered, so this is no outage."""
         if not self.stats.listen_unsupported:
             self.stats.listen_unsupported = True
+            self.stats.listen_refusal = refusal
             logger.warning(
-                "%s: the storage server does not offer MinIO's listen API; results are "
-                "found by listing the folder instead (up to a few seconds later)", self.label,
+                "%s: the storage server does not offer MinIO's listen API or refuses it "
+                "to these keys (%s); results are found by listing the folder instead "
+                "(up to a few seconds later)", self.label, refusal or "no detail",
             )
         self.on_storage_ok()
         self._become_ready()

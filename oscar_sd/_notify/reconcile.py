@@ -46,6 +46,9 @@ class ReconcilePolicy:
     max_interval: float = 6.0
     round_interval: float = 1.0
     per_request_limit: int = 4
+    #: The longest interval in listing-only mode (no listen stream at all): every
+    #: result is found by listing, so within this (plus a round) of landing.
+    listing_only_interval: float = 2.0
     max_requests_per_minute: int = 120
 
 
@@ -98,6 +101,9 @@ class Reconciler:
     def round(self) -> None:
         """Check the requests that are due; at most one folder listing."""
         hub, policy, now = self.hub, self.policy, time.monotonic()
+        longest = policy.max_interval
+        if hub.stats.listen_unsupported:
+            longest = min(longest, policy.listing_only_interval)
         waiters = hub.registry.waiters()
         for gone in set(self._schedule) - set(waiters):
             del self._schedule[gone]
@@ -110,7 +116,7 @@ class Reconciler:
                 due.append(waiter)
         abandoned_due = (
             hub.registry.abandoned > 0
-            and now - self._last_folder_listing >= policy.max_interval
+            and now - self._last_folder_listing >= longest
         )
         if not due and not abandoned_due:
             return
@@ -132,7 +138,7 @@ class Reconciler:
         hub.on_storage_ok()
         for waiter in checked:
             _, interval = self._schedule[waiter]
-            interval = min(policy.max_interval, interval * 2)
+            interval = min(longest, interval * 2)
             self._schedule[waiter] = (now + interval, interval)
         if keys:
             hub.on_landed(keys, via="reconciliation")

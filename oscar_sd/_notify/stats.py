@@ -21,6 +21,9 @@ class HubStats:
     reconciled: int = 0
     reconcile_requests: int = 0
     late_results_deleted: int = 0
+    #: Listing-only mode: no listen API, or the listen request refused (then why:
+    #: "403 AccessDenied", "501", ...; "" when the server has no listen API).
     listen_unsupported: bool = False
+    listen_refusal: str = ""
     #: The latest problems (bounded: an outage retries for as long as it lasts).
     errors: deque[str] = field(default_factory=lambda: deque(maxlen=100))

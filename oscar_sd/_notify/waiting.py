@@ -2,7 +2,8 @@
 
 While the hub cannot use the cluster's storage (unreachable, or refusing the
 keys), a waiting request reports "Cannot reach the cluster's storage,
-retrying (N s)" every second and gives up with
+retrying (N s)" (or, when it answers with an error, "The cluster's storage
+refuses ...") every second and gives up with
 :class:`ClusterUnreachableError` after ``outage_timeout`` seconds. Outside an
 outage it simply waits for the hub's news.
 """
@@ -17,6 +18,7 @@ import anyio
 from .._errors import ClusterUnreachableError
 from .._models import ProgressReporter, Stage
 from .._storage import storage_error
+from .._storage_faults import trouble_words
 from .hub import NotificationHub
 from .waiters import Waiter
 
@@ -45,7 +47,7 @@ class Outage:
             raise ClusterUnreachableError(
                 f"{reason} Gave up after {lasted:.0f} s without the cluster's storage."
             )
-        self.report(Stage.WAITING, f"Cannot reach the cluster's storage, retrying ({lasted:.0f} s)")
+        self.report(Stage.WAITING, f"{trouble_words(error)}, retrying ({lasted:.0f} s)")
         return min(deadline - now, 1.0, self.timeout - lasted)
 
 

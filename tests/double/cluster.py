@@ -28,6 +28,7 @@ from .kueue import Kueue, Resources
 from .oidc import OidcProviderDouble
 from .oscar import complete_service, create_app, private_buckets
 from .refusals import KINDS
+from .restarts import RestartLoop
 from .s3 import S3Front
 from .server import LoopbackServer
 from .system import quota_of
@@ -290,9 +291,25 @@ class ClusterDouble:
         """Every open stream goes silent but stays open; later streams work normally."""
         self.storage.hub.stall_all()
 
-    def restart_minio(self, downtime: float = 0.0) -> None:
-        """Drop every stream; S3 answers 503 for ``downtime`` seconds.  Returns at once."""
-        self.storage.restart(downtime)
+    def restart_minio(self, downtime: float = 0.0, *, refuse_for: float = 0.0) -> None:
+        """Restart "MinIO"; returns at once. Every stream drops; with ``refuse_for``, as
+        a real restart does (``LoopbackServer.restart``): the listening socket closes
+        (connections refused for ``refuse_for`` seconds), open and idle connections are
+        reset, and it listens again; then S3 answers 503 for ``downtime`` seconds."""
+        if refuse_for > 0:
+            self.storage.restart(refuse_for + downtime, abort=True)
+            self._s3_server.restart(refuse_for)
+        else:
+            self.storage.restart(downtime)
+
+    def restarting_minio(self, every: float = 0.5, refuse_for: float = 0.1) -> RestartLoop:
+        """``with double.restarting_minio():`` MinIO restarts every ``every`` seconds,
+        refusing connections for ``refuse_for`` each time (people deploying)."""
+        def restart(refuse: float) -> threading.Thread:
+            self.storage.restart(refuse, abort=True)
+            return self._s3_server.restart(refuse)
+
+        return RestartLoop(restart, every=every, refuse_for=refuse_for)
 
     def lose_next_event(self, prefix: str = "") -> None:
         """The next ObjectCreated event whose key starts with ``prefix`` reaches no stream."""

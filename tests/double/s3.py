@@ -160,10 +160,11 @@ class S3Front:
         """Called with the events of every completed write (the job runner uses it)."""
         self._write_listeners.append(listener)
 
-    def restart(self, downtime: float = 0.0) -> None:
-        """Drop every stream; refuse S3 requests for ``downtime`` seconds."""
+    def restart(self, downtime: float = 0.0, abort: bool = False) -> None:
+        """Drop every stream (``abort``: reset their connections); answer S3 requests 503
+        XMinioServerNotInitialized for ``downtime`` seconds."""
         self._down_until = time.monotonic() + downtime
-        self.hub.drop_all()
+        self.hub.drop_all(abort=abort)
 
     def stall_uploads(self, prefix: str) -> None:
         """PUTs of keys under ``prefix`` stay in flight (not stored) until resumed.

@@ -13,6 +13,7 @@ open connections, so no listen stream outlives its double.
 from __future__ import annotations
 
 import socket
+import struct
 import threading
 import traceback
 from collections.abc import Callable
@@ -127,34 +128,95 @@ class LoopbackServer:
         self._lock = threading.Lock()
         self._wrap_connection_tracking()
         self._started = False
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
-            name=f"double-{name}", daemon=True)
+        self._name = name
+        self._thread = self._serving_thread()
+        self._restart_lock = threading.Lock()
+        self._stopped = threading.Event()
+        #: How many restarts finished (the socket listens again).
+        self.restarts = 0
 
     @property
     def port(self) -> int:
         return self._server.server_port
 
     @property
+    def port_number(self) -> int:
+        """The port, also while restarting (then no socket listens on it)."""
+        return self._server.server_address[1]
+
+    @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://127.0.0.1:{self.port_number}"
 
     def start(self) -> None:
         self._thread.start()
         self._started = True
 
     def stop(self) -> None:
-        if self._started:
+        self._stopped.set()  # a restart under way does not listen again
+        with self._restart_lock:
+            if self._started:
+                self._server.shutdown()
+            self._server.server_close()
+            self._reset_connections(abort=False)
+            self._thread.join(timeout=5)
+
+    def restart(self, refuse_for: float) -> threading.Thread:
+        """Go away and come back as a restarting MinIO does; returns the thread doing it.
+
+        MinIO's restart (minio/minio ``internal/http/server.go`` ``Shutdown``, then
+        ``cmd/service.go`` ``restartProcess``, a ``syscall.Exec``): the listening
+        socket closes, so new connections are refused; the exec closes every open
+        and idle kept-alive connection, which clients see reset; after
+        ``refuse_for`` seconds the new process listens on the same port again.
+        """
+        thread = threading.Thread(target=self._restart, args=(refuse_for,),
+                                  name=f"double-{self._name}-restart", daemon=True)
+        thread.start()
+        return thread
+
+    def _restart(self, refuse_for: float) -> None:
+        with self._restart_lock:
+            if self._stopped.is_set() or not self._started:
+                return
+            listening = self._server.socket
+            try:  # refused from now on; accept() in serve_forever fails and it sees the stop
+                listening.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
             self._server.shutdown()
-        self._server.server_close()
+            listening.close()
+            self._reset_connections(abort=True)
+            self._thread.join(timeout=5)
+            if self._stopped.wait(refuse_for):
+                return
+            fresh = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            fresh.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            fresh.bind(("127.0.0.1", self.port_number))
+            fresh.listen(self._server.request_queue_size)
+            self._server.socket = fresh
+            self._thread = self._serving_thread()
+            self._thread.start()
+            self.restarts += 1
+
+    def _serving_thread(self) -> threading.Thread:
+        return threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
+            name=f"double-{self._name}", daemon=True)
+
+    def _reset_connections(self, abort: bool) -> None:
+        """End every open connection (waking handler threads blocked on a client);
+        ``abort``: with a reset (RST) rather than an orderly close, as a process that
+        dies or execs leaves them."""
         with self._lock:
             connections = list(self._connections)
-        for conn in connections:  # wakes handler threads blocked on a client
+        for conn in connections:
             try:
+                if abort:  # linger 0: the handler's close sends RST
+                    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
                 conn.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
-        self._thread.join(timeout=5)
 
     def _wrap_connection_tracking(self) -> None:
         server, connections, lock = self._server, self._connections, self._lock

@@ -1,0 +1,158 @@
+"""MinIO restarts (OSCAR restarts it on every service create and delete) cost nothing.
+
+Each test makes the double restart the way MinIO does (listening socket closed,
+connections refused, kept-alive ones reset, streams dropped, back again) and
+asserts the path that rode it out: the storage client's outage gate.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import urllib.parse
+from typing import Any
+
+import anyio
+import pytest
+import urllib3
+
+from oscar_sd import Backoff, GenerationRequest, OscarSD
+from oscar_sd._notify.hub import close_all_hubs
+from oscar_sd._outage_gate import OutageGate
+from oscar_sd._storage import MinioStorage
+from tests.double import ClusterDouble
+from tests.helpers import until
+
+pytestmark = pytest.mark.anyio
+
+SERVICE = BUCKET = "stable-diffusion"
+
+
+@pytest.fixture(autouse=True)
+def _fresh_hubs() -> Any:
+    yield
+    close_all_hubs()
+
+
+def storage_for(cluster: ClusterDouble) -> MinioStorage:
+    return MinioStorage(cluster.minio_endpoint, cluster.minio_access_key,
+                        cluster.minio_secret_key, outage_timeout=30)
+
+
+def refused(cluster: ClusterDouble) -> bool:
+    port = urllib.parse.urlsplit(cluster.minio_endpoint).port
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except ConnectionRefusedError:
+        return True
+    return False
+
+
+async def test_a_download_during_a_restart_waits_for_minio_and_delivers(cluster: ClusterDouble):
+    storage = storage_for(cluster)
+    cluster.put_object(BUCKET, "out/landed.zip", b"the images")
+    assert storage.get(BUCKET, "out/landed.zip") == b"the images"  # a kept-alive connection
+    cluster.restart_minio(refuse_for=0.5)
+    await until(lambda: refused(cluster))  # the fault is on: connections are refused
+    data = await anyio.to_thread.run_sync(storage.get, BUCKET, "out/landed.zip")
+    assert data == b"the images"
+    assert storage.gate.outages == 1 and storage.gate.retries >= 1  # the path that recovered
+    assert storage.gate.down_since is None
+
+
+async def test_an_upload_cut_after_it_landed_is_not_sent_again(cluster: ClusterDouble):
+    storage = storage_for(cluster)
+    put = storage._client.put_object
+    sent: list[str] = []
+
+    def lands_then_the_connection_is_reset(*args: Any, **kwargs: Any) -> Any:
+        sent.append(args[1])
+        result = put(*args, **kwargs)
+        if len(sent) == 1:  # stored, but the answer never comes back
+            raise urllib3.exceptions.ProtocolError("Connection aborted.", ConnectionResetError())
+        return result
+
+    storage._client.put_object = lands_then_the_connection_is_reset  # type: ignore[method-assign]
+    await anyio.to_thread.run_sync(storage.put, BUCKET, "in/once.json", b"{}", "application/json")
+    assert sent == ["in/once.json"]  # looked at, found whole, not sent twice (no second job)
+    assert cluster.get_object(BUCKET, "in/once.json") == b"{}"
+    assert storage.gate.retries == 1
+
+
+async def test_an_upload_cut_before_it_landed_is_sent_again(cluster: ClusterDouble):
+    storage = storage_for(cluster)
+    put = storage._client.put_object
+    sent: list[str] = []
+
+    def reset_before_it_lands(*args: Any, **kwargs: Any) -> Any:
+        sent.append(args[1])
+        if len(sent) == 1:
+            raise urllib3.exceptions.ProtocolError("Connection aborted.", ConnectionResetError())
+        return put(*args, **kwargs)
+
+    storage._client.put_object = reset_before_it_lands  # type: ignore[method-assign]
+    await anyio.to_thread.run_sync(storage.put, BUCKET, "in/twice.json", b"{}", "application/json")
+    assert sent == ["in/twice.json", "in/twice.json"]
+    assert cluster.get_object(BUCKET, "in/twice.json") == b"{}"
+
+
+def test_during_an_outage_one_call_at_a_time_probes():
+    gate = OutageGate(grace=30, backoff=Backoff(base=0.01, cap=0.05))
+    lock = threading.Lock()
+    state = {"down": True, "failures": 0, "trying": 0, "most_trying": 0}
+
+    def call() -> str:
+        with lock:
+            if state["down"]:
+                state["trying"] += 1
+                state["most_trying"] = max(state["most_trying"], state["trying"])
+        try:
+            with lock:
+                if state["down"]:
+                    state["failures"] += 1
+                    if state["failures"] == 11:
+                        state["down"] = False  # MinIO is back after ten probes
+                    raise ConnectionRefusedError()
+            return "ok"
+        finally:
+            with lock:
+                state["trying"] = max(0, state["trying"] - 1)
+
+    with pytest.raises(ConnectionRefusedError):  # the call that finds MinIO gone
+        gate.call(call, patient=False)
+    assert gate.down_since is not None
+    results: list[Any] = []
+    threads = [threading.Thread(target=lambda: results.append(gate.call(call)))
+               for _ in range(20)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(20)
+    assert results == ["ok"] * 20
+    assert state["failures"] == 11  # twenty callers, ten probes: no burst
+    assert state["most_trying"] == 1  # never two at once while it was down
+    assert gate.outages == 1 and gate.down_since is None
+
+
+async def test_fifty_requests_ride_out_restarts_every_half_second(cluster: ClusterDouble):
+    requests = [GenerationRequest(prompt=f"restarts {i}", seed=i, num_images=1)
+                for i in range(50)]
+    async with OscarSD.connect(cluster.oscar_endpoint, service=SERVICE, user=cluster.admin[0],
+                               password=cluster.admin[1], timeout=120,
+                               backoff=Backoff(base=0.02, cap=0.5)) as sd:
+        with cluster.restarting_minio(every=0.5, refuse_for=0.1) as restarts:
+            with anyio.fail_after(90):
+                async with anyio.create_task_group() as tasks:
+                    results: list[Any] = []
+
+                    async def one(request: GenerationRequest) -> None:
+                        results.append(await sd.generate(request))
+
+                    for request in requests:
+                        tasks.start_soon(one, request)
+            restarted = restarts.count
+        assert len(results) == len(requests)
+        assert restarted >= 1 and sd._storage.gate.outages >= 1  # the fault happened...
+        assert sd._storage.gate.gave_up == 0  # ...and every call rode it out
+        await until(lambda: cluster.list_keys(BUCKET) == [], limit=30,
+                    what=f"left behind: {cluster.list_keys(BUCKET)}")
