@@ -35,6 +35,9 @@ from ._storage import MinioStorage
 from ._tokens import OidcToken
 from ._versions import OscarVersion
 
+#: How long the checklist waits for storage that does not answer (a MinIO restart
+#: lasts a moment; a storage that is down gets its ✘ soon).
+DOCTOR_OUTAGE = 5.0
 MARKS = {"ok": "✔", "fail": "✘", "skip": "–"}
 
 
@@ -235,7 +238,8 @@ async def _storage_checks(checks: _Checklist, definition: dict[str, Any],
     storage = MinioStorage(provider["endpoint"], provider["access_key"],
                            str(provider.get("secret_key") or ""),
                            region=provider.get("region") or None,
-                           verify=bool(provider.get("verify", True)) and verify_ssl)
+                           verify=bool(provider.get("verify", True)) and verify_ssl,
+                           outage_timeout=DOCTOR_OUTAGE)  # a restart is ridden out, no more
 
     async def in_thread(check: Callable[..., Any], *args: Any) -> Any:
         return await anyio.to_thread.run_sync(partial(check, storage, *args))
