@@ -129,6 +129,9 @@ class OscarSD:
         self._cluster = cluster
         self._storage = storage
         self._hub = hub
+        if not keep_objects:  # what no request of any process runs for any more goes
+            hub.orphans.watch(input_path.bucket, input_path.prefix)
+            hub.orphans.watch(output_path.bucket, output_path.prefix)
         self._closed = False
         #: The shared watch of this client's running jobs on OSCAR; None when turned off,
         #: or when the password was not kept (listing jobs would need it).

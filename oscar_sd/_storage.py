@@ -224,6 +224,23 @@ class MinioStorage:
 
         return self.gate.call(list_once, patient=patient) or []
 
+    def list_aged(self, bucket: str, prefix: str, limit: int,
+                  patient: bool = True) -> list[tuple[str, float]]:
+        """Up to ``limit`` (key, last modified as a Unix time) directly under ``prefix``
+        (no deeper folders), for the orphan sweep."""
+
+        def list_once() -> list[tuple[str, float]]:
+            aged = []
+            for item in self._client.list_objects(bucket, prefix=prefix, recursive=False):
+                if item.is_dir or item.object_name is None or item.last_modified is None:
+                    continue
+                aged.append((item.object_name, item.last_modified.timestamp()))
+                if len(aged) >= limit:
+                    break
+            return aged
+
+        return self.gate.call(list_once, patient=patient) or []
+
     def open_listen(self, bucket: str, prefix: str) -> ListenResponse:
         """Open MinIO's listen stream and return the live response.
 
@@ -276,6 +293,9 @@ class HubStorage:
 
     def remove(self, bucket: str, keys: list[str]) -> list[str]:
         return self.storage.remove(bucket, keys, patient=False)
+
+    def list_aged(self, bucket: str, prefix: str, limit: int) -> list[tuple[str, float]]:
+        return self.storage.list_aged(bucket, prefix, limit, patient=False)
 
 
 def storage_error(exc: BaseException, endpoint: str) -> Exception:

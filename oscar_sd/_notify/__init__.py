@@ -9,6 +9,7 @@ Each file is one idea; each imports only the files listed above it:
 * ``stats.py``     a hub's counters
 * ``waiters.py``   who waits for which object key
 * ``cleanup.py``   deletions retried in the background
+* ``orphans.py``   the sweep of objects no request runs for any more
 * ``stream.py``    the reader thread: connect, catch up, read, reconnect
 * ``reconcile.py`` the maintenance thread: results whose event never came
 * ``hub.py``       one hub per stream, on top: it owns the threads above

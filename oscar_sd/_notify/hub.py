@@ -37,6 +37,7 @@ import anyio.to_thread
 from .backoff import Backoff
 from .cleanup import Deletions
 from .loops import LoopGone
+from .orphans import OrphanSweep, SweepPolicy
 from .reconcile import ReconcilePolicy, Reconciler
 from .source import ListenResponse, NotificationSource, StreamAddress
 from .stats import HubStats
@@ -68,6 +69,7 @@ class NotificationHub:
         policy: ReconcilePolicy | None = None,
         abandoned_for: float = 900.0,
         unsupported_retry: float = 300.0,
+        sweep: SweepPolicy | None = None,
     ) -> None:
         self.address = address
         self.source = source
@@ -78,6 +80,8 @@ class NotificationHub:
         self.stats = HubStats()
         self.registry = WaiterRegistry()
         self.deletions = Deletions()
+        #: The folders whose orphans this hub removes (``orphans.py``); none until watched.
+        self.orphans = OrphanSweep(sweep)
         self.reconciler = Reconciler(self, policy or ReconcilePolicy())
         self.stop_event = threading.Event()
         self._lock = threading.Lock()

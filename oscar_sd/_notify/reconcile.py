@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from .cleanup import Deletions
+from .orphans import OrphanSweep, job_of
 from .source import NotificationSource, StreamAddress
 from .stats import HubStats
 from .waiters import Waiter, WaiterRegistry
@@ -60,6 +61,7 @@ class ReconcileOwner(Protocol):
     stats: HubStats
     registry: WaiterRegistry
     deletions: Deletions
+    orphans: OrphanSweep
     stop_event: threading.Event
 
     @property
@@ -93,6 +95,8 @@ class Reconciler:
             try:
                 self.round()
                 hub.deletions.run_due(hub.source.remove)
+                if hub.orphans.due():
+                    self.sweep()
             except Exception as exc:  # never let one bad round end the thread
                 hub.note_error("a reconciliation round failed", exc)
             self._log_cost()
@@ -142,6 +146,14 @@ class Reconciler:
             self._schedule[waiter] = (now + interval, interval)
         if keys:
             hub.on_landed(keys, via="reconciliation")
+
+    def sweep(self) -> None:
+        """Hand the orphans of the watched folders to the background deletions, sparing
+        every job a request of this hub still waits for."""
+        hub = self.hub
+        live = {job for job in map(job_of, hub.registry.keys()) if job is not None}
+        for bucket, keys in hub.orphans.sweep(hub.source, live).items():
+            hub.deletions.add(bucket, keys)
 
     def _list(self, prefix: str) -> list[str]:
         keys = list(self.hub.source.list_keys(self.hub.address.bucket, prefix))
