@@ -24,6 +24,8 @@ from ._storage_faults import Outage, outage_kind
 logger = logging.getLogger("oscar_sd.storage")
 
 T = TypeVar("T")
+#: At most one warning about outages a minute: MinIO restarts whenever anyone deploys.
+LOG_EVERY = 60.0
 
 
 class OutageGate:
@@ -37,6 +39,9 @@ class OutageGate:
         self._attempts = 0  # failed calls in this outage: they space the probes
         self._next_probe = 0.0
         self._probing = False
+        self._warned_at: float | None = None  # the log says so once a minute, not per restart
+        self._unsaid = 0  # outages since then that the log did not mention
+        self._said = False  # this outage was logged
         #: Counters for tests and benchmarks.
         self.outages = 0
         self.retries = 0
@@ -102,8 +107,7 @@ class OutageGate:
             if self._down_since is None:
                 self._down_since, self._attempts = now, 0
                 self.outages += 1
-                logger.warning("the cluster's storage is not answering (%s, %s); "
-                               "retrying for up to %g s", kind, type(exc).__name__, self.grace)
+                self._say_down(now, kind, exc)
                 probe = True
             if now - self._down_since >= self.grace:
                 self.gave_up += 1
@@ -115,6 +119,16 @@ class OutageGate:
                 self._attempts += 1
             return False
 
+    def _say_down(self, now: float, kind: Outage, exc: BaseException) -> None:
+        self._said = self._warned_at is None or now - self._warned_at >= LOG_EVERY
+        if not self._said:
+            self._unsaid += 1
+            return
+        more = f" ({self._unsaid} more short outages in the last minute)" if self._unsaid else ""
+        self._warned_at, self._unsaid = now, 0
+        logger.warning("the cluster's storage is not answering (%s, %s); retrying for up to "
+                       "%g s%s", kind, type(exc).__name__, self.grace, more)
+
     def _end_probe(self) -> None:
         with self._cond:
             self._probing = False
@@ -125,7 +139,8 @@ class OutageGate:
             return
         with self._cond:
             if self._down_since is not None:
-                logger.info("the cluster's storage answers again after %.1f s",
-                            time.monotonic() - self._down_since)
+                if self._said:
+                    logger.info("the cluster's storage answers again after %.1f s",
+                                time.monotonic() - self._down_since)
                 self._down_since, self._next_probe = None, 0.0
                 self._cond.notify_all()
