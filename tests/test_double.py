@@ -472,6 +472,37 @@ def test_restart_minio_drops_streams_and_refuses_requests(cluster: ClusterDouble
     assert key_of(after.event()) == "out/after.zip"
 
 
+def test_a_real_restart_refuses_connections_resets_open_ones_and_comes_back(
+        cluster: ClusterDouble, listen: Any) -> None:
+    port = urllib.parse.urlsplit(cluster.minio_endpoint).port
+    stream = listen("events=s3:ObjectCreated:*")
+    idle = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)  # kept alive, idle
+    restart = cluster.restart_minio(refuse_for=0.5)
+    assert restart is not None
+    with pytest.raises(OSError):  # the stream's connection is reset mid-response
+        while stream.line() is not None:
+            pass
+    wait_for(lambda: _refused(port))  # the listening socket is gone
+    with pytest.raises(OSError):  # the idle connection was closed under it: reset
+        idle.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        if not idle.recv(1):
+            raise ConnectionResetError
+    restart.join(TIMEOUT)
+    assert cluster._s3_server.restarts == 1
+    after = listen("events=s3:ObjectCreated:*")  # back, on the same port
+    assert after.status == 200
+    cluster.put_object(BUCKET, "out/after.zip", b"x")
+    assert key_of(after.event()) == "out/after.zip"
+
+
+def _refused(port: int | None) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except ConnectionRefusedError:
+        return True
+    return False
+
+
 def test_lose_next_event(cluster: ClusterDouble, listen: Any) -> None:
     stream = listen("events=s3:ObjectCreated:*")
     cluster.lose_next_event()

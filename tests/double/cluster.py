@@ -291,16 +291,18 @@ class ClusterDouble:
         """Every open stream goes silent but stays open; later streams work normally."""
         self.storage.hub.stall_all()
 
-    def restart_minio(self, downtime: float = 0.0, *, refuse_for: float = 0.0) -> None:
+    def restart_minio(self, downtime: float = 0.0, *,
+                      refuse_for: float = 0.0) -> threading.Thread | None:
         """Restart "MinIO"; returns at once. Every stream drops; with ``refuse_for``, as
         a real restart does (``LoopbackServer.restart``): the listening socket closes
         (connections refused for ``refuse_for`` seconds), open and idle connections are
-        reset, and it listens again; then S3 answers 503 for ``downtime`` seconds."""
+        reset, and it listens again; then S3 answers 503 for ``downtime`` seconds.
+        Returns the thread of the socket's restart (None without ``refuse_for``)."""
         if refuse_for > 0:
             self.storage.restart(refuse_for + downtime, abort=True)
-            self._s3_server.restart(refuse_for)
-        else:
-            self.storage.restart(downtime)
+            return self._s3_server.restart(refuse_for)
+        self.storage.restart(downtime)
+        return None
 
     def restarting_minio(self, every: float = 0.5, refuse_for: float = 0.1) -> RestartLoop:
         """``with double.restarting_minio():`` MinIO restarts every ``every`` seconds,
