@@ -98,6 +98,9 @@ class Settings(BaseSettings):
     #: Web app: seconds a SIGTERM waits for the runs in flight (inside the pod's
     #: terminationGracePeriodSeconds, 30 by default).
     drain_seconds: float = Field(25.0, ge=0)
+    #: Web app: seconds a run whose app process stopped must have waited (its result
+    #: landed with nobody taking it) before another process takes it into the history.
+    adopt_after: float = Field(30.0, ge=0)
     #: Web app: seals share links and sign-in cookies (the same on every replica).
     #: Empty: locally a key kept in the data folder; on a cluster one per process.
     secret_key: SecretStr = SecretStr("")

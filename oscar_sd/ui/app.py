@@ -106,6 +106,7 @@ class WebApp:
             per_session_runs=settings.session_runs,
         )
         self.sessions = Sessions(root, idle_timeout, budget)
+        self.sessions.adopt_after = settings.adopt_after
         self.local = settings.local
         # The local backend is made on the server's event loop, at startup.
         self.local_backend: LocalSD | None = None

@@ -44,6 +44,7 @@ from .form import (
     without_bidi_controls,
 )
 from .gallery import gallery_value
+from .inflight import collect_pending, noted
 from .progress import StageDisplay
 from .sessions import SESSION_EXPIRED, SessionExpired, Sessions, UserSession, tab_key
 from .share import DAY, SHARE, Shares
@@ -215,9 +216,10 @@ class Handlers:
                 await session.token.fresh()
             async with self._sessions.using(session) as backend:
                 chosen = backend.pick(model) if isinstance(backend, ModelChoice) else backend
-                result = await cancellable(
-                    chosen.generate, generation, display, alongside=display.keep_counting
-                )
+                async with noted(session, chosen) as run:
+                    result = await cancellable(
+                        run, generation, display, alongside=display.keep_counting
+                    )
         except AuthenticationError as exc:
             log.info("the backend refused the session's credentials; closing the session")
             said = message_for(exc)
@@ -275,6 +277,8 @@ class Handlers:
     async def _load_history(self, request: gr.Request) -> list[HistoryEntry]:
         try:
             session = await self._session_of(request)
+            # Runs an earlier app process did not wait out come in first (inflight.py).
+            await collect_pending(self._sessions, session, self._sessions.adopt_after)
             entries = await self._sessions.load_history(session)
         except SessionExpired:
             return []

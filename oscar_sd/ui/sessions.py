@@ -130,6 +130,9 @@ class Sessions:
         self.idle_timeout = idle_timeout
         self.budget = budget if budget is not None else ResultsBudget(512 * MB, 100 * MB)
         self._sessions: dict[str, UserSession] = {}
+        #: Seconds a run of a stopped app process must have waited before this one
+        #: takes its result into the owner's history (ui/inflight.py).
+        self.adopt_after = 30.0
         self._directories: dict[Path, UserSession] = {}
         # key -> why it ended, for sessions ended by the app (not by their own logout).
         self._ended: dict[str, str] = {}
