@@ -62,3 +62,36 @@ def test_an_oidc_sign_in_survives_a_restart_and_reaches_another_replica(
                 assert len(other.sessions.of_account("erin@egi.eu")) == 1
     finally:
         page.close()
+
+
+def test_two_replicas_behind_the_ingress_affinity_keep_a_person_working(
+    browser: Browser, oidc_cluster: ClusterDouble, oidc_provider: OidcProviderDouble  # noqa: F811
+) -> None:
+    """manifests/deploy_gradio.yaml: 2 replicas, cookie affinity (tests/affinity_proxy.py).
+    The replica a person is on goes away; their next action lands on the other one."""
+    from tests.affinity_proxy import AffinityProxy
+
+    settings = cluster_settings(
+        oidc_cluster.oscar_endpoint, oidc_issuer=oidc_provider.issuer,
+        oidc_client_id=CLIENT_ID, oidc_client_secret="browser-tests-secret",
+        secret_key=SECRET)
+    apps = [build_app(settings), build_app(settings)]
+    urls = [app.launch(server_name="127.0.0.1", server_port=free_port(),
+                       prevent_thread_lock=True) for app in apps]
+    page = browser.new_page()
+    try:
+        with AffinityProxy(urls) as proxy:
+            sign_in_with_the_provider(page, proxy.url, "fay@egi.eu")
+            make_six_images(page, "on the first replica")
+            mine = proxy.routed[-1]
+            assert set(proxy.routed) == {mine}  # affinity: every request on one replica
+            apps[mine].close()  # its pod restarts, or is gone
+            page.reload()
+            make_six_images(page, "on the other replica")
+            assert proxy.routed[-1] == 1 - mine
+            expect(page.locator("#history img")).to_have_count(2)
+            assert len(apps[1 - mine].sessions.of_account("fay@egi.eu")) == 1
+    finally:
+        page.close()
+        for app in apps:
+            app.close()
