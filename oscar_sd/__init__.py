@@ -58,7 +58,8 @@ if TYPE_CHECKING:
     from ._notify.backoff import Backoff
     from ._oscar import OscarSD
     from ._settings import Settings
-    from ._spill import SpillOver, connect_backend, connect_pair
+    from ._spill import SpillOver
+    from ._spill_connect import connect_backend, connect_pair
     from ._tokens import OidcToken
     from ._warm_control import WarmControl, WarmState
 
@@ -101,8 +102,8 @@ _HOMES = {
     "Settings": "._settings",
     "OidcToken": "._tokens",
     "SpillOver": "._spill",
-    "connect_backend": "._spill",
-    "connect_pair": "._spill",
+    "connect_backend": "._spill_connect",
+    "connect_pair": "._spill_connect",
     "WarmControl": "._warm_control",
     "WarmState": "._warm_control",
 }

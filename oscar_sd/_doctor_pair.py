@@ -12,7 +12,7 @@ from typing import Any
 
 from ._cluster import OscarCluster
 from ._errors import AuthenticationError
-from ._spill import SPILL_SERVICE_VARIABLE, spill_partner
+from ._service_paths import SPILL_SERVICE_VARIABLE, spill_partner
 from ._versions import OscarVersion
 
 NAME = "spill-over pair"

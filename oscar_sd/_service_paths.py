@@ -16,7 +16,8 @@ its UID as AccessKey"), which is how the app learns the uid.
 A warm service (``manifests/stable-diffusion-warm.yaml``) has no ``input``, so
 that OSCAR starts no job per upload: its replicas read the folder named by its
 ``OSCAR_SD_INPUT_PATH`` variable, and write to ``OSCAR_SD_OUTPUT_PATH`` (or its
-``output``), and so does the app.
+``output``), and so does the app. Its ``OSCAR_SD_SPILL_SERVICE`` names the
+per-job service it spills over to (``_spill.py``).
 """
 
 from __future__ import annotations
@@ -71,3 +72,14 @@ def first_minio(definition: dict[str, Any], kind: str) -> StoragePath:
         f"hand it prompts or collect its images. Add an {kind} with storage_provider "
         "minio.default to its definition."
     )
+
+
+#: The warm service's variable naming its per-job partner (manifests/stable-diffusion-warm.yaml).
+SPILL_SERVICE_VARIABLE = "OSCAR_SD_SPILL_SERVICE"
+
+
+def spill_partner(definition: dict[str, Any]) -> str | None:
+    """The per-job service a warm service's definition names, if any."""
+    variables = (definition.get("environment") or {}).get("variables") or {}
+    name = str(variables.get(SPILL_SERVICE_VARIABLE) or "").strip()
+    return name or None

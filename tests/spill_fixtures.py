@@ -12,7 +12,9 @@ from typing import Any
 
 from oscar_sd import GenerationRequest
 from oscar_sd._connect import Connecting
-from oscar_sd._spill import SPILL_SERVICE_VARIABLE, SpillOver, connect_pair
+from oscar_sd._service_paths import SPILL_SERVICE_VARIABLE
+from oscar_sd._spill import SpillOver
+from oscar_sd._spill_connect import connect_pair
 from oscar_sd.service.generate import GeneratedImage, RequestOutcome
 from oscar_sd.service.warm import WarmWorker
 from tests.double import ClusterDouble, services

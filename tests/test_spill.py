@@ -12,7 +12,9 @@ import pytest
 from oscar_sd import GenerationRequest, OscarSD, OscarSDError, Progress, Stage, doctor
 from oscar_sd._claims import is_spilled, spill_claim
 from oscar_sd._cluster import OscarCluster
-from oscar_sd._spill import SpillOver, connect_backend, spill_partner
+from oscar_sd._service_paths import spill_partner
+from oscar_sd._spill import SpillOver
+from oscar_sd._spill_connect import connect_backend
 from oscar_sd._warm_control import WarmControl
 from oscar_sd.cli import main
 from oscar_sd.cli._warm import _auto as auto

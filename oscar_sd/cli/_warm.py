@@ -21,8 +21,7 @@ import anyio.from_thread
 
 from .._cluster import OscarCluster
 from .._notify.records import created_keys, lines
-from .._service_paths import first_minio
-from .._spill import spill_partner
+from .._service_paths import first_minio, spill_partner
 from .._storage import MinioStorage, StoragePath
 from .._warm_control import DEFAULT_IDLE_STOP, WarmControl, WarmState
 from ._account import load_settings, resolve_cluster

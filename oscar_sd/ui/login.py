@@ -35,7 +35,8 @@ from .._errors import (
 )
 from .._oscar import OscarSD
 from .._settings import Settings
-from .._spill import SpillOver, connect_backend
+from .._spill import SpillOver
+from .._spill_connect import connect_backend
 from ..history import DiskObjects, History
 from .oidc import SignedIn
 from .sessions import Sessions, UserSession, new_session_key
