@@ -7,6 +7,7 @@ is a warm one whose variables name a per-job partner (``OSCAR_SD_SPILL_SERVICE``
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from ._connect import Connecting
@@ -15,6 +16,8 @@ from ._oscar import OscarSD
 from ._service_paths import SPILL_SERVICE_VARIABLE, spill_partner
 from ._spill import DEFAULT_SPILL_AFTER, SpillOver
 from ._warm_control import DEFAULT_IDLE_STOP, WarmControl
+
+logger = logging.getLogger("oscar_sd.spill")
 
 
 def connect_pair(
@@ -69,6 +72,12 @@ def connect_backend(
     async def open_backend() -> OscarSD | SpillOver:
         first, definition = await _open_first(endpoint, service, options)
         partner = spill_partner(definition)
+        if partner is not None and await first._cluster.service(partner) is None:
+            # The warm service alone was deployed: it works as it is, without spill-over.
+            logger.warning("Service %r names per-job service %r to spill over to, which is "
+                           "not there: no spill-over (deploy both: oscar-sd deploy --pair)",
+                           service, partner)
+            partner = None
         if partner is None:
             if not keep_password:
                 _forget_password(first)

@@ -179,6 +179,9 @@ async def test_the_app_connects_a_warm_service_with_a_partner_as_a_pair() -> Non
             assert isinstance(backend, SpillOver) and backend.per_job.service == PER_JOB
         async with connect_backend(double.oscar_endpoint, service=PER_JOB, **where) as plain:
             assert isinstance(plain, OscarSD)
+        double.remove_service(PER_JOB)  # the warm service deployed alone works alone
+        async with connect_backend(double.oscar_endpoint, service=WARM, **where) as alone:
+            assert isinstance(alone, OscarSD) and alone.service == WARM
 
 
 def test_the_page_says_which_path_runs_a_request() -> None:
