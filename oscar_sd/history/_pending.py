@@ -28,6 +28,8 @@ class PendingRun:
     job_id: str
     created: float
     request: GenerationRequest
+    #: The OSCAR service the run went to (a login may offer several, one per model).
+    service: str = ""
 
     @property
     def age(self) -> float:
@@ -38,8 +40,10 @@ def _key(job_id: str) -> str:
     return f"{PENDING}{job_id}.json"
 
 
-async def note_pending(history: History, job_id: str, request: GenerationRequest) -> None:
-    body = json.dumps({"job_id": job_id, "created": time.time(),
+async def note_pending(
+    history: History, job_id: str, request: GenerationRequest, service: str = ""
+) -> None:
+    body = json.dumps({"job_id": job_id, "created": time.time(), "service": service,
                        "request": request.to_payload()}).encode()
     await anyio.to_thread.run_sync(history.objects.put, _key(job_id), body)
 
@@ -56,7 +60,8 @@ async def pending_runs(history: History) -> list[PendingRun]:
         try:
             fields = json.loads(await anyio.to_thread.run_sync(history.objects.get, key))
             found.append(PendingRun(str(fields["job_id"]), float(fields["created"]),
-                                    GenerationRequest(**fields["request"])))
+                                    GenerationRequest(**fields["request"]),
+                                    str(fields.get("service") or "")))
         except KeyError:
             continue
         except (ValueError, TypeError):

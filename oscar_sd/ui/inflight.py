@@ -18,6 +18,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from .._backend import Backend
+from .._choice import ModelChoice
 from .._collect import collect_landed
 from .._errors import JobFailedError, OscarSDError
 from .._models import GenerationRequest, GenerationResult
@@ -44,7 +45,7 @@ async def noted(session: UserSession, backend: Backend) -> AsyncIterator[Generat
         nonlocal ended
         request = request.with_seed()  # the note holds the seed the run uses
         try:
-            await note_pending(store, job_id, request)
+            await note_pending(store, job_id, request, backend.service)
         except Exception as exc:  # the run goes on; only a restart would lose it
             log.warning("could not note a run in its history: %s", type(exc).__name__)
         try:
@@ -70,12 +71,15 @@ async def collect_pending(sessions: Sessions, session: UserSession, settled: flo
     """Runs noted in this history by a process that stopped: landed ones into the history.
     Returns how many came in."""
     store, backend = session.store, session.backend
-    if store is None or not isinstance(backend, OscarSD):
+    services = [b for b in (backend.backends.values() if isinstance(backend, ModelChoice)
+                            else [backend]) if isinstance(b, OscarSD)]
+    if store is None or not services:
         return 0
     came = 0
     for run in await pending_runs(store):
         if run.age < settled:
             continue  # in flight in a live process, most likely
+        backend = next((b for b in services if b.service == run.service), services[0])
         try:
             result = await collect_landed(backend, run.job_id, run.request, settled=settled)
         except JobFailedError:
