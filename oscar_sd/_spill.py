@@ -139,13 +139,18 @@ class SpillOver:
         A start (pod start and model load) each, measured; behind the spilled jobs not
         started yet, as many at a time as this client has seen running at once (the
         GPUs the per-job path has shown it has); and never sooner than the oldest of
-        those has already waited.
+        those has already waited. With nothing measured, one job at a time goes (more
+        once more were seen running at once).
         """
+        queued = len(self._unstarted_jobs)
         if self._job_starts:
             known = sum(self._job_starts) / len(self._job_starts)
+        elif self.control.start_seconds:
+            known = self.control.start_seconds
         else:
-            known = self.control.start_seconds or 0.0
-        queued = len(self._unstarted_jobs)
+            # Nothing measured yet: probe the per-job path, a few jobs at a time (as many
+            # as it has shown it runs at once), rather than send it a whole burst blind.
+            return float("inf") if queued >= max(1, self._most_running) else 0.0
         behind = known * (1 + queued // max(1, self._most_running))
         now = time.monotonic()
         waited = max((now - since for since in self._unstarted_jobs.values()), default=0.0)
@@ -232,6 +237,9 @@ class SpillOver:
                     changed = self._changed
                     if waiting.uploaded and self._should_spill(job):
                         claiming = True
+                        # Counted as a per-job job from here, so that the others waiting
+                        # decide with it in line (no herd while this claim is under way).
+                        self._unstarted_jobs[job] = time.monotonic()
                         try:
                             won: bool | None = await self._claim(job)
                         except OscarSDError as exc:  # storage trouble: it stays warm
@@ -244,6 +252,7 @@ class SpillOver:
                             tasks.cancel_scope.cancel()
                             break
                         claiming = False
+                        self._unstarted_jobs.pop(job, None)
                         if won is False:
                             self.stats.claims_lost += 1
                             waiting.started = True  # a replica claimed it first: runs warm
@@ -272,13 +281,14 @@ class SpillOver:
                        on_progress: ProgressCallback | None, reason: str, started: float, *,
                        claimed: bool = False) -> GenerationResult:
         """Claim ``job`` (unless done), run it on the per-job service, then drop the claim."""
+        self._unstarted_jobs.setdefault(job, time.monotonic())
         if not claimed and not await self._claim(job):
             raise RuntimeError(f"request {job} was claimed by another: job ids must be fresh")
         offset = time.monotonic() - started
 
         def tagged(progress: Progress) -> None:
             if progress.stage is Stage.UPLOADED:
-                self._unstarted_jobs[job] = time.monotonic()
+                self._unstarted_jobs.setdefault(job, time.monotonic())
             elif progress.stage is Stage.RUNNING and job in self._unstarted_jobs:
                 self._job_starts.append(time.monotonic() - self._unstarted_jobs.pop(job))
                 self._running_jobs.add(job)

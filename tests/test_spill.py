@@ -43,7 +43,7 @@ async def test_a_burst_spills_and_each_request_runs_exactly_once() -> None:
     the bound go per-job, claimed first; the replicas and the jobs together run each
     request exactly once, with its own images."""
     # Generation 1 model-second is 2 ms: the replicas' queue grows past the bound.
-    capacity = Capacity(Timing(pod_start=5, model_load=5, generation=1, time_scale=0.002),
+    capacity = Capacity(Timing(pod_start=100, model_load=50, generation=1, time_scale=0.002),
                         gpus=8)
     replicas: list[WarmWorker] = []
     with ClusterDouble(capacity=capacity) as double:
