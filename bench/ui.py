@@ -214,9 +214,17 @@ class BrowserTab:
     async def _join(self, event: int, data: list[object]) -> str:
         body = {"data": data, "fn_index": event, "trigger_id": None,
                 "session_hash": self.tab, "event_data": None}
-        async with self.http.post("gradio_api/queue/join", json=body) as answer:
-            answer.raise_for_status()
-            return (await answer.json())["event_id"]
+        for attempt in (1, 2):
+            try:
+                async with self.http.post("gradio_api/queue/join", json=body) as answer:
+                    answer.raise_for_status()
+                    return (await answer.json())["event_id"]
+            except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):
+                # The server closed a kept-alive connection as this request went out
+                # (its keep-alive timeout, on a loaded machine): sent again, as browsers do.
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
 
     async def _completion(self, event: str) -> dict[str, Any]:
         """The output of ``event``, read from the tab's event stream (opened again when
