@@ -151,11 +151,18 @@ async def _service_for(cluster: OscarCluster, service: str) -> dict[str, Any]:
 
 
 def model_of(definition: dict[str, Any]) -> str | None:
-    """The model a service definition names (``environment.variables.OSCAR_SD_MODEL``)."""
+    """The model a service definition names: its ``OSCAR_SD_MODEL_NAME`` variable (the
+    label the worker writes into the images), else ``OSCAR_SD_MODEL`` (a hub id, or
+    the folder the image bakes the weights into)."""
     environment = definition.get("environment") or {}
     variables = environment.get("variables") or environment.get("Variables") or {}
-    model = variables.get("OSCAR_SD_MODEL") if isinstance(variables, dict) else None
-    return str(model).strip() or None if model else None
+    if not isinstance(variables, dict):
+        return None
+    for name in ("OSCAR_SD_MODEL_NAME", "OSCAR_SD_MODEL"):
+        model = str(variables.get(name) or "").strip()
+        if model:
+            return model
+    return None
 
 
 async def _require_bucket(

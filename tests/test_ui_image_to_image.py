@@ -48,10 +48,12 @@ def test_the_api_takes_a_start_image_and_a_strength(tmp_path: Path) -> None:
 def test_the_page_offers_the_services_by_model_and_sends_each_request_to_the_chosen(
     cluster: ClusterDouble, tmp_path: Path
 ) -> None:
+    # Named as the manifests name them: the label, beside the folder of the weights.
     for name, model in (("sd-quality", "runwayml/stable-diffusion-v1-5"),
                         ("sd-fast", "stabilityai/sd-turbo")):
         cluster.add_service(name, input_path=f"{name}/in", output_path=f"{name}/out",
-                            environment={"variables": {"OSCAR_SD_MODEL": model}})
+                            environment={"variables": {"OSCAR_SD_MODEL": f"/opt/models/{model}",
+                                                       "OSCAR_SD_MODEL_NAME": model}})
     # A service this login may not use (here: one that does not exist) is left out.
     settings = cluster_settings(cluster.oscar_endpoint, service="sd-fast,sd-quality,sd-gone")
     with running_app(settings) as app:
