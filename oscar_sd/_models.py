@@ -283,22 +283,47 @@ def count_of(number: int, noun: str) -> str:
     return f"{number} {noun}{'' if number == 1 else 's'}"
 
 
+#: How far along each stage is. Stages of one rank may follow each other either way
+#: (Kueue admits a job: "quota" becomes "waiting"); a lower rank never follows a higher.
+_RANK = {
+    Stage.QUEUED: 0, Stage.UPLOADED: 1, Stage.WAITING: 2, Stage.QUOTA: 2,
+    Stage.RUNNING: 3, Stage.GENERATING: 3, Stage.DOWNLOADING: 4, Stage.DONE: 5,
+}
+
+
 class ProgressReporter:
     """Hands progress to a caller's callback, with the time since the request began.
 
     Both backends report through it, so a broken progress display never
-    breaks a generation on either of them.
+    breaks a generation on either of them. Stages never go backwards: news
+    comes from several tasks (the upload, the job's started marker, the job
+    watch), and a marker may be heard before the upload call returns; a
+    request already running on the GPU is then not said to wait for one again.
     """
 
     def __init__(self, on_progress: ProgressCallback | None) -> None:
         self._on_progress = on_progress
         self._started = time.monotonic()
+        #: The furthest stage reported so far (None before the first report).
+        self.stage: Stage | None = None
 
     @property
     def elapsed(self) -> float:
         return time.monotonic() - self._started
 
+    def at_least(self, stage: Stage) -> Stage:
+        """``stage``, or the stage already reached when that is further along: for news
+        that belongs to no stage of its own (an outage's "retrying")."""
+        if self.stage is not None and _RANK[self.stage] > _RANK[stage]:
+            return self.stage
+        return stage
+
     def __call__(self, stage: Stage, message: str, **fields: Any) -> None:
+        if self.stage is not None and _RANK[stage] < _RANK[self.stage]:
+            logger.debug("progress %s after %s not reported: stages never go back",
+                         stage.value, self.stage.value)
+            return
+        self.stage = stage
         if self._on_progress is None:
             return
         try:

@@ -47,7 +47,9 @@ class Outage:
             raise ClusterUnreachableError(
                 f"{reason} Gave up after {lasted:.0f} s without the cluster's storage."
             )
-        self.report(Stage.WAITING, f"{trouble_words(error)}, retrying ({lasted:.0f} s)")
+        # Said at the stage reached: a job already running is not said to wait again.
+        self.report(self.report.at_least(Stage.WAITING),
+                    f"{trouble_words(error)}, retrying ({lasted:.0f} s)")
         return min(deadline - now, 1.0, self.timeout - lasted)
 
 
