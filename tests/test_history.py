@@ -128,6 +128,29 @@ async def test_the_basic_auth_account_has_one_history_for_all_its_logins(
     assert cluster.list_keys(history_bucket(None)) == []
 
 
+async def test_a_shared_bucket_made_by_another_sign_in_meanwhile_is_used(
+    cluster: ClusterDouble, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two logins at once both look, find no bucket, and make it: the second make is
+    refused as "already exists", and that sign-in must go on with the bucket."""
+    sd = await connect(cluster, user=ADMIN[0], password=ADMIN[1])
+    check_bucket = sd._storage.check_bucket
+    looks: list[str] = []
+
+    def look_then_the_other_makes_it(bucket: str) -> bool:
+        looks.append(bucket)
+        if len(looks) == 1:
+            found = check_bucket(bucket)
+            cluster.make_bucket(bucket)  # the other sign-in, between our look and our make
+            return found
+        return check_bucket(bucket)
+
+    monkeypatch.setattr(sd._storage, "check_bucket", look_then_the_other_makes_it)
+    history = await sd.history()
+    assert history.shared and await history.runs() == []
+    assert looks == [history_bucket(None)] * 2  # absent, made by the other, then usable
+
+
 # -- the page's sessions over a history ------------------------------------------------
 
 

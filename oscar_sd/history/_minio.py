@@ -86,7 +86,7 @@ async def cluster_history(
     bucket = history_bucket(uid)
     if not await _reachable(storage, bucket):
         if uid is None:  # the root keys make it themselves
-            await anyio.to_thread.run_sync(storage.make_bucket, bucket)
+            await _make_bucket(storage, bucket)
         else:
             await _create_through_oscar(cluster, bucket)
         if not await _reachable(storage, bucket):
@@ -106,6 +106,23 @@ async def _reachable(storage: MinioStorage, bucket: str) -> bool:
         if exc.code == "AccessDenied":  # a user's keys before OSCAR gave them the bucket
             return False
         raise storage_error(exc, storage.endpoint) from None
+    except Exception as exc:
+        raise storage_error(exc, storage.endpoint) from None
+
+
+#: S3's answers to creating a bucket that exists (MinIO, cmd/api-errors.go): another
+#: sign-in (or replica) made it between our look and our create.
+_ALREADY_MADE = ("BucketAlreadyOwnedByYou", "BucketAlreadyExists")
+
+
+async def _make_bucket(storage: MinioStorage, bucket: str) -> None:
+    """Make ``bucket`` with the root keys; one made meanwhile by a racing sign-in is fine
+    (the look that follows says whether these keys may use it)."""
+    try:
+        await anyio.to_thread.run_sync(storage.make_bucket, bucket)
+    except S3Error as exc:
+        if exc.code not in _ALREADY_MADE:
+            raise storage_error(exc, storage.endpoint) from None
     except Exception as exc:
         raise storage_error(exc, storage.endpoint) from None
 
