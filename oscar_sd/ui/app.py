@@ -43,7 +43,8 @@ from .._spill import SpillOver
 from .budget import MB, ResultsBudget
 from .downloads import download_route
 from .drain import Drain
-from .handlers import SERVICE_NOT_READY, Handlers
+from .failures import SERVICE_NOT_READY
+from .handlers import Handlers
 from .http import FileGuard, PageMeta, health_route
 from .lasting import LastingSignIns, RestoreSignIn
 from .login import ClusterLogin, LocalLogin, local_history

@@ -3,7 +3,7 @@
 The generate handler is ``async`` and awaits the library; while it waits,
 each progress report of the backend becomes Gradio progress (stage, step,
 place in line, seconds so far). Failures become :class:`gr.Error` with a
-sentence the person can act on.
+sentence the person can act on (``failures.py``).
 """
 
 from __future__ import annotations
@@ -19,22 +19,15 @@ import gradio as gr
 
 from .._backend import Backend
 from .._choice import ModelChoice
-from .._errors import (
-    AuthenticationError,
-    InvalidRequestError,
-    JobFailedError,
-    OscarSDError,
-    ServiceMisconfiguredError,
-    ServiceNotFoundError,
-    SignInExpired,
-)
+from .._errors import AuthenticationError, InvalidRequestError, OscarSDError
 from .._models import GenerationResult, count_of
 from ..history import History
+from .cancel import cancellable
 from .downloads import DOWNLOADS, image_names
 from .drain import Drain, Draining
+from .failures import GONE_FROM_HISTORY, UNEXPECTED, message_for, shown
 from .form import (
     DEFAULT_SIZE,
-    FIELD_LABELS,
     FORM_ORDER,
     FieldValue,
     HistoryEntry,
@@ -53,65 +46,8 @@ from .start_image import start_image_of
 log = logging.getLogger("oscar_sd.ui")
 T = TypeVar("T")
 
-UNEXPECTED = "Something went wrong on the server (it is logged). Try again in a moment."
-#: The app's service is missing or unusable: nothing a page user can fix; the log says more.
-SERVICE_NOT_READY = (
-    "This app cannot make images yet: the image service it is set up to use is not "
-    "ready on the cluster. Tell the person who runs this app (the details are in its log)."
-)
-#: A run no longer on disk (the results budget made room, or the session ended).
-GONE_FROM_HISTORY = "Those images were deleted to make room for newer ones."
-
 #: How many tabs' last errors are kept at most (each is shown, then dropped).
 MAX_KEPT_ERRORS = 10_000
-
-#: The service's error types (the ``type`` of its error object) and what the person can do.
-ADVICE = {
-    # The service refused the request itself: the same again fails the same way.
-    "InvalidRequest": "Change the request and try again.",
-    "ModelLoadError": "The service could not load its model: tell the cluster's administrator.",
-}
-OUT_OF_MEMORY = "It ran out of memory: ask for fewer or smaller images."
-TRY_AGAIN = "Try again in a moment."
-
-
-def advice_for(exc: JobFailedError) -> str:
-    """What a person can do about a failed job, by its cause."""
-    said = str(exc).lower()
-    if "out of memory" in said or "outofmemory" in said:
-        return OUT_OF_MEMORY
-    return ADVICE.get(exc.error_type or "", TRY_AGAIN)
-
-
-def message_for(exc: BaseException) -> str:
-    """The sentence shown for an error."""
-    if isinstance(exc, InvalidRequestError):
-        return f"{FIELD_LABELS.get(exc.field, exc.field)} {exc.problem}."
-    if isinstance(exc, SessionExpired) and exc.reason:
-        return exc.reason
-    if isinstance(exc, SignInExpired):
-        return str(exc)
-    if isinstance(exc, (SessionExpired, AuthenticationError)):
-        return SESSION_EXPIRED
-    if isinstance(exc, (ServiceNotFoundError, ServiceMisconfiguredError)):
-        return SERVICE_NOT_READY
-    if isinstance(exc, JobFailedError):
-        # The library's message carries the service's own words.
-        said = str(exc).rstrip(".")
-        return f"{said}. {advice_for(exc)}"
-    if isinstance(exc, OscarSDError):
-        return str(exc)  # the library's messages are written for people and hold no secrets
-    return UNEXPECTED
-
-
-def _shown(message: str) -> gr.Error:
-    """A gr.Error for ``message``; Gradio renders it as HTML, so it is escaped first.
-
-    No toast (``visible=False``): the page says it on its status line, beside the
-    gallery (``last_error``), where toasts piled up over the images. API callers
-    get the message all the same.
-    """
-    return gr.Error(html.escape(message, quote=False), print_exception=False, visible=False)
 
 
 def status_line(result: GenerationResult) -> str:
@@ -133,7 +69,7 @@ def counted(method: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
             running = self.drain.run()
             running.__enter__()
         except Draining as draining:
-            raise _shown(str(draining)) from None
+            raise shown(str(draining)) from None
         try:
             return await method(self, *args, **kwargs)
         finally:
@@ -190,7 +126,7 @@ class Handlers:
         the login's history, kept on the server (see ``Sessions.keep``).
         """
         if request is None:
-            raise _shown(SESSION_EXPIRED)
+            raise shown(SESSION_EXPIRED)
         tab = request.session_hash or ""
         self._errors.pop(tab, None)
         try:
@@ -246,7 +182,7 @@ class Handlers:
         if len(self._errors) >= MAX_KEPT_ERRORS:
             self._errors.pop(next(iter(self._errors)))
         self._errors[tab] = message
-        return _shown(message)
+        return shown(message)
 
     def last_error(self, request: gr.Request) -> tuple[Any, ...]:
         """After a failed run: the error on the status line, in place of the last success,
@@ -472,36 +408,3 @@ def _gallery_of(entry: HistoryEntry) -> list[dict[str, object]]:
     """A run's images as the results gallery shows them, saved under names that say
     which run and image they are (downloads.py)."""
     return gallery_value(entry.images, image_names(entry.prompt, entry.seed, len(entry.images)))
-
-
-async def cancellable(
-    function: Callable[..., Awaitable[T]],
-    *args: Any,
-    alongside: Callable[[], Awaitable[None]] | None = None,
-) -> T:
-    """Await ``function(*args)`` in a task group, so that Cancel reaches it wherever it waits.
-
-    Gradio's Cancel is a plain asyncio cancellation of the handler's task; an
-    anyio task group turns it into a cancellation of its scope, which work in
-    a worker thread hears too (the local model stops at its next step).
-    ``alongside`` runs while ``function`` does, and is stopped when it ends.
-    """
-    outcome: list[T] = []
-    failure: list[Exception] = []
-
-    async with anyio.create_task_group() as tasks:
-
-        async def run() -> None:
-            try:
-                outcome.append(await function(*args))
-            except Exception as exc:  # re-raised below as itself, not in an ExceptionGroup
-                failure.append(exc)
-            finally:
-                tasks.cancel_scope.cancel()  # stops ``alongside``
-
-        if alongside is not None:
-            tasks.start_soon(alongside)
-        tasks.start_soon(run)
-    if failure:
-        raise failure[0]
-    return outcome[0]
