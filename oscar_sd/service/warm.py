@@ -7,7 +7,8 @@ same objects out as the per-job mode: ``<input>/<job>.json|.txt`` in,
 ``<job>.error.json``. The input is left where it is, as OSCAR leaves it for a
 job; the app deletes what it uploaded.
 
-Three threads feed one queue, and the caller's thread runs the model:
+Three threads feed one queue, and the caller's thread runs the model
+(the first two are :mod:`.warm_inputs`):
 
 - the listen thread reads MinIO's listen stream on the input folder (every
   ``s3:ObjectCreated:*`` record), reconnecting with backoff;
@@ -36,13 +37,9 @@ from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import unquote
 
 from .._claim_probe import ClaimProbe
 from .._models import GenerationRequest
-from .._notify.backoff import Backoff
-from .._notify.records import created_keys, lines
-from .._notify.source import ListenUnsupported
 from .._storage import MinioStorage
 from .batch import embeds_guidance, shape_key
 from .claim_check import check_claims, claims_health
@@ -52,6 +49,7 @@ from .health import HealthServer
 from .job import error_report, parse_request, zip_images
 from .pipeline import LoadedModel, load_pipeline
 from .warm_config import WarmSettings
+from .warm_inputs import HearingInputs
 from .warm_progress import CallCancelled, CallWatch
 
 logger = logging.getLogger("oscar_sd.service")
@@ -90,8 +88,11 @@ class WarmStats:
     cancelled_calls: int = 0
 
 
-class WarmWorker:
-    """One warm replica. ``serve()`` blocks until :meth:`request_stop`."""
+class WarmWorker(HearingInputs):
+    """One warm replica. ``serve()`` blocks until :meth:`request_stop`.
+
+    How it hears of inputs (the listen and reconcile threads) is :class:`HearingInputs`.
+    """
 
     def __init__(self, settings: WarmSettings, *,
                  on_result: Callable[[str, str], None] | None = None,
@@ -373,78 +374,3 @@ class WarmWorker:
         self._finished(job)
         if self._on_result is not None:
             self._on_result(job, suffix)
-
-    # -- hearing about inputs -----------------------------------------------------------
-
-    def _listen(self) -> None:
-        backoff, attempt = Backoff(), 0
-        path = self.settings.input_path
-        while not self.stop_event.is_set():
-            try:
-                response = self._listen_source.open_listen(path.bucket, path.prefix)
-            except ListenUnsupported:
-                logger.warning("The storage has no listen API: reconciliation alone finds inputs")
-                self.stop_event.wait(300)
-                continue
-            except Exception as exc:
-                logger.warning("Could not open the listen stream (%s)", type(exc).__name__)
-                self.stop_event.wait(backoff.delay(attempt))
-                attempt += 1
-                continue
-            self._response, self._listening = response, True
-            self.stats.connects += 1
-            self._reconcile_now.set()  # what landed while no stream was open
-            try:
-                for line in lines(response):
-                    attempt = 0
-                    for key in created_keys(line) or []:
-                        self.offer(unquote(key))
-                    if self.stop_event.is_set():
-                        break
-            except Exception as exc:
-                if not self.stop_event.is_set():
-                    logger.info("The listen stream dropped (%s); reconnecting",
-                                type(exc).__name__)
-            finally:
-                self._listening = False
-                self._close_stream()
-            self.stop_event.wait(backoff.delay(attempt))
-            attempt += 1
-
-    def _close_stream(self) -> None:
-        response, self._response = self._response, None
-        if response is None:
-            return
-        for close in ("shutdown", "close", "release_conn"):
-            try:
-                getattr(response, close)()
-            except Exception:  # already closed
-                pass
-
-    def _reconcile(self) -> None:
-        settings = self.settings
-        first = True
-        while not self.stop_event.is_set():
-            if not first:
-                self._reconcile_now.wait(settings.reconcile_interval)
-            first = False
-            self._reconcile_now.clear()
-            if self.stop_event.is_set():
-                return
-            try:
-                listing = self.store.look(settings.max_listed)
-            except Exception as exc:
-                logger.warning("Could not list the input folder (%s)", type(exc).__name__)
-                self._looked.set()
-                continue
-            self._last_reconcile = time.monotonic()
-            self._looked.set()
-            self.stats.reconcile_rounds += 1
-            for job, key in listing.inputs.items():
-                if job in listing.done:
-                    self._finished(job)
-                    continue
-                age = listing.claim_age.get(job)
-                if age is not None and age < settings.claim_ttl:
-                    continue  # another replica holds it, and not for too long
-                self.offer(key)
