@@ -20,9 +20,7 @@ and deletions go through a worker thread).
 from __future__ import annotations
 
 import logging
-import os
 import secrets
-import shutil
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -35,9 +33,10 @@ from .._backend import Backend
 from .._errors import SignInExpired
 from .._models import GenerationResult
 from .._tokens import OidcToken
-from ..history import History, RunRecord
+from ..history import History
 from .budget import MB, ResultsBudget, Run
 from .form import HistoryEntry
+from .run_folders import entry_of_record, remove_all, remove_runs, settle
 
 log = logging.getLogger("oscar_sd.ui")
 
@@ -245,7 +244,7 @@ class Sessions:
                 log.warning("could not keep a run in the history (%s): %s",
                             session.store.description, type(exc).__name__)
         target = session.directory / run_id
-        size = await anyio.to_thread.run_sync(_settle, source, target)
+        size = await anyio.to_thread.run_sync(settle, source, target)
         images = [target / image.relative_to(source) for image in result.images]
         entry = HistoryEntry.of(result, images=images, run=run_id)
         session.history.insert(0, entry)
@@ -304,7 +303,7 @@ class Sessions:
             if cached is not None:
                 self.budget.forget(run_id)
             folders.append(session.directory / run_id)
-        await anyio.to_thread.run_sync(_remove_runs, folders)
+        await anyio.to_thread.run_sync(remove_runs, folders)
 
     def run_of(self, run_id: str) -> tuple[UserSession, HistoryEntry] | None:
         """The session and history entry of a run still on disk, if any."""
@@ -326,7 +325,7 @@ class Sessions:
             if session is not None and session.store is None:
                 session.history = [e for e in session.history if e.run not in gone]
         log.info("results cache: %d older run(s) deleted from the app's disk", len(runs))
-        await anyio.to_thread.run_sync(_remove_runs, [run.folder for run in runs])
+        await anyio.to_thread.run_sync(remove_runs, [run.folder for run in runs])
 
     async def close(self, key: str, reason: str, *, tell: str | None = None) -> None:
         """End a session: close its own backend and delete its folder.
@@ -352,7 +351,7 @@ class Sessions:
             # Closing cancels the requests still running on it: the user is gone.
             await _close_all(session._retired)
             session._retired.clear()
-        await anyio.to_thread.run_sync(_remove_all, [session.directory])
+        await anyio.to_thread.run_sync(remove_all, [session.directory])
 
     async def expire_idle(self) -> None:
         """Close the sessions nobody has used for ``idle_timeout`` seconds."""
@@ -377,7 +376,7 @@ class Sessions:
     async def close_all(self) -> None:
         for key in list(self._sessions):
             await self.close(key, "app stopping")
-        await anyio.to_thread.run_sync(_remove_all, [self.root])
+        await anyio.to_thread.run_sync(remove_all, [self.root])
 
     async def _close_retired(self, session: UserSession) -> None:
         if session._retired and not session.busy:
@@ -391,47 +390,3 @@ async def _close_all(backends: list[Backend]) -> None:
             await backend.aclose()
         except Exception:  # one failing close must not keep the others open
             log.exception("closing a backend failed")
-
-
-def entry_of_record(record: RunRecord, cache: Path) -> HistoryEntry:
-    """A history entry for a stored run, its images named where the cache will hold them."""
-    folder = cache / record.run_id
-    return HistoryEntry(
-        images=[str(folder / name) for name in record.images],
-        prompt=record.prompt,
-        negative_prompt=record.negative_prompt,
-        seed=record.seed,
-        steps=record.steps,
-        guidance_scale=record.guidance_scale,
-        size=f"{record.width}x{record.height}",
-        num_images=record.num_images,
-        model=record.model,
-        run=record.run_id,
-    )
-
-
-def _settle(source: Path, target: Path) -> int:
-    """Move a run's folder to ``target`` (unless it is there already); its size in bytes."""
-    if source != target:
-        shutil.move(str(source), str(target))
-    return sum(entry.stat().st_size for entry in target.iterdir() if entry.is_file())
-
-
-def _remove_runs(folders: list[Path]) -> None:
-    """Delete run folders: flat folders of images, so each file is unlinked by name
-    (cheaper than rmtree's walk, which opens and checks every folder on the way)."""
-    for folder in folders:
-        try:
-            with os.scandir(folder) as entries:
-                for entry in entries:
-                    os.unlink(entry.path)
-            os.rmdir(folder)
-        except FileNotFoundError:
-            continue
-        except OSError:  # not flat after all: the general way
-            shutil.rmtree(folder, ignore_errors=True)
-
-
-def _remove_all(folders: list[Path]) -> None:
-    for folder in folders:
-        shutil.rmtree(folder, ignore_errors=True)
