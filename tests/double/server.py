@@ -220,9 +220,11 @@ class LoopbackServer:
 
     def _wrap_connection_tracking(self) -> None:
         server, connections, lock = self._server, self._connections, self._lock
-        process, shutdown = server.process_request_thread, server.shutdown_request
+        process, shutdown = server.process_request, server.shutdown_request
 
-        def process_request_thread(request: socket.socket, client_address: Any) -> None:
+        # Tracked as it is accepted, in the serving thread (not once its handler thread
+        # runs): a restart, which stops that thread first, then finds every connection.
+        def process_request(request: socket.socket, client_address: Any) -> None:
             with lock:
                 connections.add(request)
             process(request, client_address)
@@ -232,5 +234,5 @@ class LoopbackServer:
                 connections.discard(request)
             shutdown(request)
 
-        server.process_request_thread = process_request_thread  # type: ignore[method-assign]
+        server.process_request = process_request  # type: ignore[method-assign]
         server.shutdown_request = shutdown_request  # type: ignore[method-assign]
