@@ -45,6 +45,8 @@ def refused(cluster: ClusterDouble) -> bool:
         socket.create_connection(("127.0.0.1", port), timeout=1).close()
     except ConnectionRefusedError:
         return True
+    except OSError:  # accepted into the closing socket's queue, then reset: look again
+        return False
     return False
 
 

@@ -51,6 +51,7 @@ class ListenStream:
     _lines: deque[bytes] = field(default_factory=deque)
     _cond: threading.Condition = field(default_factory=threading.Condition)
     _closed: bool = False
+    _aborted: bool = False
 
     def wants(self, event: ObjectEvent) -> bool:
         return (
@@ -89,7 +90,7 @@ class ListenStream:
     def close(self, abort: bool = False) -> None:
         """End the response; ``abort`` resets the TCP connection instead (a crash)."""
         with self._cond:
-            self._closed = True
+            self._closed, self._aborted = True, abort
             self._cond.notify()
         if abort and self.sock is not None:
             try:
@@ -112,6 +113,8 @@ class ListenStream:
             with self._cond:
                 while True:
                     if self._closed:
+                        if self._aborted:  # no last chunk: the connection just ends
+                            raise ConnectionResetError("the listen stream was aborted")
                         return
                     now = time.monotonic()
                     if self.stalled or self.behind:
