@@ -86,6 +86,11 @@ class NotificationHub:
         self.stop_event = threading.Event()
         self._lock = threading.Lock()
         self._ready = False
+        #: Since when the hub has wanted a stream and had none (None: one is open).
+        self._streamless_since: float | None = time.monotonic()
+        #: With no stream for this long while listings work (MinIO restarting faster
+        #: than a stream can open), requests go ahead on listing alone.
+        self.stream_fallback = 2.0
         self._response: ListenResponse | None = None
         self._threads: dict[str, threading.Thread] = {}
         self._trouble: tuple[float, BaseException] | None = None
@@ -203,6 +208,8 @@ class NotificationHub:
                     name=f"oscar-sd-{name}-{self.address.bucket}", daemon=True,
                 )
                 self._threads[name] = thread
+                if name == "listen" and self._response is None:
+                    self._streamless_since = time.monotonic()
                 thread.start()
 
     def _thread_main(self, name: str) -> None:
@@ -239,7 +246,7 @@ class NotificationHub:
             self.stats.listen_unsupported, self.stats.listen_refusal = False, ""
             logger.info("%s: notifications are allowed now; listing-only mode ends", self.label)
         with self._lock:
-            self._response = response
+            self._response, self._streamless_since = response, None
             if self.stop_event.is_set():  # closed while connecting
                 self._interrupt_locked()
         self.on_storage_ok()
@@ -271,6 +278,7 @@ class NotificationHub:
             if self._response is response:
                 self._response = None
                 self._ready = False
+                self._streamless_since = time.monotonic()
         try:
             response.close()
             response.release_conn()
@@ -314,6 +322,24 @@ class NotificationHub:
         self.note_error(what, exc, loud=first)
         if first:
             self._on_loops([(w, w.raise_alarm) for w in self.registry.waiters()])
+
+    @property
+    def streaming(self) -> bool:
+        """Whether a listen stream is open now."""
+        return self._response is not None
+
+    def on_listed(self) -> None:
+        """A listing of the folder worked: storage answers. When no stream could be
+        opened for ``stream_fallback`` seconds, waiting requests go ahead anyway: their
+        results are found by listing until a stream is open again."""
+        self.on_storage_ok()
+        since = self._streamless_since
+        if self._ready or since is None or time.monotonic() - since < self.stream_fallback:
+            return
+        logger.info("%s: no notification stream for %.0f s while the storage answers; "
+                    "requests go ahead, their results found by listing until it is back",
+                    self.label, time.monotonic() - since)
+        self._become_ready()
 
     def on_storage_ok(self) -> None:
         if self._trouble is not None:

@@ -70,6 +70,9 @@ class ReconcileOwner(Protocol):
     def on_landed(self, keys: Iterable[str], via: str) -> None: ...
     def on_trouble(self, what: str, exc: BaseException, attempt: int) -> None: ...
     def on_storage_ok(self) -> None: ...
+    def on_listed(self) -> None: ...
+    @property
+    def streaming(self) -> bool: ...
     def note_error(self, what: str, exc: BaseException | None, loud: bool = True) -> None: ...
 
 
@@ -106,7 +109,7 @@ class Reconciler:
         """Check the requests that are due; at most one folder listing."""
         hub, policy, now = self.hub, self.policy, time.monotonic()
         longest = policy.max_interval
-        if hub.stats.listen_unsupported:
+        if hub.stats.listen_unsupported or not hub.streaming:
             longest = min(longest, policy.listing_only_interval)
         waiters = hub.registry.waiters()
         for gone in set(self._schedule) - set(waiters):
@@ -139,7 +142,7 @@ class Reconciler:
         except Exception as exc:
             hub.on_trouble("could not list the results folder", exc, 1)
             return
-        hub.on_storage_ok()
+        hub.on_listed()
         for waiter in checked:
             _, interval = self._schedule[waiter]
             interval = min(longest, interval * 2)
