@@ -91,6 +91,7 @@ class NotificationHub:
         #: With no stream for this long while listings work (MinIO restarting faster
         #: than a stream can open), requests go ahead on listing alone.
         self.stream_fallback = 2.0
+        self._failed_opens = 0  # since the last open stream: a slow first connect is no failure
         self._response: ListenResponse | None = None
         self._threads: dict[str, threading.Thread] = {}
         self._trouble: tuple[float, BaseException] | None = None
@@ -247,6 +248,7 @@ class NotificationHub:
             logger.info("%s: notifications are allowed now; listing-only mode ends", self.label)
         with self._lock:
             self._response, self._streamless_since = response, None
+            self._failed_opens = 0
             if self.stop_event.is_set():  # closed while connecting
                 self._interrupt_locked()
         self.on_storage_ok()
@@ -315,6 +317,10 @@ class NotificationHub:
         self._on_loops([(w, partial(w.progress, key, via)) for w, key in progress]
                        + [(w, partial(w.resolve, key, via)) for w, key in results])
 
+    def on_open_failed(self) -> None:
+        """A listen request failed (refused, reset before its headers came)."""
+        self._failed_opens += 1
+
     def on_trouble(self, what: str, exc: BaseException, attempt: int) -> None:
         """Storage failed: remember since when, and alarm every waiter once per outage."""
         first = self._trouble is None
@@ -335,6 +341,8 @@ class NotificationHub:
         self.on_storage_ok()
         since = self._streamless_since
         if self._ready or since is None or time.monotonic() - since < self.stream_fallback:
+            return
+        if self._failed_opens < 1:  # still connecting (a busy machine): not a failing stream
             return
         logger.info("%s: no notification stream for %.0f s while the storage answers; "
                     "requests go ahead, their results found by listing until it is back",
