@@ -362,7 +362,7 @@ class S3Front:
                     return self._error(start_response, environ, 404, "NoSuchKey",
                                        "The specified key does not exist.", f"/{bucket}/{key}",
                                        bucket, key)
-            result = self._moto(environ, capture)
+            result = self._list_or_call(environ, capture, method, bucket, key)
             try:
                 body = b"".join(result)
             finally:
@@ -376,6 +376,23 @@ class S3Front:
                 self.written(events)
         start_response(status, captured["headers"])
         return [body]
+
+    def _list_or_call(self, environ: dict, capture: Callable, method: str, bucket: str,
+                      key: str) -> Iterable[bytes]:
+        """moto's answer; a listing that met a key deleted under it is made again.
+
+        moto 5.2.5's ``list_objects`` (s3/models.py, via s3/utils.py ``_iteritems``)
+        walks the bucket's key dict unguarded, so a delete in another thread makes it
+        raise KeyError, a 500. MinIO lists from its metacache and never fails a listing
+        because an object went away meanwhile; the listing is read-only, so reading it
+        again is what a consistent listing would have answered."""
+        listing = method == "GET" and bool(bucket) and not key
+        for _ in range(9 if listing else 0):
+            try:
+                return self._moto(environ, capture)
+            except KeyError:
+                continue
+        return self._moto(environ, capture)
 
     def _as_release(self, environ: dict, bucket: str, key: str) -> bool:
         """Bend a conditional PUT to ``minio_release``; True when that release refuses it."""
