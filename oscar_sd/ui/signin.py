@@ -257,7 +257,14 @@ class LoginRedirect:
                 path = path[len(base):]
             key = self.signin.identify(HTTPConnection(scope)) if path in ("", "/") else ""
             if key is None or (key and self.signin.sessions.get(key) is None):
-                response = RedirectResponse(f"{base}/login", status_code=302)
+                # A tab reloaded after its session ended (an app restart, an expiry)
+                # hears why, as the page's own session watch would have said it; a
+                # first visit (no cookie) is just sent to sign in.
+                connection = HTTPConnection(scope)
+                why = self.signin.session_state(connection) if connection.cookies.get(
+                    COOKIE) else None
+                query = f"?why={why}" if why else ""
+                response = RedirectResponse(f"{base}/login{query}", status_code=302)
                 await response(scope, receive, send)
                 return
         await self.app(scope, receive, send)
