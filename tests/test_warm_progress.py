@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 
 import anyio
@@ -10,6 +9,7 @@ import pytest
 
 from oscar_sd import GenerationRequest, Progress, Stage
 from tests.double import ClusterDouble
+from tests.helpers import until
 from tests.warm_fixtures import (
     WARM,
     ResultLog,
@@ -32,14 +32,6 @@ def leftovers(double: ClusterDouble, job: str) -> list[str]:
     return [key for key in double.list_keys(WARM) if job in key]
 
 
-def wait_for(condition: object, limit: float, what: str) -> None:
-    """Bounded wait for state a replica's threads change (no event exists for it)."""
-    deadline = time.monotonic() + limit
-    while not condition():  # type: ignore[operator]
-        assert time.monotonic() < deadline, what
-        time.sleep(0.02)
-
-
 async def test_the_page_hears_the_steps_of_a_warm_replica(double: ClusterDouble) -> None:
     log = ResultLog(double)
     reports: list[Progress] = []
@@ -57,7 +49,7 @@ async def test_the_page_hears_the_steps_of_a_warm_replica(double: ClusterDouble)
     assert all(p.stage is Stage.RUNNING for p in reports if p.step is not None)
     progress_key = f"out/{result.job_id}.progress.json"
     assert log.written[progress_key] >= 1
-    wait_for(lambda: not leftovers(double, result.job_id), 10, "objects left behind")
+    await until(lambda: not leftovers(double, result.job_id), 10, "objects left behind")
 
 
 async def test_cancel_stops_a_running_request_at_its_next_step(double: ClusterDouble) -> None:
@@ -79,7 +71,7 @@ async def test_cancel_stops_a_running_request_at_its_next_step(double: ClusterDo
                 await stepping.wait()
                 tasks.cancel_scope.cancel()
             stats = replica.worker.stats
-            wait_for(lambda: stats.cancelled_calls == 1, 30, "the call did not stop")
+            await until(lambda: stats.cancelled_calls == 1, 30, "the call did not stop")
             assert max(p.step or 0 for p in heard) < 150
             # The replica is free at once: the next request runs.
             after = await client.generate(GenerationRequest(prompt="next", width=64, height=64,
