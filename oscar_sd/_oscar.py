@@ -275,8 +275,11 @@ class OscarSD:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Forget the credentials. The shared notification stream stops by itself when idle."""
+        """Forget the credentials. The shared notification stream stops by itself when idle;
+        storage calls still waiting out an outage (a cancelled request's clean-up) give
+        up now rather than hold a thread for the rest of ``outage_timeout``."""
         self._closed = True
+        self._storage.gate.close()
 
     async def generate(
         self,

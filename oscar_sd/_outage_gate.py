@@ -5,7 +5,9 @@ down, one call at a time probes it, at backoff-spaced moments (capped
 exponential, full jitter, counted per outage, not per call); every other call
 waits for the gate to open again, and all of them go the moment any call gets
 through. A call gives up only once the outage has lasted ``grace`` seconds
-(the client's ``outage_timeout``), with the last error.
+(the client's ``outage_timeout``), with the last error, or once the client is
+closed: a call abandoned by a cancelled request must not wait out a long grace
+in a thread of its own after its client is gone.
 
 Which failures count as an outage is ``_storage_faults.outage_kind``.
 """
@@ -39,6 +41,7 @@ class OutageGate:
         self._attempts = 0  # failed calls in this outage: they space the probes
         self._next_probe = 0.0
         self._probing = False
+        self._closed = False
         self._warned_at: float | None = None  # the log says so once a minute, not per restart
         self._unsaid = 0  # outages since then that the log did not mention
         self._said = False  # this outage was logged
@@ -50,6 +53,13 @@ class OutageGate:
     @property
     def down_since(self) -> float | None:
         return self._down_since
+
+    def close(self) -> None:
+        """No more waiting: calls waiting out an outage (and later ones) try once more
+        and give up, as past the grace."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
 
     def call(self, function: Callable[[], T], *, patient: bool = True,
              done_anyway: Callable[[], bool] | None = None) -> T | None:
@@ -87,7 +97,7 @@ class OutageGate:
         with self._cond:
             while self._down_since is not None:
                 now = time.monotonic()
-                if now - self._down_since >= self.grace:
+                if self._closed or now - self._down_since >= self.grace:
                     return False  # past the grace: one last try each, then give up
                 if not self._probing and now >= self._next_probe:
                     self._probing = True
@@ -109,7 +119,7 @@ class OutageGate:
                 self.outages += 1
                 self._say_down(now, kind, exc)
                 probe = True
-            if now - self._down_since >= self.grace:
+            if self._closed or now - self._down_since >= self.grace:
                 self.gave_up += 1
                 self._cond.notify_all()
                 return True

@@ -74,3 +74,42 @@ def versioned(request: pytest.FixtureRequest,
     version = getattr(request, "param", "4.1.2")
     with ClusterDouble(admin=ADMIN, oidc=oidc_provider, oscar_version=version) as double:
         yield double
+
+
+#: How long the end of the run waits for worker threads that tests left running.
+LINGER_LIMIT = 30.0
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Say which threads a test left running, rather than hang the run on them.
+
+    Python waits for every non-daemon thread before it exits, and anyio's worker
+    threads are not daemons: one left blocked (an abandoned storage call) would keep
+    the finished run from ending. They get ``LINGER_LIMIT`` seconds to end; those
+    still alive then are shown with their stacks, and the process exits with
+    pytest's own status."""
+    import faulthandler
+    import os
+    import sys
+    import threading
+    import time
+
+    deadline = time.monotonic() + LINGER_LIMIT
+    for thread in threading.enumerate():
+        if thread is not threading.main_thread() and not thread.daemon:
+            thread.join(max(0.0, deadline - time.monotonic()))
+    lingering = [t for t in threading.enumerate()
+                 if t is not threading.main_thread() and not t.daemon and t.is_alive()]
+    if not lingering:
+        return
+    names = ", ".join(thread.name for thread in lingering)
+    print(f"\n{len(lingering)} threads still running {LINGER_LIMIT:g} s after the tests "
+          f"({names}); their stacks:", file=sys.stderr)
+    faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(getattr(config, "_oscar_sd_exit_status", 1))
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    session.config._oscar_sd_exit_status = int(exitstatus)  # type: ignore[attr-defined]

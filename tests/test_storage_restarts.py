@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 import urllib.parse
 from typing import Any
 
@@ -121,6 +122,37 @@ def test_during_an_outage_one_call_at_a_time_probes():
     assert state["failures"] == 11  # twenty callers, ten probes: no burst
     assert state["most_trying"] == 1  # never two at once while it was down
     assert gate.outages == 1 and gate.down_since is None
+
+
+def test_closing_the_client_ends_the_calls_waiting_out_an_outage():
+    # A cancelled request's clean-up runs on in a thread; once its client is closed
+    # it must not wait out a grace of ten minutes (a process could not exit meanwhile).
+    gate = OutageGate(grace=600, backoff=Backoff(base=60, cap=60))
+    tries: list[float] = []
+
+    def refused() -> None:
+        tries.append(time.monotonic())
+        raise ConnectionRefusedError()
+
+    with pytest.raises(ConnectionRefusedError):
+        gate.call(refused, patient=False)
+    errors: list[BaseException] = []
+
+    def wait_it_out() -> None:
+        try:
+            gate.call(refused)
+        except BaseException as exc:
+            errors.append(exc)
+
+    waiting = threading.Thread(target=wait_it_out)
+    waiting.start()
+    waiting.join(0.3)
+    assert waiting.is_alive() and len(tries) == 1  # waiting for the next probe, a minute off
+    gate.close()
+    waiting.join(5)
+    assert not waiting.is_alive()
+    assert len(tries) == 2 and isinstance(errors[0], ConnectionRefusedError)
+    assert gate.gave_up == 1
 
 
 async def test_fifty_requests_ride_out_restarts_every_half_second(cluster: ClusterDouble):
