@@ -65,18 +65,19 @@ def check_listen(storage: MinioStorage, output_path: StoragePath) -> Finding:
     try:
         response = storage.open_listen(output_path.bucket, output_path.prefix)
     except ListenUnsupported as exc:
+        if str(exc).startswith("403"):
+            # MinIO's answer to a user without s3:ListenBucketNotification: the API is
+            # there, this identity may not use it (grycap/oscar pkg/utils/minio.go gives
+            # restricted users List/Get/Put/Delete only).
+            return Finding(
+                False, f"this identity may not listen to the output folder ({exc}): users "
+                "of a restricted service get no s3:ListenBucketNotification; the app runs "
+                "listing-only, results come a few seconds late",
+                "make the service public, or give each user a private bucket "
+                "(isolation_level: USER) where they may listen")
         return Finding(
             False, f"the storage offers no listen API ({exc}): the app runs listing-only, "
             "results come a few seconds late", "use MinIO as the cluster's storage")
-    except S3Error as exc:
-        if exc.code == "AccessDenied":
-            return Finding(
-                False, "this identity may not listen to the output folder (403 AccessDenied): "
-                "users of a restricted service get no s3:ListenBucketNotification; the app "
-                "runs listing-only, results come a few seconds late",
-                "make the service public, or give each user a private bucket "
-                "(isolation_level: USER) where they may listen")
-        raise
     response.close()
     response.release_conn()
     return Finding(True, f"listen stream on {output_path.bucket}/{output_path.folder} opened")

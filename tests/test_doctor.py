@@ -104,6 +104,9 @@ async def test_a_restricted_users_listen_refused_is_a_failure(double: ClusterDou
                           test_request=False)
     assert _failed(report) == ["notifications"], report.text()
     assert "403 AccessDenied" in report.text() and "listing-only" in report.text()
+    # The fix names what the operator can change, not another storage server.
+    assert "isolation_level: USER" in report.text(), report.text()
+    assert "use MinIO" not in report.text()
     assert _marks(report)["buckets"] == "ok"  # restricted users may read and write
 
 
