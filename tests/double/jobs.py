@@ -131,8 +131,20 @@ class StoragePath:
     def key_for(self, relative: str) -> str:
         return f"{self.folder}/{relative}" if self.folder else relative
 
+    def holds(self, key: str) -> bool:
+        """Whether ``key`` is an object under this path's folder. For an *input* path
+        this is the whole test: OSCAR's webhook filter is the folder prefix alone
+        (grycap/oscar ``pkg/utils/minio.go`` ``enableInputNotification`` adds one
+        ``FilterRuleNamePrefix`` rule), so ``prefix``/``suffix`` of an input filter
+        nothing and every object created under the folder starts a job."""
+        base = f"{self.folder}/" if self.folder else ""
+        return key.startswith(base) and key != base
+
     def relative(self, key: str) -> str | None:
-        """The name below the folder if ``key`` passes this path's filters, else None."""
+        """The name below the folder if ``key`` passes this path's filters, else None.
+        For an *output* path, as faas-supervisor filters the files it uploads by the
+        output's prefixes and suffixes (``faassupervisor/storage/config.py``
+        ``upload_input``)."""
         base = f"{self.folder}/" if self.folder else ""
         if not key.startswith(base) or key == base:
             return None
@@ -305,7 +317,7 @@ class JobRunner:
             for service in list(self.services.values()):
                 for path in service.inputs:
                     buckets = {path.bucket, *service.private_buckets}
-                    if event.bucket in buckets and path.relative(event.key) is not None:
+                    if event.bucket in buckets and path.holds(event.key):
                         self.submit(service, bucket=event.bucket, key=event.key, event=event)
                         break
 
