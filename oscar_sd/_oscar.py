@@ -55,6 +55,7 @@ from ._models import (
 )
 from ._notify.backoff import Backoff
 from ._notify.hub import NotificationHub
+from ._notify.orphans import NOTED
 from ._notify.waiters import Waiter
 from ._notify.waiting import Outage, until_landed, until_ready
 from ._steps import PROGRESS_SUFFIX, StepNews
@@ -287,11 +288,15 @@ class OscarSD:
         on_progress: ProgressCallback | None = None,
         *,
         job_id: str | None = None,
+        noted: bool = False,
     ) -> GenerationResult:
         """Run ``request`` on the service and return its images.
 
         ``job_id`` names the request's objects (default: a fresh uuid4 hex); the
         spill-over (``_spill.py``) passes one so that both of its services use it.
+        ``noted``: a history waits for this run should this process stop before it
+        ends (``oscar_sd/ui/inflight.py``); the input says so, and the orphan sweep
+        spares the run's objects for its owner's next visit.
 
         Raises :class:`JobFailedError` when the service reports a failure,
         :class:`GenerationTimeout` past ``timeout``, :class:`InvalidResultError`
@@ -338,7 +343,8 @@ class OscarSD:
             upload = threading.Event()
             await self._storage_call(
                 _then_set, upload, self._storage.put,
-                self.input_path.bucket, input_key, body, content_type, limiter=lanes.requests,
+                self.input_path.bucket, input_key, body, content_type,
+                {NOTED: "1"} if noted else None, limiter=lanes.requests,
             )
             uploaded = time.monotonic()
             report(Stage.UPLOADED, "Prompt uploaded to the cluster")

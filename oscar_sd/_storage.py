@@ -139,15 +139,33 @@ class MinioStorage:
             bucket, key, expires=datetime.timedelta(seconds=expires)
         )
 
-    def put(self, bucket: str, key: str, data: bytes, content_type: str) -> None:
-        """Upload ``data``. A connection cut mid-upload may still have stored it, and a
-        second PUT of an input would start a second job: the object is looked at
-        before it is sent again."""
+    def put(self, bucket: str, key: str, data: bytes, content_type: str,
+            metadata: dict[str, str] | None = None) -> None:
+        """Upload ``data`` (with ``metadata`` as ``x-amz-meta-*`` headers). A connection
+        cut mid-upload may still have stored it, and a second PUT of an input would
+        start a second job: the object is looked at before it is sent again."""
         self.gate.call(
             lambda: self._client.put_object(
-                bucket, key, io.BytesIO(data), len(data), content_type=content_type),
+                bucket, key, io.BytesIO(data), len(data), content_type=content_type,
+                metadata=metadata),  # type: ignore[arg-type]
             done_anyway=lambda: self.holds(bucket, key, data),
         )
+
+    def metadata(self, bucket: str, key: str, patient: bool = True) -> dict[str, str] | None:
+        """The ``x-amz-meta-*`` fields of ``key`` (names lower case, prefix dropped), or
+        None when there is no such object."""
+        try:
+            stat = self.gate.call(lambda: self._client.stat_object(bucket, key),
+                                  patient=patient)
+        except S3Error as exc:
+            if exc.code in ("NoSuchKey", "NoSuchObject"):
+                return None
+            raise
+        if stat is None:
+            return None
+        return {name.lower()[len("x-amz-meta-"):]: value
+                for name, value in (stat.metadata or {}).items()
+                if name.lower().startswith("x-amz-meta-")}
 
     def holds(self, bucket: str, key: str, data: bytes) -> bool:
         """Whether ``key`` exists with exactly ``data`` (its size and, for a plain PUT,
@@ -296,6 +314,9 @@ class HubStorage:
 
     def list_aged(self, bucket: str, prefix: str, limit: int) -> list[tuple[str, float]]:
         return self.storage.list_aged(bucket, prefix, limit, patient=False)
+
+    def metadata(self, bucket: str, key: str) -> dict[str, str] | None:
+        return self.storage.metadata(bucket, key, patient=False)
 
 
 def storage_error(exc: BaseException, endpoint: str) -> Exception:

@@ -13,6 +13,11 @@ maintenance thread sweeps the service's input and output folders now and then:
 * only objects older than ``grace`` (default 1 h, beyond any request's deadline,
   900 s by default), so requests of other processes (another app replica, a CLI)
   that this one cannot see are spared too;
+* never, within ``noted_grace`` (default 7 days), one of a job whose input says
+  that a person's history waits for it (:data:`NOTED`, set by the page when it
+  notes a run in flight: ``oscar_sd/ui/inflight.py``). An app that stopped
+  mid-run leaves that run to its owner's next sign-in, which may be days away,
+  and the sweep cannot read other people's histories to ask;
 * bounded: at most ``max_listed`` objects listed and ``max_deleted`` deleted
   per folder and sweep, one sweep every ``interval``; the deletions go through
   the hub's background queue (batched, retried), and each sweep that found
@@ -32,6 +37,11 @@ logger = logging.getLogger("oscar_sd.hub")
 
 #: A job's object: its uuid4 hex id, then what it is (input, result, marker, progress).
 JOB_OBJECT = re.compile(r"(?P<job>[0-9a-f]{32})\.[A-Za-z0-9._-]+")
+#: A job's input (``<job>.json`` or ``<job>.txt``): the object that carries :data:`NOTED`.
+JOB_INPUT = re.compile(r"[0-9a-f]{32}\.(json|txt)")
+#: The input's metadata field (``x-amz-meta-oscar-sd-noted: 1``) saying that a history
+#: waits for this job's result.
+NOTED = "oscar-sd-noted"
 
 
 @dataclass(frozen=True)
@@ -39,6 +49,8 @@ class SweepPolicy:
     """When and how much the orphan sweep removes."""
 
     grace: float = 3600.0
+    #: How long a job whose input is :data:`NOTED` is spared for its history.
+    noted_grace: float = 7 * 24 * 3600.0
     interval: float = 600.0
     #: The first sweep, this long after the hub's maintenance thread starts.
     first_after: float = 30.0
@@ -48,6 +60,7 @@ class SweepPolicy:
 
 class AgedSource(Protocol):
     def list_aged(self, bucket: str, prefix: str, limit: int) -> list[tuple[str, float]]: ...
+    def metadata(self, bucket: str, key: str) -> dict[str, str] | None: ...
 
 
 class OrphanSweep:
@@ -79,24 +92,43 @@ class OrphanSweep:
         policy = self.policy
         self._next = time.monotonic() + policy.interval
         live = set(live_jobs)
-        cutoff = time.time() - policy.grace  # LastModified is the server's clock
-        doomed: dict[str, list[str]] = {}
+        now = time.time()  # LastModified is the server's clock
+        cutoff = now - policy.grace
+        found: dict[tuple[str, str], list[tuple[str, str]]] = {}
+        noted: set[str] = set()
         for bucket, prefix in sorted(self.folders):
-            orphans = []
+            candidates = found.setdefault((bucket, prefix), [])
             for key, modified in source.list_aged(bucket, prefix, policy.max_listed):
-                match = JOB_OBJECT.fullmatch(key[len(prefix):])
-                if match and match["job"] not in live and modified < cutoff:
-                    orphans.append(key)
-                    if len(orphans) >= policy.max_deleted:
-                        break
+                name = key[len(prefix):]
+                match = JOB_OBJECT.fullmatch(name)
+                if not match or match["job"] in live or modified >= cutoff:
+                    continue
+                if (JOB_INPUT.fullmatch(name) and modified >= now - policy.noted_grace
+                        and _is_noted(source, bucket, key)):
+                    noted.add(match["job"])
+                candidates.append((key, match["job"]))
+        doomed: dict[str, list[str]] = {}
+        for (bucket, prefix), candidates in found.items():
+            orphans = [key for key, job in candidates if job not in noted]
+            orphans = orphans[:policy.max_deleted]
             if orphans:
                 logger.info("%s/%s: removing %d objects of requests that no longer run "
                             "(older than %g s)", bucket, prefix, len(orphans), policy.grace)
                 doomed.setdefault(bucket, []).extend(orphans)
                 self.swept += len(orphans)
+        if noted:
+            logger.info("sparing %d runs that a history waits for", len(noted))
         self.sweeps += 1
         self.last_cutoff = cutoff
         return doomed
+
+
+def _is_noted(source: AgedSource, bucket: str, key: str) -> bool:
+    try:
+        fields = source.metadata(bucket, key)
+    except Exception:  # cannot tell: spare it until the next sweep
+        return True
+    return bool(fields) and fields.get(NOTED) == "1"
 
 
 def job_of(key: str) -> str | None:

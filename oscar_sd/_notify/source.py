@@ -39,6 +39,9 @@ class NotificationSource(Protocol):
     def list_aged(self, bucket: str, prefix: str, limit: int) -> list[tuple[str, float]]:
         """Up to ``limit`` (key, last modified as a Unix time) directly under ``prefix``."""
         ...
+    def metadata(self, bucket: str, key: str) -> dict[str, str] | None:
+        """The object's ``x-amz-meta-*`` fields (prefix dropped), None if it is gone."""
+        ...
 
 
 class ListenUnsupported(Exception):

@@ -6,7 +6,9 @@ it. When the app stops first, the note stays: the next time a process opens
 that history (the owner signs in again, after the restart or on another
 replica, or the page reloads its history), :func:`collect_pending` picks the
 landed result up into the history (``oscar_sd/_collect.py``), or drops the
-note once its run's deadline has long passed with nothing landed.
+note once its run's deadline has long passed with nothing landed. The run's
+input is marked too (``noted``), so the orphan sweep of any process spares its
+objects for a week (``SweepPolicy.noted_grace``) while the owner stays away.
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ async def noted(session: UserSession, backend: Backend) -> AsyncIterator[Generat
         except Exception as exc:  # the run goes on; only a restart would lose it
             log.warning("could not note a run in its history: %s", type(exc).__name__)
         try:
-            result = await backend.generate(request, on_progress, job_id=job_id)
+            result = await backend.generate(request, on_progress, job_id=job_id, noted=True)
         except OscarSDError:
             ended = True
             raise

@@ -196,9 +196,13 @@ class S3Front:
         if bucket not in self.backend.buckets:
             self.backend.create_bucket(bucket, "us-east-1")
 
-    def put_object(self, bucket: str, key: str, data: bytes) -> ObjectEvent:
-        """Write an object without firing its event (see :meth:`written`)."""
+    def put_object(self, bucket: str, key: str, data: bytes,
+                   metadata: dict[str, str] | None = None) -> ObjectEvent:
+        """Write an object without firing its event (see :meth:`written`), with
+        ``metadata`` as its ``x-amz-meta-*`` fields."""
         fake = self.backend.put_object(bucket, key, data)
+        if metadata:
+            fake.set_metadata({f"x-amz-meta-{name}": value for name, value in metadata.items()})
         content_type, user_meta = _describe(fake)
         return ObjectEvent(OBJECT_CREATED_PUT, bucket, key, size=fake.size, etag=fake.etag,
                            content_type=content_type, user_metadata=user_meta,
