@@ -7,14 +7,17 @@ service instead, so a burst uses every GPU node Kubernetes can schedule. Until
 a warm replica is ready (the service is stopped or starting, ``_warm_control.py``),
 every request goes per-job.
 
-How long a request would wait: the requests of this client in front of it on
+How long a request would wait: the requests of this process in front of it on
 the warm service that have not started, times the measured seconds per request
 (the mean gap between warm results while requests were waiting: it holds the
-batch time, the batch size and the replica count). Requests of other clients
-are not seen. Until a gap is measured nothing spills for being late; each
+batch time, the batch size and the replica count). Every client of the same pair
+in one process shares that line (:class:`SpillQueue`): the page opens one client
+per sign-in, and fifty people each alone in a line of their own would never
+spill. Requests of other processes (another replica, a command line) are not
+seen. Until a gap is measured nothing spills for being late; each
 waiting request looks again whenever the queue moves. It spills only when the
 per-job path would start it sooner: a job pays a pod start and a model load
-(measured on this client's spilled jobs, else the warm service's own last
+(measured on this process's spilled jobs, else the warm service's own last
 start, same image and model), behind the spilled jobs not started yet, as many
 at a time as have been seen running at once; and no sooner than the oldest of
 those has waited.
@@ -35,8 +38,9 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+import weakref
 from collections import OrderedDict, deque
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from functools import partial
 
 import anyio
@@ -67,7 +71,7 @@ WARM, PER_JOB = "warm", "per-job"
 
 @dataclass
 class _Waiting:
-    """One request of this client on the warm service, not yet started."""
+    """One request on the warm service, not yet started."""
 
     job: str
     uploaded: bool = False
@@ -86,6 +90,38 @@ class SpillStats:
     claims_lost: int = 0
 
 
+@dataclass(eq=False)
+class SpillQueue:
+    """What the spill decides by, shared by every client of one pair in this process."""
+
+    #: Requests on the warm service not yet started, in upload order.
+    waiting: OrderedDict[str, _Waiting] = field(default_factory=OrderedDict)
+    #: Gaps between warm results while requests waited (seconds per request).
+    gaps: deque[float] = field(default_factory=lambda: deque(maxlen=GAP_WINDOW))
+    last_result: float | None = None
+    #: Seconds from upload to start of spilled per-job jobs, and the jobs uploaded but
+    #: not started (job -> when uploaded), running, and the most seen running at once.
+    job_starts: deque[float] = field(default_factory=lambda: deque(maxlen=GAP_WINDOW))
+    unstarted_jobs: dict[str, float] = field(default_factory=dict)
+    running_jobs: set[str] = field(default_factory=set)
+    most_running: int = 0
+    changed: anyio.Event = field(default_factory=anyio.Event)
+
+
+#: One line per (storage endpoint, warm service, per-job service), alive while a
+#: client of that pair is.
+_queues: weakref.WeakValueDictionary[tuple[str, str, str], SpillQueue] = (
+    weakref.WeakValueDictionary())
+
+
+def shared_queue(warm: OscarSD, per_job: OscarSD) -> SpillQueue:
+    key = (warm._storage.endpoint, warm.service, per_job.service)
+    queue = _queues.get(key)
+    if queue is None:
+        queue = _queues[key] = SpillQueue()
+    return queue
+
+
 class SpillOver:
     """A backend over a warm service and its per-job partner (module docstring)."""
 
@@ -102,23 +138,14 @@ class SpillOver:
                             f"{per_job.service!r}")
         self.stats = SpillStats()
         self.in_flight = 0
-        self._waiting: OrderedDict[str, _Waiting] = OrderedDict()
-        self._gaps: deque[float] = deque(maxlen=GAP_WINDOW)
-        self._last_result: float | None = None
-        self._changed = anyio.Event()
-        #: Seconds from upload to start of this client's per-job jobs, and the jobs
-        #: uploaded but not started (job -> when uploaded).
-        self._job_starts: deque[float] = deque(maxlen=GAP_WINDOW)
-        self._unstarted_jobs: dict[str, float] = {}
-        self._running_jobs: set[str] = set()
-        self._most_running = 0
+        self.queue = shared_queue(warm, per_job)
 
     # -- the estimate --------------------------------------------------------------------
 
     @property
     def seconds_per_request(self) -> float | None:
         """Measured: the mean gap between warm results while requests waited."""
-        return sum(self._gaps) / len(self._gaps) if self._gaps else None
+        return sum(self.queue.gaps) / len(self.queue.gaps) if self.queue.gaps else None
 
     def expected_start(self, job: str) -> float | None:
         """Seconds until the warm service starts ``job``; None until measured."""
@@ -126,7 +153,7 @@ class SpillOver:
         if gap is None:
             return None
         ahead = 0
-        for waiting in self._waiting.values():
+        for waiting in self.queue.waiting.values():
             if waiting.job == job:
                 break
             if not waiting.started:
@@ -137,23 +164,23 @@ class SpillOver:
         """Seconds until a job spilled now would start (0 while nothing is known).
 
         A start (pod start and model load) each, measured; behind the spilled jobs not
-        started yet, as many at a time as this client has seen running at once (the
+        started yet, as many at a time as this process has seen running at once (the
         GPUs the per-job path has shown it has); and never sooner than the oldest of
         those has already waited. With nothing measured, one job at a time goes (more
         once more were seen running at once).
         """
-        queued = len(self._unstarted_jobs)
-        if self._job_starts:
-            known = sum(self._job_starts) / len(self._job_starts)
+        queued = len(self.queue.unstarted_jobs)
+        if self.queue.job_starts:
+            known = sum(self.queue.job_starts) / len(self.queue.job_starts)
         elif self.control.start_seconds:
             known = self.control.start_seconds
         else:
             # Nothing measured yet: probe the per-job path, a few jobs at a time (as many
             # as it has shown it runs at once), rather than send it a whole burst blind.
-            return float("inf") if queued >= max(1, self._most_running) else 0.0
-        behind = known * (1 + queued // max(1, self._most_running))
+            return float("inf") if queued >= max(1, self.queue.most_running) else 0.0
+        behind = known * (1 + queued // max(1, self.queue.most_running))
         now = time.monotonic()
-        waited = max((now - since for since in self._unstarted_jobs.values()), default=0.0)
+        waited = max((now - since for since in self.queue.unstarted_jobs.values()), default=0.0)
         return max(behind, waited)
 
     def _should_spill(self, job: str) -> bool:
@@ -162,15 +189,16 @@ class SpillOver:
                 and expected > self.per_job_start())
 
     def _moved(self) -> None:
-        changed, self._changed = self._changed, anyio.Event()
+        queue = self.queue
+        changed, queue.changed = queue.changed, anyio.Event()
         changed.set()
 
     def _warm_result(self) -> None:
         now = time.monotonic()
-        if self._last_result is not None and any(
-                not waiting.started for waiting in self._waiting.values()):
-            self._gaps.append(now - self._last_result)
-        self._last_result = now if self._waiting else None
+        if self.queue.last_result is not None and any(
+                not waiting.started for waiting in self.queue.waiting.values()):
+            self.queue.gaps.append(now - self.queue.last_result)
+        self.queue.last_result = now if self.queue.waiting else None
 
     # -- generate ------------------------------------------------------------------------
 
@@ -201,7 +229,7 @@ class SpillOver:
                              on_progress: ProgressCallback | None,
                              started: float) -> GenerationResult:
         waiting = _Waiting(job)
-        self._waiting[job] = waiting
+        self.queue.waiting[job] = waiting
         spilling = claiming = False
         held: list[Progress] = []  # heard while claiming: told once the claim is lost
         result: GenerationResult | None = None
@@ -234,12 +262,12 @@ class SpillOver:
             async with anyio.create_task_group() as tasks:
                 tasks.start_soon(run_warm)
                 while not waiting.started:
-                    changed = self._changed
+                    changed = self.queue.changed
                     if waiting.uploaded and self._should_spill(job):
                         claiming = True
                         # Counted as a per-job job from here, so that the others waiting
                         # decide with it in line (no herd while this claim is under way).
-                        self._unstarted_jobs[job] = time.monotonic()
+                        self.queue.unstarted_jobs[job] = time.monotonic()
                         try:
                             won: bool | None = await self._claim(job)
                         except OscarSDError as exc:  # storage trouble: it stays warm
@@ -252,7 +280,7 @@ class SpillOver:
                             tasks.cancel_scope.cancel()
                             break
                         claiming = False
-                        self._unstarted_jobs.pop(job, None)
+                        self.queue.unstarted_jobs.pop(job, None)
                         if won is False:
                             self.stats.claims_lost += 1
                             waiting.started = True  # a replica claimed it first: runs warm
@@ -263,7 +291,7 @@ class SpillOver:
                             break
                     await changed.wait()
         finally:
-            self._waiting.pop(job, None)
+            self.queue.waiting.pop(job, None)
             self._moved()
         if spilling:
             self.stats.spilled_late += 1
@@ -281,18 +309,18 @@ class SpillOver:
                        on_progress: ProgressCallback | None, reason: str, started: float, *,
                        claimed: bool = False) -> GenerationResult:
         """Claim ``job`` (unless done), run it on the per-job service, then drop the claim."""
-        self._unstarted_jobs.setdefault(job, time.monotonic())
+        self.queue.unstarted_jobs.setdefault(job, time.monotonic())
         if not claimed and not await self._claim(job):
             raise RuntimeError(f"request {job} was claimed by another: job ids must be fresh")
         offset = time.monotonic() - started
 
         def tagged(progress: Progress) -> None:
             if progress.stage is Stage.UPLOADED:
-                self._unstarted_jobs.setdefault(job, time.monotonic())
-            elif progress.stage is Stage.RUNNING and job in self._unstarted_jobs:
-                self._job_starts.append(time.monotonic() - self._unstarted_jobs.pop(job))
-                self._running_jobs.add(job)
-                self._most_running = max(self._most_running, len(self._running_jobs))
+                self.queue.unstarted_jobs.setdefault(job, time.monotonic())
+            elif progress.stage is Stage.RUNNING and job in self.queue.unstarted_jobs:
+                self.queue.job_starts.append(time.monotonic() - self.queue.unstarted_jobs.pop(job))
+                self.queue.running_jobs.add(job)
+                self.queue.most_running = max(self.queue.most_running, len(self.queue.running_jobs))
                 self._moved()
             _forward(on_progress, replace(progress, route=PER_JOB,
                                           elapsed=progress.elapsed + offset))
@@ -302,8 +330,8 @@ class SpillOver:
         try:
             result = await self.per_job.generate(request, tagged, job_id=job)
         finally:
-            self._unstarted_jobs.pop(job, None)
-            self._running_jobs.discard(job)
+            self.queue.unstarted_jobs.pop(job, None)
+            self.queue.running_jobs.discard(job)
             with anyio.CancelScope(shield=True), anyio.move_on_after(5):
                 await self._drop_claim(job)
         self.stats.per_job += 1

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 
 import anyio
@@ -37,18 +39,25 @@ def fingerprint_ok(result, n: int) -> bool:  # type: ignore[no-untyped-def]
     return services.png_fingerprint(result.images[0].read_bytes()) == expected
 
 
+@asynccontextmanager
+async def fast_pair(replicas: list[WarmWorker]) -> AsyncIterator[ClusterDouble]:
+    """The pair on a double whose generation takes 1 model-second of 2 ms, two warm
+    replicas up: a burst grows the replicas' queue past the bound."""
+    capacity = Capacity(Timing(pod_start=100, model_load=50, generation=1, time_scale=0.002),
+                        gpus=8)
+    with ClusterDouble(capacity=capacity) as double:
+        deploy_pair(double, min_scale=2, replicas=replicas)
+        assert await anyio.to_thread.run_sync(double.exposed[WARM].wait_available, 2, 60)
+        yield double
+
+
 @pytest.mark.anyio
 async def test_a_burst_spills_and_each_request_runs_exactly_once() -> None:
     """200 requests at once on two warm replicas: those the replicas cannot start within
     the bound go per-job, claimed first; the replicas and the jobs together run each
     request exactly once, with its own images."""
-    # Generation 1 model-second is 2 ms: the replicas' queue grows past the bound.
-    capacity = Capacity(Timing(pod_start=100, model_load=50, generation=1, time_scale=0.002),
-                        gpus=8)
     replicas: list[WarmWorker] = []
-    with ClusterDouble(capacity=capacity) as double:
-        deploy_pair(double, min_scale=2, replicas=replicas)
-        assert await anyio.to_thread.run_sync(double.exposed[WARM].wait_available, 2, 60)
+    async with fast_pair(replicas) as double:
         routes: dict[int, set[str]] = {}
         async with connect_spill(double, spill_after=0.02) as spill:
             async def one(n: int) -> None:
@@ -74,6 +83,35 @@ async def test_a_burst_spills_and_each_request_runs_exactly_once() -> None:
     assert stats.warm > 0 and stats.spilled_late > 0, stats
     per_job = {n for n, seen in routes.items() if "per-job" in seen}
     assert len(per_job) == stats.per_job  # the progress said which path ran it
+
+
+@pytest.mark.anyio
+async def test_people_signed_in_apart_share_one_line_and_a_burst_of_theirs_spills() -> None:
+    """The page opens one client per sign-in. Thirty people each clicking once are one
+    line on the warm service, not thirty lines of one: their burst spills too."""
+    replicas: list[WarmWorker] = []
+    async with fast_pair(replicas) as double:
+        async with AsyncExitStack() as stack:
+            people = [await stack.enter_async_context(connect_spill(double, spill_after=0.02))
+                      for _ in range(30)]
+            assert len({id(person.queue) for person in people}) == 1
+
+            async def one(n: int) -> None:
+                assert fingerprint_ok(await people[n].generate(request(n)), n), n
+
+            async with anyio.create_task_group() as tasks:
+                for n in range(30):
+                    tasks.start_soon(one, n)
+            spilled = sum(person.stats.spilled_late for person in people)
+            per_job = sum(person.stats.per_job for person in people)
+    warm_runs: Counter[str] = Counter()
+    for replica in replicas:
+        warm_runs.update(replica.stats.generated)
+    job_inputs = Counter(job.input_name.split(".")[0] for job in double.jobs(PER_JOB).values())
+    assert spilled > 0, "nobody's request spilled: each client saw a line of its own"
+    assert per_job == sum(job_inputs.values())
+    assert not set(warm_runs) & set(job_inputs), "a request ran on both paths"
+    assert sum(warm_runs.values()) + sum(job_inputs.values()) == 30
 
 
 @pytest.mark.anyio
