@@ -47,13 +47,18 @@ def test_a_start_image_is_uploaded_and_a_result_becomes_the_next_start(
             page.get_by_text("Start from an image", exact=True).click()
             page.locator("#start-image input[type=file]").set_input_files(str(start))
             expect(page.locator("#start-image img")).to_be_visible(timeout=10_000)
+            # The button says what a click makes now.
+            expect(page.locator("#generate")).to_have_text("From Image to Image")
             advanced(page)
             fill(page, "Steps", "4")
             fill(page, "Size (width × height)", "256x256")
             page.get_by_label("Prompt", exact=True).fill("a sun over the sea, oil painting")
-            page.get_by_role("button", name="From Text to Image").click()
+            page.get_by_role("button", name="From Image to Image").click()
             expect(page.locator("#results img")).to_have_count(6, timeout=120_000)
             expect(page.locator("#status")).to_contain_text("6 images")
+            # The whole row of actions is on the page, "Download all (.zip)" too.
+            link = page.get_by_role("link", name="Download all (.zip)").bounding_box()
+            assert link is not None and link["x"] + link["width"] <= 1200, link
             shoot(page, "screenshot-image-to-image.png")
 
             page.get_by_role("button", name="Use this image as a start").click()

@@ -64,6 +64,9 @@ CSS = """
    ("Cancelled", or the error with advice), so the pill and its overlay stay hidden. */
 #results [data-testid="status-tracker"]:has(span.error) { display: none !important; }
 #download-all a { white-space: nowrap; }
+/* As wide as its words: a Row gives an HTML block a share of the width, which cut
+   "Download all (.zip)" off at the page's edge. */
+#download-all { flex: 0 0 auto !important; min-width: max-content !important; }
 #examples button { font-size: 0.8rem; text-align: left; padding: 2px 8px; }
 /* Errors are said on the status line, beside the gallery: no toasts piling up over it. */
 /* The buttons say what can be done now (page_script.py disables them): a disabled
@@ -164,7 +167,7 @@ def build_page(
                     "Start from an image", open=False, elem_id="image-to-image"
                 ) as start_box:
                     start_image = gr.Image(
-                        label="Start image (empty: text to image)",
+                        label="Start image",
                         type="filepath",
                         sources=["upload", "clipboard"],
                         format="png",

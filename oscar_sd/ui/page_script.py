@@ -8,6 +8,8 @@
   cancels a run (Enter in Seed, Steps and Guidance is wired in ``page.py``).
 - **The prompt's length**: a counter under the prompt, "37 / 2,000", red past
   the limit, in the same number format as the server's error.
+- **The button names the mode**: "From Image to Image" while a start image is
+  loaded, "From Text to Image" otherwise.
 - **A phone** scrolls to the progress once a run starts, and to the images when
   they come.
 - **Screen readers**: Gradio's announcer of a finished run speaks the key
@@ -89,11 +91,21 @@ PAGE_SCRIPT = """
     count(field);
   }
 
-  new MutationObserver(() => { showRun(); watchPrompt(); }).observe(document.body, {
+  // The button says what a click makes: from the start image when one is loaded.
+  function showMode() {
+    const generate = byId("generate");
+    if (!generate) return;
+    const label = document.querySelector("#start-image img")
+      ? "From Image to Image" : "From Text to Image";
+    if (generate.textContent.trim() !== label) generate.textContent = label;
+  }
+
+  new MutationObserver(() => { showRun(); watchPrompt(); showMode(); }).observe(document.body, {
     subtree: true, childList: true, attributes: true, attributeFilter: ["class"],
   });
   showRun();
   watchPrompt();
+  showMode();
 
   document.addEventListener("keydown", (event) => {
     if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) {
