@@ -2,10 +2,11 @@
 
 The app hears a request's objects through the output folder's notifications, so
 the steps travel the same way: ``<output>/<job>.progress.json``
-``{"step": 12, "total_steps": 25, "queue_position": null}``, rewritten at most
-once a second per request, by a thread of its own (the model never waits on
+``{"step": 12, "total_steps": 25, "at": <time>}``, rewritten at most once a
+second per request, by a thread of its own (the model never waits on
 storage). The app deletes it with the request's other objects; so does the
-replica once the call is over.
+replica once the call is over. A request not claimed yet has no replica to tell
+its place in line: the replicas share no queue, only the input folder.
 
 The same tick (once a second) looks whether each request's input is still
 there: the app deletes the input when its person cancels (or gives up). A
