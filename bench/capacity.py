@@ -99,9 +99,12 @@ async def run_day(mode: str, args: argparse.Namespace) -> Day:
             connect = connect_spill(double, timeout=3600, spill_after=args.spill_after * scale,
                                     idle_stop=args.idle_stop * scale,
                                     check_interval=2 * scale)
+        # The day starts with nobody there; the first sign-in (the app's client,
+        # which starts a stopped warm service) comes with the burst.
+        dawn = timing.now()
+        await anyio.sleep(args.idle_before * scale)
         async with connect as client:
             spill = client if mode == MODES[2] else None
-            dawn = timing.now()
 
             def page_open() -> None:
                 if spill is not None:
@@ -126,7 +129,6 @@ async def run_day(mode: str, args: argparse.Namespace) -> Day:
             async with anyio.create_task_group() as control_task:
                 if spill is not None:
                     control_task.start_soon(spill.control.run)
-                await anyio.sleep(args.idle_before * scale)
                 async with anyio.create_task_group() as people:
                     for n in range(args.users):
                         people.start_soon(person, "burst", rng.uniform(0, args.arrivals),
