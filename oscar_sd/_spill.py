@@ -152,13 +152,17 @@ class SpillOver:
         gap = self.seconds_per_request
         if gap is None:
             return None
+        return self.ahead_of(job) * gap
+
+    def ahead_of(self, job: str) -> int:
+        """Requests of this process waiting for the warm replicas in front of ``job``."""
         ahead = 0
         for waiting in self.queue.waiting.values():
             if waiting.job == job:
                 break
             if not waiting.started:
                 ahead += 1
-        return ahead * gap
+        return ahead
 
     def per_job_start(self) -> float:
         """Seconds until a job spilled now would start (0 while nothing is known).
@@ -206,7 +210,8 @@ class SpillOver:
                        on_progress: ProgressCallback | None = None) -> GenerationResult:
         """Run ``request`` on the warm replicas or as a per-job job (module docstring).
 
-        Each :class:`Progress` says which in ``route``.
+        Each :class:`Progress` says which in ``route``; while a request waits for the
+        warm replicas, its ``queue_position`` is the requests of this process ahead of it.
         """
         if isinstance(request, str):
             request = GenerationRequest(prompt=request)
@@ -234,8 +239,12 @@ class SpillOver:
         held: list[Progress] = []  # heard while claiming: told once the claim is lost
         result: GenerationResult | None = None
         failure: BaseException | None = None
+        #: The warm service's "waiting" news, told again with the place in line as it moves.
+        waiting_news: Progress | None = None
+        told_ahead: int | None = None
 
         def heard(progress: Progress) -> None:
+            nonlocal waiting_news, told_ahead
             if spilling:
                 return  # our own claim's event, or the cancelled request's last words
             if claiming:
@@ -244,11 +253,26 @@ class SpillOver:
             if progress.stage is Stage.UPLOADED:
                 waiting.uploaded = True
                 self._moved()
+            elif progress.stage is Stage.WAITING:
+                waiting_news = progress
+                told_ahead = self.ahead_of(job)
+                progress = replace(progress, queue_position=told_ahead or None)
             elif progress.stage in (Stage.RUNNING, Stage.GENERATING, Stage.DOWNLOADING):
                 if not waiting.started:
                     waiting.started = True
                     self._moved()
             _forward(on_progress, replace(progress, route=WARM))
+
+        def tell_place_in_line() -> None:
+            nonlocal told_ahead
+            if waiting_news is None or waiting.started or claiming:
+                return
+            ahead = self.ahead_of(job)
+            if ahead != told_ahead:
+                told_ahead = ahead
+                _forward(on_progress, replace(
+                    waiting_news, queue_position=ahead or None, route=WARM,
+                    elapsed=time.monotonic() - started))
 
         async def run_warm() -> None:
             nonlocal result, failure
@@ -263,6 +287,7 @@ class SpillOver:
                 tasks.start_soon(run_warm)
                 while not waiting.started:
                     changed = self.queue.changed
+                    tell_place_in_line()
                     if waiting.uploaded and self._should_spill(job):
                         claiming = True
                         # Counted as a per-job job from here, so that the others waiting

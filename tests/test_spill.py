@@ -96,8 +96,13 @@ async def test_people_signed_in_apart_share_one_line_and_a_burst_of_theirs_spill
                       for _ in range(30)]
             assert len({id(person.queue) for person in people}) == 1
 
+            places: dict[int, list[int]] = {}
+
             async def one(n: int) -> None:
-                assert fingerprint_ok(await people[n].generate(request(n)), n), n
+                def heard(progress: Progress) -> None:
+                    if progress.stage is Stage.WAITING and progress.route == "warm":
+                        places.setdefault(n, []).append(progress.queue_position or 0)
+                assert fingerprint_ok(await people[n].generate(request(n), heard), n), n
 
             async with anyio.create_task_group() as tasks:
                 for n in range(30):
@@ -109,6 +114,8 @@ async def test_people_signed_in_apart_share_one_line_and_a_burst_of_theirs_spill
         warm_runs.update(replica.stats.generated)
     job_inputs = Counter(job.input_name.split(".")[0] for job in double.jobs(PER_JOB).values())
     assert spilled > 0, "nobody's request spilled: each client saw a line of its own"
+    # Waiting people heard their place in the one line, and heard it move.
+    assert any(heard[0] > heard[-1] for heard in places.values()), places
     assert per_job == sum(job_inputs.values())
     assert not set(warm_runs) & set(job_inputs), "a request ran on both paths"
     assert sum(warm_runs.values()) + sum(job_inputs.values()) == 30
@@ -229,6 +236,8 @@ def test_the_page_says_which_path_runs_a_request() -> None:
     assert "warm service is starting" in stage_text(waiting)
     assert stage_text(Progress(Stage.RUNNING, "Running on the GPU", route="warm")) == (
         "Running on the GPU · warm replica")
+    in_line = Progress(Stage.WAITING, "Waiting for a GPU", queue_position=3, route="warm")
+    assert stage_text(in_line) == "Waiting for a GPU · 3 ahead of you · warm replica"
 
 
 @pytest.mark.anyio
