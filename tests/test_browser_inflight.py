@@ -9,21 +9,17 @@ logs in, shows the run in the history, and the request's objects are gone.
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 import threading
 from pathlib import Path
 
-import httpx
 from gradio_client import Client
 from playwright.sync_api import Browser, expect
 
 from tests.conftest import ADMIN, SERVICE
 from tests.double import ClusterDouble
 from tests.test_browser import browser, log_in, pytestmark  # noqa: F401
-from tests.ui_fixtures import cluster_settings, free_port, running_app, wait_until
+from tests.ui_fixtures import app_process, cluster_settings, free_port, running_app, wait_until
 
 HISTORY = "oscar-sd-history"
 
@@ -32,21 +28,8 @@ def test_a_run_in_flight_when_the_app_died_lands_in_its_history(
     browser: Browser, cluster: ClusterDouble, tmp_path: Path  # noqa: F811
 ) -> None:
     port = free_port()
-    env = {**os.environ, "oscar_endpoint": cluster.oscar_endpoint, "port": str(port),
-           "OSCAR_SD_HOST": "127.0.0.1", "OSCAR_SD_VERIFY_SSL": "false",
-           "GRADIO_TEMP_DIR": str(tmp_path / "first")}
-    first = subprocess.Popen([str(Path(sys.executable).with_name("oscar-sd")), "serve"],
-                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
+    with app_process(cluster.oscar_endpoint, port, tmp_path / "first") as first:
         url = f"http://127.0.0.1:{port}/"
-
-        def up() -> bool:
-            try:
-                return httpx.get(url + "healthz").status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        wait_until(up, timeout=120, what="the first app process to serve")
         cluster.hold_jobs()
         client = Client(url, auth=ADMIN, verbose=False, download_files=str(tmp_path))
 
@@ -61,9 +44,6 @@ def test_a_run_in_flight_when_the_app_died_lands_in_its_history(
                    and cluster.list_keys(SERVICE, "in/"), what="the run noted and sent")
         first.send_signal(signal.SIGKILL)
         first.wait(10)
-    finally:
-        if first.poll() is None:
-            first.kill()
 
     cluster.release_jobs()
     wait_until(lambda: any(k.endswith(".zip") for k in cluster.list_keys(SERVICE, "out/")),

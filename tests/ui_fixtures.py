@@ -7,7 +7,10 @@ free port of 127.0.0.1; the tests talk to it over HTTP like any client.
 from __future__ import annotations
 
 import json
+import os
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -37,6 +40,34 @@ def running_app(settings: Settings, **options: Any) -> Iterator[WebApp]:
         yield app
     finally:
         app.close()
+
+
+@contextmanager
+def app_process(endpoint: str, port: int, temp: Path, **variables: str
+                ) -> Iterator[subprocess.Popen[bytes]]:
+    """``oscar-sd serve`` in a process of its own, as a pod runs it, against the cluster at
+    ``endpoint`` on loopback ``port`` (``variables``: more of its environment), until the
+    block ends or the test kills it."""
+    env = {**os.environ, "oscar_endpoint": endpoint, "port": str(port),
+           "OSCAR_SD_HOST": "127.0.0.1", "OSCAR_SD_VERIFY_SSL": "false",
+           "GRADIO_TEMP_DIR": str(temp), **variables}
+    process = subprocess.Popen([str(Path(sys.executable).with_name("oscar-sd")), "serve"],
+                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def serving() -> bool:
+        assert process.poll() is None, f"the app process ended ({process.returncode})"
+        try:
+            return httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    try:
+        wait_until(serving, timeout=120, what="the app process to serve")
+        yield process
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
 
 
 def cluster_settings(endpoint: str, **overrides: Any) -> Settings:
