@@ -40,6 +40,9 @@ class Settings(BaseSettings):
     #: Seconds a request may see only jobs the cluster's quota holds Suspended before it
     #: fails with an error naming the quota (OSCAR's Kueue may never admit them).
     quota_timeout: float = Field(600.0, gt=0)
+    #: Seconds a request rides out the cluster's storage not answering (MinIO restarts
+    #: whenever anyone deploys a service) before it fails saying so.
+    outage_timeout: float = Field(60.0, gt=0)
     #: Spill-over (a warm service naming a per-job partner): a request whose start on
     #: the warm replicas is further off than this many seconds runs as a per-job job.
     spill_after: float = Field(default=10.0, ge=0)

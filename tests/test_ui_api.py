@@ -284,7 +284,9 @@ def test_cluster_unreachable(tmp_path: Path, caplog: pytest.LogCaptureFixture) -
     try:
         double.add_service(SERVICE, input_path=f"{SERVICE}/in", output_path=f"{SERVICE}/out",
                            handler=services.fake_generator)
-        with running_app(cluster_settings(double.oscar_endpoint, timeout=10)) as app:
+        # The outage grace is the app's setting: 2 s, not the minute a restart may take.
+        settings = cluster_settings(double.oscar_endpoint, timeout=10, outage_timeout=2)
+        with running_app(settings) as app:
             api = client(app, tmp_path, auth=ADMIN)
             double.stop()
             stopped = True

@@ -105,6 +105,7 @@ class ClusterLogin:
                 verify_ssl=settings.verify_ssl,
                 timeout=settings.timeout,
                 quota_timeout=settings.quota_timeout,
+                outage_timeout=settings.outage_timeout,
                 results_dir=folder,
             )
 
