@@ -76,7 +76,7 @@ def versioned(request: pytest.FixtureRequest,
         yield double
 
 
-#: How long the end of the run waits for worker threads that tests left running.
+#: How long the process may take to exit once the tests are done.
 LINGER_LIMIT = 30.0
 
 
@@ -85,30 +85,27 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
     Python waits for every non-daemon thread before it exits, and anyio's worker
     threads are not daemons: one left blocked (an abandoned storage call) would keep
-    the finished run from ending. They get ``LINGER_LIMIT`` seconds to end; those
-    still alive then are shown with their stacks, and the process exits with
+    the finished run from ending. A watchdog gives the exit ``LINGER_LIMIT``
+    seconds; past them it shows every thread's stack and ends the process with
     pytest's own status."""
     import faulthandler
     import os
     import sys
     import threading
-    import time
 
-    deadline = time.monotonic() + LINGER_LIMIT
-    for thread in threading.enumerate():
-        if thread is not threading.main_thread() and not thread.daemon:
-            thread.join(max(0.0, deadline - time.monotonic()))
-    lingering = [t for t in threading.enumerate()
-                 if t is not threading.main_thread() and not t.daemon and t.is_alive()]
-    if not lingering:
-        return
-    names = ", ".join(thread.name for thread in lingering)
-    print(f"\n{len(lingering)} threads still running {LINGER_LIMIT:g} s after the tests "
-          f"({names}); their stacks:", file=sys.stderr)
-    faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(getattr(config, "_oscar_sd_exit_status", 1))
+    status = getattr(config, "_oscar_sd_exit_status", 1)
+
+    def watchdog() -> None:
+        threading.Event().wait(LINGER_LIMIT)  # a normal exit ends this daemon first
+        names = ", ".join(t.name for t in threading.enumerate()
+                          if not t.daemon and t is not threading.main_thread())
+        print(f"\nthe run could not exit {LINGER_LIMIT:g} s after the tests: threads "
+              f"still running ({names}); their stacks:", file=sys.stderr)
+        faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+        sys.stderr.flush()
+        os._exit(status)
+
+    threading.Thread(target=watchdog, name="exit-watchdog", daemon=True).start()
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
