@@ -28,8 +28,10 @@ browser:
 lint: $(BIN)/.installed
 	$(BIN)/ruff check oscar_sd tests bench
 
+# Two workers, each taking the next test when free: most tests wait (sockets, the
+# browser, subprocesses), so two share the 2 cores well.
 test: $(BIN)/.installed browser lint
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --dist worksteal
 
 # Each prints a table with its baseline or target; none is asserted in tests.
 bench: $(BIN)/.installed
@@ -38,6 +40,9 @@ bench: $(BIN)/.installed
 	$(BIN)/python bench/service.py
 	$(BIN)/python bench/ui.py
 	$(BIN)/python bench/history.py
+	$(BIN)/python bench/restarts.py
+	$(BIN)/python bench/listen_refused.py
+	$(BIN)/python bench/capacity.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
