@@ -66,6 +66,24 @@ async def test_the_budget_drops_the_oldest_runs_first(tmp_path: Path) -> None:
     assert not (tmp_path / "sized" / "runs" / first.run_id).exists()
 
 
+async def test_adding_runs_lists_the_history_once_until_the_listing_is_old(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A listing is every object of every run (700 at the default 100 runs): adding a
+    # run keeps the budget by the runs this history knows, not by listing again.
+    history = History(DiskObjects(tmp_path / "data"), HistoryBudget(max_runs=3, max_bytes=10**6))
+    listed: list[str] = []
+    real_list = history.objects.list
+    monkeypatch.setattr(history.objects, "list", lambda prefix: listed.append(prefix)
+                        or real_list(prefix))
+    made = [(await history.add(fake_result(tmp_path, f"run {n}")))[0] for n in range(5)]
+    assert listed == ["runs/"]  # the first add's look, no more
+    assert [r.run_id for r in await history.runs()] == [m.run_id for m in made[:1:-1]]
+    # Once the listing is older than relist_after, an add looks again (others' runs).
+    history.relist_after = 0.0
+    await history.add(fake_result(tmp_path, "run 5"))
+    assert listed.count("runs/") == 3
+
+
 async def test_a_deleted_run_is_gone_from_the_storage(tmp_path: Path) -> None:
     history = History(DiskObjects(tmp_path / "data"))
     record, _ = await history.add(fake_result(tmp_path, "to delete"))

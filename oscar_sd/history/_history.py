@@ -12,13 +12,19 @@ The storage behind it is an :class:`Objects` (a folder, or the identity's
 bucket on the cluster); every storage call runs in a worker thread of the
 history's own, a few at once, so listing 100 runs is not 100 round trips
 in a row. Records never change once written, so each is read once per
-history object; the listing itself is read again each time, so another
-browser's or another replica's runs show up.
+history object; the listing itself is read again each time :meth:`History.runs`
+is asked (a page shows the history), so another browser's or another replica's
+runs show up. Adding a run does not list: the budget counts the runs this
+object knows (its last listing and what it added since), and the listing is read
+again only once it is ``relist_after`` seconds old. A listing is every object
+of every run: read per click, it made each click cost more the fuller the
+history (700 keys at the default 100 runs).
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -35,6 +41,9 @@ log = logging.getLogger("oscar_sd.history")
 
 #: Storage calls one history makes at once.
 HISTORY_THREADS = 8
+#: Seconds a listing stands for the budget when runs are added (others' runs count
+#: from the next listing).
+RELIST_AFTER = 60.0
 
 
 class History:
@@ -43,6 +52,7 @@ class History:
     def __init__(
         self, objects: Objects, budget: HistoryBudget | None = None, *,
         threads: int = HISTORY_THREADS, shared: bool = False,
+        relist_after: float = RELIST_AFTER,
     ) -> None:
         self.objects = objects
         self.budget = budget or HistoryBudget()
@@ -50,6 +60,8 @@ class History:
         self.shared = shared
         self._limiter = anyio.CapacityLimiter(threads)
         self._records: dict[str, RunRecord] = {}
+        self.relist_after = relist_after
+        self._listed_at: float | None = None  # monotonic time of the last listing
 
     @property
     def description(self) -> str:
@@ -60,6 +72,7 @@ class History:
 
     async def runs(self) -> list[RunRecord]:
         """Every finished run, newest first."""
+        listed_at, listed_wall = time.monotonic(), time.time()
         keys = await self._call(self.objects.list, RUNS)
         ids = sorted(
             {key[len(RUNS):-len(RECORD) - 1] for key in keys if key.endswith("/" + RECORD)},
@@ -72,8 +85,17 @@ class History:
                     tasks.start_soon(self._load, run_id)
         gone = set(self._records) - set(ids)
         for run_id in gone:  # deleted elsewhere (another browser, another replica)
-            del self._records[run_id]
+            if self._records[run_id].created < listed_wall - 1:  # not one added meanwhile
+                del self._records[run_id]
+        self._listed_at = listed_at
         return [self._records[run_id] for run_id in ids if run_id in self._records]
+
+    async def _known_runs(self) -> list[RunRecord]:
+        """The runs this object knows, newest first, listed again once the last listing
+        is ``relist_after`` seconds old."""
+        if self._listed_at is None or time.monotonic() - self._listed_at >= self.relist_after:
+            await self.runs()
+        return sorted(self._records.values(), key=lambda r: r.run_id, reverse=True)
 
     async def _load(self, run_id: str) -> None:
         record = await self.record(run_id)
@@ -107,7 +129,7 @@ class History:
         record = RunRecord.of(result, run_id, sum(len(data) for _, data in images))
         await self._call(self.objects.put, prefix + RECORD, record.to_json())
         self._records[run_id] = record
-        oldest_first = list(reversed(await self.runs()))
+        oldest_first = list(reversed(await self._known_runs()))
         dropped = self.budget.over([(r.run_id, r.size) for r in oldest_first])
         for old in dropped:
             await self.delete(old)
@@ -143,9 +165,12 @@ class History:
         """Delete a run from the storage (all of its files)."""
         if not is_run_id(run_id):
             return
-        self._records.pop(run_id, None)
+        known = self._records.pop(run_id, None)
         prefix = run_prefix(run_id)
-        keys = await self._call(self.objects.list, prefix)
+        if known is not None:  # its files are named in its record: no listing needed
+            keys = [known.key(name) for name in known.images] + [prefix + RECORD]
+        else:
+            keys = await self._call(self.objects.list, prefix)
         # The record first: a run half deleted is no longer listed.
         record = [key for key in keys if key.endswith("/" + RECORD)]
         if record:
