@@ -10,12 +10,13 @@ import re
 import zipfile
 from pathlib import Path
 
+import pytest
 from playwright.sync_api import Browser, Page, expect
 
 from tests.conftest import ADMIN
 from tests.double import ClusterDouble
 from tests.test_browser import browser, log_in, make_six_images, pytestmark  # noqa: F401
-from tests.ui_fixtures import cluster_settings, png_metadata, running_app
+from tests.ui_fixtures import cluster_settings, png_metadata, running_app, wait_until
 
 
 def pick(page: Page, index: int) -> None:
@@ -159,3 +160,38 @@ def test_history_survives_a_reload_an_app_restart_and_another_browser_and_delete
     finally:
         first.close()
         second.close()
+
+
+def test_runs_reach_the_strip_without_listing_the_history_after_every_click(
+    browser: Browser, cluster: ClusterDouble, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+) -> None:
+    """A page load reads the history from its bucket; the strip after a run shows the
+    session's history, which has the run already. Listed after every click, a full
+    history (100 runs, 700 objects) and fifty logins of one account made each click
+    cost seconds (bench/ui.py)."""
+    from oscar_sd.history import History
+
+    listings: list[int] = []
+    real_runs = History.runs
+
+    async def counted_runs(self: History) -> list:  # type: ignore[type-arg]
+        listings.append(1)
+        return await real_runs(self)
+
+    monkeypatch.setattr(History, "runs", counted_runs)
+    with running_app(cluster_settings(cluster.oscar_endpoint)) as app:
+        assert app.url is not None
+        page = browser.new_page()
+        try:
+            log_in(page, app.url)
+            wait_until(lambda: len(listings) == 1, what="the page load to read the history")
+            read_at_load = len(listings)
+            for n in range(3):
+                make_six_images(page, f"run {n}")
+                expect(page.locator("#history img")).to_have_count(n + 1)
+            assert len(listings) == read_at_load  # no listing after a click
+            page.reload()  # a load reads it again (another browser's runs come in)
+            expect(page.locator("#history img")).to_have_count(3)
+            assert len(listings) > read_at_load
+        finally:
+            page.close()

@@ -11,7 +11,9 @@ from __future__ import annotations
 import functools
 import html
 import logging
+import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import anyio
@@ -48,6 +50,9 @@ T = TypeVar("T")
 
 #: How many tabs' last errors are kept at most (each is shown, then dropped).
 MAX_KEPT_ERRORS = 10_000
+#: Seconds after which the strip shown after a run is read again from the history's
+#: store (other browsers' runs); a page load always reads it.
+HISTORY_REREAD = 30.0
 
 
 def status_line(result: GenerationResult) -> str:
@@ -199,20 +204,32 @@ class Handlers:
                 gr.update(value="", visible=False), "")
 
     async def history(
-        self, request: gr.Request
+        self, request: gr.Request, *, reread: bool = True
     ) -> tuple[list[dict[str, object]], dict[str, Any]]:
         """The history strip of this identity (the first image of each run, newest
         first, captioned with the prompt's start and the seed), read again from its
         store (another browser's runs show too), shown only when there is something
-        in it: no empty white box. The strip comes as Gradio shows it."""
-        entries = await self._load_history(request)
+        in it: no empty white box. The strip comes as Gradio shows it.
+
+        Not ``reread`` (after a run, which the session's history has already): read
+        from the store only once the last read is ``HISTORY_REREAD`` seconds old. A
+        read lists every object of the history and fetches the thumbnails it lacks;
+        after every click it made a click cost more the fuller the history, and
+        the more browsers shared it."""
+        entries = await self._load_history(request, reread)
         thumbnails = [(entry.images[0], entry.caption) for entry in entries if entry.images]
         label = self._history_label(request)
         return gallery_value(thumbnails), gr.update(visible=bool(thumbnails), label=label)
 
-    async def _load_history(self, request: gr.Request) -> list[HistoryEntry]:
+    async def _load_history(self, request: gr.Request, reread: bool = True
+                            ) -> list[HistoryEntry]:
         try:
             session = await self._session_of(request)
+            read_at = session.history_read_at
+            if (not reread and read_at is not None
+                    and time.monotonic() - read_at < HISTORY_REREAD):
+                # Materialised at that read, or kept here since: one look at the disk.
+                return await anyio.to_thread.run_sync(_with_thumbnails, list(session.history))
             # Runs an earlier app process did not wait out come in first (inflight.py).
             await collect_pending(self._sessions, session, self._sessions.adopt_after)
             entries = await self._sessions.load_history(session)
@@ -245,7 +262,7 @@ class Handlers:
     async def show_run(self, run: str, request: gr.Request) -> tuple[Any, ...]:
         """After a run is shown: the history strip, the first image picked (its
         parameters on the page), and the buttons with the set's zip link."""
-        thumbnails, history_box = await self.history(request)
+        thumbnails, history_box = await self.history(request, reread=False)
         parameters = await self.parameters_of(run, 0, request)
         link = (
             f'<a href="{DOWNLOADS}/{html.escape(run)}.zip" download>Download all (.zip)</a>'
@@ -408,3 +425,8 @@ def _gallery_of(entry: HistoryEntry) -> list[dict[str, object]]:
     """A run's images as the results gallery shows them, saved under names that say
     which run and image they are (downloads.py)."""
     return gallery_value(entry.images, image_names(entry.prompt, entry.seed, len(entry.images)))
+
+
+def _with_thumbnails(entries: list[HistoryEntry]) -> list[HistoryEntry]:
+    """The entries whose first image is in the cache, in their order."""
+    return [entry for entry in entries if entry.images and Path(entry.images[0]).is_file()]

@@ -107,6 +107,8 @@ class UserSession:
     history: list[HistoryEntry] = field(default_factory=list)
     #: Where the identity's history is kept (its bucket, or a folder locally).
     store: History | None = None
+    #: When ``history`` was last read from ``store`` (monotonic), None before.
+    history_read_at: float | None = None
     _in_flight: int = 0
     _retired: list[Backend] = field(default_factory=list)
 
@@ -261,6 +263,7 @@ class Sessions:
         if session.store is None:
             return session.history
         records = await session.store.runs()
+        session.history_read_at = time.monotonic()
         known = {entry.run: entry for entry in session.history}
         session.history = [
             known.get(record.run_id) or entry_of_record(record, session.directory)
