@@ -84,6 +84,26 @@ async def test_adding_runs_lists_the_history_once_until_the_listing_is_old(
     assert listed.count("runs/") == 3
 
 
+async def test_a_run_deleted_after_the_listing_is_not_shown_and_breaks_nothing(
+        tmp_path: Path) -> None:
+    """Another login of the account (its budget) or another browser deletes a run this
+    tab has listed but not fetched yet: the tab leaves it out, and nothing fails."""
+    from oscar_sd.ui.sessions import Sessions, tab_key
+
+    store = History(DiskObjects(tmp_path / "data"))
+    await store.add(fake_result(tmp_path, "stays"))
+    doomed, _ = await store.add(fake_result(tmp_path, "deleted elsewhere"))
+    sessions = Sessions(tmp_path / "cache", 3600)
+    tab = await sessions.open(tab_key("a"), None, owns_backend=False, store=store)
+    listed = {entry.prompt: entry for entry in await sessions.load_history(tab)}
+    await History(DiskObjects(tmp_path / "data")).delete(doomed.run_id)  # another login
+    assert not await sessions.materialise(tab, listed["deleted elsewhere"], first_only=True)
+    assert await sessions.materialise(tab, listed["stays"], first_only=True)
+    with pytest.raises(KeyError):
+        await store.fetch(doomed, tmp_path / "elsewhere")
+    await sessions.close_all()
+
+
 async def test_a_deleted_run_is_gone_from_the_storage(tmp_path: Path) -> None:
     history = History(DiskObjects(tmp_path / "data"))
     record, _ = await history.add(fake_result(tmp_path, "to delete"))

@@ -146,19 +146,30 @@ class History:
     async def fetch(
         self, record: RunRecord, folder: Path, names: tuple[str, ...] = ()
     ) -> list[Path]:
-        """The run's images (or just ``names``) as files in ``folder`` (kept if there)."""
+        """The run's images (or just ``names``) as files in ``folder`` (kept if there).
+
+        Raises :class:`KeyError` when an image is no longer stored: the run was deleted
+        meanwhile (another browser, or the budget of another login of the account)."""
         wanted = names or record.images
         paths = [folder / name for name in wanted]
         await anyio.to_thread.run_sync(partial(folder.mkdir, parents=True, exist_ok=True))
+        gone: list[str] = []
 
         async def one(name: str, path: Path) -> None:
             if not await anyio.to_thread.run_sync(path.is_file):
-                data = await self.image(record, name)
+                try:
+                    data = await self.image(record, name)
+                except KeyError:
+                    gone.append(name)
+                    return
                 await anyio.to_thread.run_sync(_write, path, data)
 
         async with anyio.create_task_group() as tasks:
             for name, path in zip(wanted, paths, strict=True):
                 tasks.start_soon(one, name, path)
+        if gone:
+            self._records.pop(record.run_id, None)
+            raise KeyError(record.key(gone[0]))
         return paths
 
     async def delete(self, run_id: str) -> None:

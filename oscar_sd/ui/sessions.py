@@ -286,7 +286,10 @@ class Sessions:
         if record is None:
             return False
         folder = Path(entry.images[0]).parent
-        await session.store.fetch(record, folder, tuple(Path(p).name for p in missing))
+        try:
+            await session.store.fetch(record, folder, tuple(Path(p).name for p in missing))
+        except KeyError:  # deleted meanwhile (another browser, another login's budget)
+            return False
         return True
 
     async def delete_run(self, session: UserSession, run_id: str) -> bool:
