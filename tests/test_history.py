@@ -104,6 +104,20 @@ async def test_a_run_deleted_after_the_listing_is_not_shown_and_breaks_nothing(
     await sessions.close_all()
 
 
+async def test_logins_of_one_account_read_each_record_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    await History(DiskObjects(tmp_path / "data")).add(fake_result(tmp_path, "once"))
+    logins = [History(DiskObjects(tmp_path / "data")) for _ in range(5)]
+    read: list[str] = []
+    for login in logins:
+        real_get = login.objects.get
+        monkeypatch.setattr(login.objects, "get",
+                            lambda key, real_get=real_get: read.append(key) or real_get(key))
+    for login in logins:
+        assert [r.prompt for r in await login.runs()] == ["once"]
+    assert len([key for key in read if key.endswith("run.json")]) <= 1
+
+
 async def test_a_deleted_run_is_gone_from_the_storage(tmp_path: Path) -> None:
     history = History(DiskObjects(tmp_path / "data"))
     record, _ = await history.add(fake_result(tmp_path, "to delete"))

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import OrderedDict
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,11 @@ HISTORY_THREADS = 8
 #: Seconds a listing stands for the budget when runs are added (others' runs count
 #: from the next listing).
 RELIST_AFTER = 60.0
+#: Records read by any history object of this process, by run id (ids are unique: a
+#: time and 64 random bits): every login of one account reads each record once, not
+#: once per login. Records never change; a deleted run's is simply never asked for.
+_READ_RECORDS: OrderedDict[str, RunRecord] = OrderedDict()
+READ_RECORDS_KEPT = 10_000
 
 
 class History:
@@ -108,9 +114,15 @@ class History:
             return None
         if run_id in self._records:
             return self._records[run_id]
+        if run_id in _READ_RECORDS:
+            return _READ_RECORDS[run_id]
         try:
             data = await self._call(self.objects.get, run_prefix(run_id) + RECORD)
-            return RunRecord.from_json(data)
+            record = RunRecord.from_json(data)
+            _READ_RECORDS[run_id] = record
+            while len(_READ_RECORDS) > READ_RECORDS_KEPT:
+                _READ_RECORDS.popitem(last=False)
+            return record
         except KeyError:
             return None
         except (ValueError, TypeError):
