@@ -11,7 +11,7 @@ How long a request would wait: the requests of this process in front of it on
 the warm service that have not started, times the measured seconds per request
 (the mean gap between warm results while requests were waiting: it holds the
 batch time, the batch size and the replica count). Every client of the same pair
-in one process shares that line (:class:`SpillQueue`): the page opens one client
+in one process shares that line (``_spill_line.py``): the page opens one client
 per sign-in, and fifty people each alone in a line of their own would never
 spill. Requests of other processes (another replica, a command line) are not
 seen. Until a gap is measured nothing spills for being late; each
@@ -38,9 +38,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-import weakref
-from collections import OrderedDict, deque
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from functools import partial
 
 import anyio
@@ -57,25 +55,15 @@ from ._models import (
     Stage,
 )
 from ._oscar import OscarSD
+from ._spill_line import Waiting, shared_queue
 from ._warm_control import WarmControl
 from .history import History, HistoryBudget
 
 logger = logging.getLogger("oscar_sd.spill")
 
 DEFAULT_SPILL_AFTER = 10.0
-#: Gaps between warm results kept for the mean.
-GAP_WINDOW = 64
 
 WARM, PER_JOB = "warm", "per-job"
-
-
-@dataclass
-class _Waiting:
-    """One request on the warm service, not yet started."""
-
-    job: str
-    uploaded: bool = False
-    started: bool = False
 
 
 @dataclass
@@ -88,38 +76,6 @@ class SpillStats:
     spilled_late: int = 0
     #: Claims the replicas won first: the request stayed warm.
     claims_lost: int = 0
-
-
-@dataclass(eq=False)
-class SpillQueue:
-    """What the spill decides by, shared by every client of one pair in this process."""
-
-    #: Requests on the warm service not yet started, in upload order.
-    waiting: OrderedDict[str, _Waiting] = field(default_factory=OrderedDict)
-    #: Gaps between warm results while requests waited (seconds per request).
-    gaps: deque[float] = field(default_factory=lambda: deque(maxlen=GAP_WINDOW))
-    last_result: float | None = None
-    #: Seconds from upload to start of spilled per-job jobs, and the jobs uploaded but
-    #: not started (job -> when uploaded), running, and the most seen running at once.
-    job_starts: deque[float] = field(default_factory=lambda: deque(maxlen=GAP_WINDOW))
-    unstarted_jobs: dict[str, float] = field(default_factory=dict)
-    running_jobs: set[str] = field(default_factory=set)
-    most_running: int = 0
-    changed: anyio.Event = field(default_factory=anyio.Event)
-
-
-#: One line per (storage endpoint, warm service, per-job service), alive while a
-#: client of that pair is.
-_queues: weakref.WeakValueDictionary[tuple[str, str, str], SpillQueue] = (
-    weakref.WeakValueDictionary())
-
-
-def shared_queue(warm: OscarSD, per_job: OscarSD) -> SpillQueue:
-    key = (warm._storage.endpoint, warm.service, per_job.service)
-    queue = _queues.get(key)
-    if queue is None:
-        queue = _queues[key] = SpillQueue()
-    return queue
 
 
 class SpillOver:
@@ -233,7 +189,7 @@ class SpillOver:
     async def _warm_or_spill(self, job: str, request: GenerationRequest,
                              on_progress: ProgressCallback | None,
                              started: float) -> GenerationResult:
-        waiting = _Waiting(job)
+        waiting = Waiting(job)
         self.queue.waiting[job] = waiting
         spilling = claiming = False
         held: list[Progress] = []  # heard while claiming: told once the claim is lost

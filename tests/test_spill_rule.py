@@ -15,7 +15,8 @@ from typing import Any
 
 import pytest
 
-from oscar_sd._spill import SpillOver, _Waiting
+from oscar_sd._spill import SpillOver
+from oscar_sd._spill_line import Waiting
 
 pytestmark = pytest.mark.anyio
 
@@ -32,7 +33,7 @@ def spill_over(endpoint: str, *, start_seconds: float | None = None) -> SpillOve
 def line_up(spill: SpillOver, count: int) -> list[str]:
     jobs = [f"job{n}" for n in range(count)]
     for job in jobs:
-        spill.queue.waiting[job] = _Waiting(job, uploaded=True)
+        spill.queue.waiting[job] = Waiting(job, uploaded=True)
     return jobs
 
 
