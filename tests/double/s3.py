@@ -387,14 +387,16 @@ class S3Front:
 
         moto 5.2.5's ``list_objects`` (s3/models.py, via s3/utils.py ``_iteritems``)
         walks the bucket's key dict unguarded, so a delete in another thread makes it
-        raise KeyError, a 500. MinIO lists from its metacache and never fails a listing
-        because an object went away meanwhile; the listing is read-only, so reading it
-        again is what a consistent listing would have answered."""
+        raise KeyError, or ValueError when it reads the ETag of a key whose buffer the
+        delete closed meanwhile (``FakeKey.etag``): a 500. MinIO lists from its
+        metacache and never fails a listing because an object went away meanwhile;
+        the listing is read-only, so reading it again is what a consistent listing
+        would have answered."""
         listing = method == "GET" and bool(bucket) and not key
         for _ in range(9 if listing else 0):
             try:
                 return self._moto(environ, capture)
-            except KeyError:
+            except (KeyError, ValueError):
                 continue
         return self._moto(environ, capture)
 
