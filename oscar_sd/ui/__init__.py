@@ -57,6 +57,10 @@ def serve(settings: Settings | None = None) -> None:
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, partial(_drain_then_stop, app, settings.drain_seconds))
     app.launch()
+    if app.drain.draining:
+        # Gradio's wait catches the Ctrl-C the drain sends, unless it lands just before
+        # the wait begins: the process ends as interrupted either way, not by luck.
+        raise KeyboardInterrupt
 
 
 def _drain_then_stop(app: WebApp, grace: float, signum: int, frame: FrameType | None) -> None:
