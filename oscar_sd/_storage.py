@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 import certifi
 import urllib3
 from minio import Minio
+from minio.datatypes import Object
 from minio.deleteobjects import DeleteObject
 from minio.error import S3Error
 from urllib3.exceptions import (
@@ -154,13 +155,7 @@ class MinioStorage:
     def metadata(self, bucket: str, key: str, patient: bool = True) -> dict[str, str] | None:
         """The ``x-amz-meta-*`` fields of ``key`` (names lower case, prefix dropped), or
         None when there is no such object."""
-        try:
-            stat = self.gate.call(lambda: self._client.stat_object(bucket, key),
-                                  patient=patient)
-        except S3Error as exc:
-            if exc.code in ("NoSuchKey", "NoSuchObject"):
-                return None
-            raise
+        stat = self._stat(bucket, key, patient)
         if stat is None:
             return None
         return {name.lower()[len("x-amz-meta-"):]: value
@@ -170,16 +165,21 @@ class MinioStorage:
     def holds(self, bucket: str, key: str, data: bytes) -> bool:
         """Whether ``key`` exists with exactly ``data`` (its size and, for a plain PUT,
         its ETag, the MD5 of the body)."""
-        try:
-            stat = self.gate.call(lambda: self._client.stat_object(bucket, key))
-        except S3Error as exc:
-            if exc.code in ("NoSuchKey", "NoSuchObject"):
-                return False
-            raise
+        stat = self._stat(bucket, key)
         if stat is None or stat.size != len(data):
             return False
         etag = (stat.etag or "").strip('"')
         return len(etag) != 32 or etag == hashlib.md5(data, usedforsecurity=False).hexdigest()
+
+    def _stat(self, bucket: str, key: str, patient: bool = True) -> Object | None:
+        """The object's stat through the gate, or None when there is no such object."""
+        try:
+            return self.gate.call(lambda: self._client.stat_object(bucket, key),
+                                  patient=patient)
+        except S3Error as exc:
+            if exc.code in ("NoSuchKey", "NoSuchObject"):
+                return None
+            raise
 
     def put_if_absent(self, bucket: str, key: str, data: bytes, content_type: str) -> bool:
         """Create ``key`` unless it exists (``If-None-Match: *``, which MinIO checks and
