@@ -11,9 +11,12 @@ from collections.abc import AsyncIterator
 import anyio
 import anyio.to_thread
 import pytest
+import urllib3
 
 from oscar_sd._notify.backoff import Backoff
+from oscar_sd._notify.cleanup import Deletions
 from oscar_sd._notify.hub import NotificationHub, StreamAddress, get_hub
+from oscar_sd._notify.reconcile import ReconcilePolicy, Reconciler
 from oscar_sd._notify.stream import on_line
 from oscar_sd._storage import MinioStorage
 from tests.double import ClusterDouble, escape_key
@@ -284,3 +287,83 @@ def test_thread_safety_of_the_registry_under_many_threads() -> None:
         assert registry.pending == 0
 
     anyio.run(main)
+
+
+class RefusesFirstListings:
+    """The hub's storage, refusing its first ``count`` listings as a restarting MinIO does."""
+
+    def __init__(self, storage: MinioStorage, count: int) -> None:
+        self.source, self.refusals = storage.for_hub, count
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.source, name)
+
+    def list_keys(self, bucket: str, prefix: str) -> list[str]:
+        if self.refusals > 0:
+            self.refusals -= 1
+            raise ConnectionRefusedError("MinIO is restarting")
+        return self.source.list_keys(bucket, prefix)
+
+
+async def test_a_failed_reconciliation_listing_is_tried_again_soon_not_a_round_later(
+    cluster: ClusterDouble,
+):
+    """MinIO restarting on a period locked rounds exactly a period apart onto its refusals
+    (bench/restarts.py): a failed listing is retried after a short jittered backoff."""
+    cluster.listen_api = "not-implemented"  # results are found by listing alone
+    storage = storage_for(cluster)
+    source = RefusesFirstListings(storage, count=3)
+    address = StreamAddress(storage.endpoint, BUCKET, "out/", cluster.minio_access_key)
+    hub = NotificationHub(address, source, idle_timeout=60,  # type: ignore[arg-type]
+                          policy=ReconcilePolicy(first_check=0.0, round_interval=60.0))
+    try:
+        cluster.put_object(BUCKET, "out/landed.zip", b"zip")
+        with anyio.fail_after(10):  # a round later would be a minute away
+            waiter = await hub.expect({"out/landed.zip"})
+            assert await waiter.wait() == "out/landed.zip"
+        assert source.refusals == 0  # the fault happened: three listings refused...
+        assert waiter.resolved_by == "reconciliation"  # ...and a quick retry found it
+        assert hub.trouble is None
+    finally:
+        await hub.aclose()
+
+
+def test_reconciliation_rounds_are_jittered_so_they_cannot_lock_onto_a_periodic_outage():
+    reconciler = Reconciler(None, ReconcilePolicy(round_interval=1.0))  # type: ignore[arg-type]
+    pauses = {reconciler._pause() for _ in range(50)}
+    assert len(pauses) > 40 and all(0.75 <= pause <= 1.25 for pause in pauses)
+
+
+def test_deletions_an_outage_stopped_go_when_storage_answers_and_never_run_out():
+    """A restarting MinIO refuses the clean-up's deletes again and again: they are not
+    refusals, so they never use up the attempts, and go the moment storage answers,
+    not at the end of a long backoff (nothing left in the bucket seconds later)."""
+    deletions = Deletions(max_attempts=2, first_retry=60.0)
+    deletions.add(BUCKET, ["out/a.zip", "out/b.zip"])
+    deleted: list[str] = []
+
+    def restarting(bucket: str, keys: list[str]) -> list[str]:
+        raise urllib3.exceptions.MaxRetryError(
+            None, "/", urllib3.exceptions.NewConnectionError(None, "refused"))  # type: ignore[arg-type]
+
+    def answering(bucket: str, keys: list[str]) -> list[str]:
+        deleted.extend(keys)
+        return []
+
+    for _ in range(5):  # more outages than max_attempts
+        deletions.run_due(restarting)
+        assert len(deletions) == 1 and deletions.given_up == 0
+        deletions.run_due(answering)  # not due yet: the backoff is a minute
+        assert deleted == []
+        deletions.storage_answers()
+    deletions.run_due(answering)
+    assert deleted == ["out/a.zip", "out/b.zip"] and len(deletions) == 0
+
+
+def test_a_refused_deletion_still_gives_up_after_its_attempts():
+    deletions = Deletions(max_attempts=2, first_retry=0.0)
+    deletions.add(BUCKET, ["out/a.zip"])
+    for _ in range(2):
+        deletions.run_due(lambda bucket, keys: keys)  # AccessDenied for each key
+        deletions.storage_answers()  # answering is no outage: nothing changes
+    assert deletions.given_up == 1 and len(deletions) == 0

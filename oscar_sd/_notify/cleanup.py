@@ -4,19 +4,29 @@ Cancelling a request must return at once, even while storage is unreachable,
 and a result that lands for a request nobody waits for any more must not stay
 in the bucket. Both hand their deletions here; the hub's maintenance thread
 retries them with backoff, a bounded number of times, and says so once.
+
+A deletion that failed because storage could not be reached (MinIO restarting,
+which OSCAR does on every service create and delete) is not refused: it is
+tried again as soon as the hub sees storage answer, and gives up only after
+``outage_limit`` seconds of such failures, however many.
 """
 
 from __future__ import annotations
 
 import logging
+import random
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from .._storage_faults import outage_kind
+
 logger = logging.getLogger("oscar_sd.hub")
 
 Remove = Callable[[str, list[str]], list[str]]
+#: The reason of a deletion that failed because storage could not be reached.
+UNREACHABLE = "storage unreachable"
 #: The most keys one S3 multi-object delete may name.
 BATCH = 1000
 
@@ -30,6 +40,8 @@ class _Deletion:
     #: Not before this is set (an upload still in flight), or until ``after_until``.
     after: threading.Event | None = None
     after_until: float = 0.0
+    #: Since when its tries failed for want of storage (None: not so, or not yet).
+    unreachable_since: float | None = None
 
     def ready(self, now: float) -> bool:
         if self.due > now:
@@ -41,8 +53,10 @@ class Deletions:
     """A bounded queue of pending deletions (thread-safe)."""
 
     def __init__(self, *, max_attempts: int = 8, max_pending: int = 10_000,
-                 first_retry: float = 1.0, cap: float = 60.0) -> None:
+                 first_retry: float = 1.0, cap: float = 60.0,
+                 outage_limit: float = 900.0) -> None:
         self.max_attempts = max_attempts
+        self.outage_limit = outage_limit
         self.max_pending = max_pending
         self.first_retry = first_retry
         self.cap = cap
@@ -72,6 +86,14 @@ class Deletions:
                 return
             self._pending.append(item)
 
+    def storage_answers(self) -> None:
+        """Storage answered again: what failed for want of it is due at the next round."""
+        now = time.monotonic()
+        with self._lock:
+            for item in self._pending:
+                if item.unreachable_since is not None:
+                    item.due = min(item.due, now)
+
     def run_due(self, remove: Remove) -> None:
         """Try every deletion whose time came; called from the maintenance thread."""
         now = time.monotonic()
@@ -86,8 +108,15 @@ class Deletions:
             self.deleted += len(item.keys) - len(failed)
             if not failed:
                 continue
-            item.keys, item.attempts, item.after = failed, item.attempts + 1, None
-            if item.attempts >= self.max_attempts:
+            item.keys, item.after = failed, None
+            if reason in UNREACHABLE:
+                now = time.monotonic()
+                item.unreachable_since = item.unreachable_since or now
+                gave_up = now - item.unreachable_since >= self.outage_limit
+            else:
+                item.attempts += 1
+                gave_up = item.attempts >= self.max_attempts
+            if gave_up:
                 self.given_up += len(failed)
                 logger.warning("gave up deleting %d objects from %s (%s)",
                                len(failed), item.bucket, reason)
@@ -96,7 +125,10 @@ class Deletions:
                 self._complained = True
                 logger.warning("could not delete %d objects from %s (%s); retrying in the "
                                "background", len(failed), item.bucket, reason)
-            item.due = time.monotonic() + min(self.cap, self.first_retry * 2**item.attempts)
+            # Jittered, so that deletions queued together do not retry together; an
+            # outage's are retried sooner still when storage answers (storage_answers).
+            delay = min(self.cap, self.first_retry * 2**item.attempts)
+            item.due = time.monotonic() + delay * random.uniform(0.5, 1.0)
             retry.append(item)
         with self._lock:
             self._pending.extend(retry)
@@ -119,7 +151,9 @@ class Deletions:
                 try:
                     failed, reason = set(remove(bucket, chunk)), "refused"
                 except Exception as exc:
-                    failed, reason = set(chunk), type(exc).__name__
+                    unreachable = outage_kind(exc) is not None
+                    failed = set(chunk)
+                    reason = UNREACHABLE if unreachable else type(exc).__name__
                 for key in chunk:
                     outcome[(bucket, key)] = reason if key in failed else ""
         return outcome

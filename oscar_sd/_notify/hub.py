@@ -350,6 +350,7 @@ class NotificationHub:
         self._become_ready()
 
     def on_storage_ok(self) -> None:
+        self.deletions.storage_answers()  # what an outage stopped goes at the next round
         if self._trouble is not None:
             self._trouble = None
             logger.info("%s: the cluster's storage answers again", self.label)

@@ -10,7 +10,12 @@ wait, the hub's maintenance thread checks the overdue ones by listing:
 * a round with a few requests due lists each one's own keys (one request
   each); with more due, one listing of the whole folder serves every waiter;
 * at most ``max_requests_per_minute`` storage requests a minute; past that,
-  only whole-folder listings.
+  only whole-folder listings;
+* rounds are about ``round_interval`` apart, jittered, and a round whose
+  listing failed is tried again after a short backoff (also jittered). A fixed
+  period would lock onto a periodic outage: with MinIO restarting every 0.5 s,
+  rounds exactly 1 s apart kept landing in the 0.1 s it refused connections,
+  for over a minute (bench/restarts.py).
 
 Its cost is counted in the hub's stats and logged every minute. The
 reconciler runs in a thread of the hub (``hub.py``) and reports to it through
@@ -20,13 +25,15 @@ reconciler runs in a thread of the hub (``hub.py``) and reports to it through
 from __future__ import annotations
 
 import logging
+import random
 import threading
 import time
 from collections import deque
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
+from .backoff import Backoff
 from .cleanup import Deletions
 from .orphans import OrphanSweep, job_of
 from .source import NotificationSource, StreamAddress
@@ -51,6 +58,8 @@ class ReconcilePolicy:
     #: result is found by listing, so within this (plus a round) of landing.
     listing_only_interval: float = 2.0
     max_requests_per_minute: int = 120
+    #: How soon a round whose listing failed is tried again (by failures in a row).
+    retry: Backoff = field(default_factory=lambda: Backoff(base=0.1, cap=1.0))
 
 
 class ReconcileOwner(Protocol):
@@ -86,6 +95,7 @@ class Reconciler:
         self._recent: deque[float] = deque()  # when each storage request went out
         self._last_folder_listing = 0.0
         self._last_log = time.monotonic()
+        self._failed_rounds = 0  # in a row: they space the quick retries
 
     @property
     def requests_last_minute(self) -> int:
@@ -103,7 +113,13 @@ class Reconciler:
             except Exception as exc:  # never let one bad round end the thread
                 hub.note_error("a reconciliation round failed", exc)
             self._log_cost()
-            hub.stop_event.wait(self.policy.round_interval)
+            hub.stop_event.wait(self._pause())
+
+    def _pause(self) -> float:
+        """Until the next round: jittered, and sooner after a failed listing."""
+        if self._failed_rounds:
+            return 0.01 + self.policy.retry.delay(self._failed_rounds - 1)
+        return self.policy.round_interval * random.uniform(0.75, 1.25)
 
     def round(self) -> None:
         """Check the requests that are due; at most one folder listing."""
@@ -140,8 +156,10 @@ class Reconciler:
                 keys = [key for waiter in due for key in self._list(waiter.prefix)]
                 checked = due
         except Exception as exc:
+            self._failed_rounds += 1
             hub.on_trouble("could not list the results folder", exc, 1)
             return
+        self._failed_rounds = 0
         hub.on_listed()
         for waiter in checked:
             _, interval = self._schedule[waiter]
