@@ -155,20 +155,21 @@ def test_closing_the_client_ends_the_calls_waiting_out_an_outage():
     assert gate.gave_up == 1
 
 
-async def test_fifty_requests_ride_out_restarts_every_half_second(cluster: ClusterDouble):
-    """MinIO restarting every 500 ms with 100 ms of refused connections: every request
-    succeeds and nothing of them is left. bench/restarts.py runs the issue's 500."""
+async def test_five_hundred_requests_ride_out_restarts_every_half_second(
+    cluster: ClusterDouble,
+):
+    """The issue's target: MinIO restarting every 500 ms with 100 ms of refused
+    connections, 500 concurrent requests: all 500 succeed, and nothing of them is left
+    10 s after the last ends. With MinIO's keep-alive at 0.5 s, restarts this often kill
+    most listen opens before their headers: requests then go ahead on listing alone
+    (``stream_fallback``), whose rounds must not lock onto the restarts' period."""
     requests = [GenerationRequest(prompt=f"restarts {i}", seed=i, num_images=1)
-                for i in range(50)]
-    # A listen stream's headers come with MinIO's first keep-alive (0.5 s): restarts
-    # every 0.5 s would kill most opens just before it, a race this test is not about
-    # (the storage calls riding out restarts are). bench/restarts.py keeps the 0.5 s.
-    cluster.keepalive_interval = 0.1
+                for i in range(500)]
     async with OscarSD.connect(cluster.oscar_endpoint, service=SERVICE, user=cluster.admin[0],
                                password=cluster.admin[1], timeout=120,
                                backoff=Backoff(base=0.02, cap=0.5)) as sd:
         with cluster.restarting_minio(every=0.5, refuse_for=0.1) as restarts:
-            with anyio.fail_after(90):
+            with anyio.fail_after(150):
                 async with anyio.create_task_group() as tasks:
                     results: list[Any] = []
 
@@ -181,5 +182,5 @@ async def test_fifty_requests_ride_out_restarts_every_half_second(cluster: Clust
         assert len(results) == len(requests)
         assert restarted >= 1 and sd._storage.gate.outages >= 1  # the fault happened...
         assert sd._storage.gate.gave_up == 0  # ...and every call rode it out
-        await until(lambda: cluster.list_keys(BUCKET) == [], limit=30,
+        await until(lambda: cluster.list_keys(BUCKET) == [], limit=10,
                     what=f"left behind: {cluster.list_keys(BUCKET)}")
