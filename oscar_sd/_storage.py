@@ -242,6 +242,18 @@ class MinioStorage:
 
         return self.gate.call(list_once, patient=patient) or []
 
+    def list_folders(self, bucket: str, prefix: str) -> list[str]:
+        """The names of the folders directly under ``prefix`` (one listing with the
+        delimiter "/", whose common prefixes carry no dates to parse): far cheaper than
+        every key below them, which minio-py parses one XML element and date at a time."""
+
+        def list_once() -> list[str]:
+            items = self._client.list_objects(bucket, prefix=prefix, recursive=False)
+            return [item.object_name[len(prefix):].rstrip("/") for item in items
+                    if item.is_dir and item.object_name]
+
+        return self.gate.call(list_once) or []
+
     def list_aged(self, bucket: str, prefix: str, limit: int,
                   patient: bool = True) -> list[tuple[str, float]]:
         """Up to ``limit`` (key, last modified as a Unix time) directly under ``prefix``

@@ -17,6 +17,7 @@ from minio.error import S3Error
 
 from oscar_sd import GenerationRequest, GenerationResult, OscarSD
 from oscar_sd.history import DiskObjects, History, HistoryBudget, history_bucket
+from oscar_sd.history._history import _READ_RECORDS
 from tests.conftest import ADMIN, SERVICE
 from tests.double import ClusterDouble
 
@@ -68,13 +69,12 @@ async def test_the_budget_drops_the_oldest_runs_first(tmp_path: Path) -> None:
 
 async def test_adding_runs_lists_the_history_once_until_the_listing_is_old(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # A listing is every object of every run (700 at the default 100 runs): adding a
-    # run keeps the budget by the runs this history knows, not by listing again.
+    # Adding a run keeps the budget by the runs this history knows, not by listing again.
     history = History(DiskObjects(tmp_path / "data"), HistoryBudget(max_runs=3, max_bytes=10**6))
     listed: list[str] = []
-    real_list = history.objects.list
-    monkeypatch.setattr(history.objects, "list", lambda prefix: listed.append(prefix)
-                        or real_list(prefix))
+    real_folders = history.objects.folders
+    monkeypatch.setattr(history.objects, "folders", lambda prefix: listed.append(prefix)
+                        or real_folders(prefix))
     made = [(await history.add(fake_result(tmp_path, f"run {n}")))[0] for n in range(5)]
     assert listed == ["runs/"]  # the first add's look, no more
     assert [r.run_id for r in await history.runs()] == [m.run_id for m in made[:1:-1]]
@@ -82,6 +82,22 @@ async def test_adding_runs_lists_the_history_once_until_the_listing_is_old(
     history.relist_after = 0.0
     await history.add(fake_result(tmp_path, "run 5"))
     assert listed.count("runs/") == 3
+
+
+async def test_a_run_whose_record_is_not_written_yet_is_left_out_until_it_is(
+        tmp_path: Path) -> None:
+    """The listing names runs' folders (not every file, which minio-py parses one date at
+    a time): a folder whose record is missing (images still uploading, or a delete half
+    done) is not shown, and shows once its record is there."""
+    history = History(DiskObjects(tmp_path / "data"))
+    done, _ = await history.add(fake_result(tmp_path, "done"))
+    record = history.objects.get(done.key("run.json"))
+    history.objects.remove([done.key("run.json")])
+    _READ_RECORDS.clear()
+    other = History(DiskObjects(tmp_path / "data"))  # another login: no record cached
+    assert await other.runs() == []
+    history.objects.put(done.key("run.json"), record)
+    assert [r.prompt for r in await other.runs()] == ["done"]
 
 
 async def test_a_run_deleted_after_the_listing_is_not_shown_and_breaks_nothing(
@@ -101,6 +117,32 @@ async def test_a_run_deleted_after_the_listing_is_not_shown_and_breaks_nothing(
     assert await sessions.materialise(tab, listed["stays"], first_only=True)
     with pytest.raises(KeyError):
         await store.fetch(doomed, tmp_path / "elsewhere")
+    await sessions.close_all()
+
+
+async def test_logins_of_one_account_fetch_each_image_once_into_the_apps_cache(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fifty logins of the one basic-auth account share a history: the second login's
+    page links the images the first fetched (or made) instead of fetching them again."""
+    from oscar_sd.ui.sessions import Sessions, tab_key
+
+    await History(DiskObjects(tmp_path / "data")).add(fake_result(tmp_path, "shared"))
+    sessions = Sessions(tmp_path / "cache", 3600)
+    fetched: list[str] = []
+    logins = []
+    for name in ("first", "second"):
+        store = History(DiskObjects(tmp_path / "data"))
+        real_get = store.objects.get
+        monkeypatch.setattr(store.objects, "get", lambda key, real_get=real_get:
+                            fetched.append(key) or real_get(key))
+        logins.append(await sessions.open(tab_key(name), None, owns_backend=False,
+                                          store=store))
+    for login in logins:
+        (entry,) = await sessions.load_history(login)
+        assert await sessions.materialise(login, entry)
+        assert [Path(image).read_bytes() for image in entry.images] == [b"\x01" * 100,
+                                                                        b"\x02" * 100]
+    assert len([key for key in fetched if key.endswith(".png")]) == len(entry.images)
     await sessions.close_all()
 
 
@@ -282,3 +324,20 @@ async def test_a_share_link_shows_the_run_without_sign_in_and_fails_after_expiry
         assert expired.status_code == 410 and "has expired" in expired.text
         assert (await browser.get(f"/share/{token}/1.png")).status_code == 410
     assert other.run_id
+
+
+async def test_notes_of_runs_this_process_waits_for_are_not_read(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every login's read of a shared history looks for runs an earlier process left: the
+    notes of runs this process is still waiting for are skipped by name, not read."""
+    from oscar_sd.history._pending import note_pending, pending_runs
+
+    history = History(DiskObjects(tmp_path / "data"))
+    for job in ("waited-for", "left-behind"):
+        await note_pending(history, job, GenerationRequest(prompt=job, seed=1))
+    read: list[str] = []
+    real_get = history.objects.get
+    monkeypatch.setattr(history.objects, "get", lambda key: read.append(key) or real_get(key))
+    runs = await pending_runs(history, skip={"waited-for"})
+    assert [run.job_id for run in runs] == ["left-behind"]
+    assert read == ["pending/left-behind.json"]

@@ -33,6 +33,7 @@ class DiskObjects:
     def __init__(self, folder: Path) -> None:
         self.folder = folder.expanduser().resolve()
         self.description = f"this computer ({self.folder})"
+        self.place = str(self.folder)
 
     def _path(self, key: str) -> Path:
         path = (self.folder / key).resolve()
@@ -64,6 +65,13 @@ class DiskObjects:
                 if not name.endswith(".partial"):
                     keys.append(Path(root, name).relative_to(self.folder).as_posix())
         return keys
+
+    def folders(self, prefix: str) -> list[str]:
+        top = self._path(prefix.rstrip("/")) if prefix.strip("/") else self.folder
+        if not top.is_dir():
+            return []
+        with os.scandir(top) as entries:
+            return [entry.name for entry in entries if entry.is_dir()]
 
     def locate(self, key: str, expires: float) -> str:
         return str(self._path(key))  # read back only under the data folder (_share.py)

@@ -50,6 +50,7 @@ class MinioObjects:
         self.storage = storage
         self.bucket = bucket
         self.description = f"your bucket {bucket!r} on the cluster"
+        self.place = f"{storage.endpoint}/{bucket}"
 
     def put(self, key: str, data: bytes) -> None:
         content_type = "image/png" if key.endswith(".png") else "application/json"
@@ -65,6 +66,9 @@ class MinioObjects:
 
     def list(self, prefix: str) -> list[str]:
         return list(self.storage.list_keys(self.bucket, prefix))
+
+    def folders(self, prefix: str) -> list[str]:
+        return self.storage.list_folders(self.bucket, prefix)
 
     def locate(self, key: str, expires: float) -> str:
         return self.storage.presigned_get(self.bucket, key, expires)

@@ -16,6 +16,9 @@ class Objects(Protocol):
 
     #: Says where, for the page and the log (never a key or a secret).
     description: str
+    #: Which storage this is, the same for every object over it (two logins of one
+    #: account share their history): the app's sessions share cached images by it.
+    place: str
 
     def put(self, key: str, data: bytes) -> None: ...
 
@@ -25,6 +28,11 @@ class Objects(Protocol):
 
     def list(self, prefix: str) -> list[str]:
         """Every key under ``prefix``."""
+        ...
+
+    def folders(self, prefix: str) -> list[str]:
+        """The names of the folders directly under ``prefix`` (S3: its common prefixes
+        with the delimiter "/"), without their contents."""
         ...
 
     def remove(self, keys: list[str]) -> None: ...

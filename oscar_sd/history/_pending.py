@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Container
 from dataclasses import dataclass
 
 import anyio.to_thread
@@ -52,11 +53,14 @@ async def drop_pending(history: History, job_id: str) -> None:
     await anyio.to_thread.run_sync(history.objects.remove, [_key(job_id)])
 
 
-async def pending_runs(history: History) -> list[PendingRun]:
-    """The notes of this history, oldest first (unreadable ones are dropped)."""
+async def pending_runs(history: History, skip: Container[str] = ()) -> list[PendingRun]:
+    """The notes of this history, oldest first (unreadable ones are dropped), but for
+    those of the job ids in ``skip`` (runs this process is waiting for: not read)."""
     keys = await anyio.to_thread.run_sync(history.objects.list, PENDING)
     found: list[PendingRun] = []
     for key in keys:
+        if key[len(PENDING):].removesuffix(".json") in skip:
+            continue
         try:
             fields = json.loads(await anyio.to_thread.run_sync(history.objects.get, key))
             found.append(PendingRun(str(fields["job_id"]), float(fields["created"]),
