@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import secrets
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -36,7 +37,7 @@ from .._tokens import OidcToken
 from ..history import History
 from .budget import MB, ResultsBudget, Run
 from .form import HistoryEntry
-from .run_folders import entry_of_record, remove_all, remove_runs, settle
+from .run_folders import entry_of_record, link_from, remove_all, remove_runs, settle
 
 log = logging.getLogger("oscar_sd.ui")
 
@@ -74,6 +75,8 @@ SESSION_EXPIRED = (
 
 #: How many ended sessions' reasons are remembered (to tell the person why).
 ENDED_MEMORY = 10_000
+#: How many runs' cache folders are remembered for other logins of their identity.
+CACHED_RUNS_KEPT = 10_000
 
 
 #: What a page user reads when the app's service was not usable at their login.
@@ -135,6 +138,8 @@ class Sessions:
         #: takes its result into the owner's history (ui/inflight.py).
         self.adopt_after = 30.0
         self._directories: dict[Path, UserSession] = {}
+        #: (history place, run id) -> a folder of this cache holding that run's images.
+        self._cached: OrderedDict[tuple[str, str], Path] = OrderedDict()
         # key -> why it ended, for sessions ended by the app (not by their own logout).
         self._ended: dict[str, str] = {}
 
@@ -247,6 +252,7 @@ class Sessions:
                             session.store.description, type(exc).__name__)
         target = session.directory / run_id
         size = await anyio.to_thread.run_sync(settle, source, target)
+        self._remember_cached(session, run_id, target)
         images = [target / image.relative_to(source) for image in result.images]
         entry = HistoryEntry.of(result, images=images, run=run_id)
         session.history.insert(0, entry)
@@ -282,15 +288,32 @@ class Sessions:
             return True
         if session.store is None:
             return False
+        folder = Path(entry.images[0]).parent
+        cached = self._cached.get((session.store.place, entry.run))
+        if cached is not None and cached != folder:
+            left = await anyio.to_thread.run_sync(link_from, [Path(p) for p in missing], cached)
+            if not left:
+                return True
+            missing = [str(p) for p in left]
         record = await session.store.record(entry.run)
         if record is None:
             return False
-        folder = Path(entry.images[0]).parent
         try:
             await session.store.fetch(record, folder, tuple(Path(p).name for p in missing))
         except KeyError:  # deleted meanwhile (another browser, another login's budget)
             return False
+        self._remember_cached(session, entry.run, folder)
         return True
+
+    def _remember_cached(self, session: UserSession, run_id: str, folder: Path) -> None:
+        """Where a run's images lie in this app's cache, for the other logins of its
+        identity (``run_folders.link_from``); bounded, the newest kept."""
+        if session.store is None:
+            return
+        self._cached[(session.store.place, run_id)] = folder
+        self._cached.move_to_end((session.store.place, run_id))
+        while len(self._cached) > CACHED_RUNS_KEPT:
+            self._cached.popitem(last=False)
 
     async def delete_run(self, session: UserSession, run_id: str) -> bool:
         """Delete a run from the identity's history (in its store) and from the cache."""
