@@ -230,9 +230,7 @@ class BrowserTab:
         """The output of ``event``, read from the tab's event stream (opened again when
         Gradio closes it between events, as the page's client does)."""
         while True:
-            async with self.http.get(
-                "gradio_api/queue/data", params={"session_hash": self.tab}
-            ) as stream:
+            async with await self._open_stream() as stream:
                 async for line in stream.content:
                     if not line.startswith(b"data:"):
                         continue
@@ -242,6 +240,18 @@ class BrowserTab:
                     if not message.get("success"):
                         raise RuntimeError(f"the event failed: {message.get('output')}")
                     return message["output"]
+
+    async def _open_stream(self) -> aiohttp.ClientResponse:
+        """The tab's event stream, asked again when the server closed the kept-alive
+        connection as the request went out (nothing was answered on it), as browsers do."""
+        for attempt in (1, 2):
+            try:
+                return await self.http.get("gradio_api/queue/data",
+                                           params={"session_hash": self.tab})
+            except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
 
     async def _image(self, url: str) -> bytes:
         async with self.http.get(url) as answer:
