@@ -49,8 +49,37 @@ async def note_pending(
     await anyio.to_thread.run_sync(history.objects.put, _key(job_id), body)
 
 
+@dataclass
+class _Drops:
+    """The notes waiting to be deleted from one history's storage."""
+
+    keys: list[str]
+    deleting: bool = False
+
+
+#: By history place (``History.place``): every login of one account shares one.
+_drops: dict[str, _Drops] = {}
+
+
 async def drop_pending(history: History, job_id: str) -> None:
-    await anyio.to_thread.run_sync(history.objects.remove, [_key(job_id)])
+    """Delete a run's note, together with those of the runs that ended meanwhile.
+
+    Deletions of one history are grouped: while one multi-object delete is out,
+    the notes of runs ending meanwhile wait, and the caller deleting sends them all
+    in the next (one request for many runs, not one each). A note whose delete
+    fails stays, and is dropped when a later process finds its run ended.
+    """
+    drops = _drops.setdefault(history.place, _Drops([]))
+    drops.keys.append(_key(job_id))
+    if drops.deleting:
+        return  # the caller deleting now sends it with the next batch
+    drops.deleting = True
+    try:
+        while drops.keys:
+            keys, drops.keys = drops.keys, []
+            await anyio.to_thread.run_sync(history.objects.remove, keys)
+    finally:
+        drops.deleting = False
 
 
 async def pending_runs(history: History, skip: Container[str] = ()) -> list[PendingRun]:
