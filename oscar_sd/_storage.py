@@ -196,14 +196,18 @@ class MinioStorage:
             raise
         return True
 
-    def get(self, bucket: str, key: str, limit: int = MAX_RESULT_BYTES) -> bytes:
-        """Download ``key`` (at most ``limit`` bytes); a cut download starts again."""
-        data = self.gate.call(lambda: self._get_once(bucket, key, limit))
+    def get(self, bucket: str, key: str, limit: int = MAX_RESULT_BYTES,
+            byte_range: tuple[int, int] | None = None) -> bytes:
+        """Download ``key`` (at most ``limit`` bytes), or the ``byte_range`` (offset,
+        length) of it; a cut download starts again."""
+        data = self.gate.call(lambda: self._get_once(bucket, key, limit, byte_range))
         assert data is not None
         return data
 
-    def _get_once(self, bucket: str, key: str, limit: int) -> bytes:
-        response = self._client.get_object(bucket, key)
+    def _get_once(self, bucket: str, key: str, limit: int,
+                  byte_range: tuple[int, int] | None = None) -> bytes:
+        offset, length = byte_range or (0, 0)
+        response = self._client.get_object(bucket, key, offset=offset, length=length)
         try:
             declared = int(response.headers.get("Content-Length") or 0)
             if declared > limit:

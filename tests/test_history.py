@@ -142,7 +142,8 @@ async def test_logins_of_one_account_fetch_each_image_once_into_the_apps_cache(
         assert await sessions.materialise(login, entry)
         assert [Path(image).read_bytes() for image in entry.images] == [b"\x01" * 100,
                                                                         b"\x02" * 100]
-    assert len([key for key in fetched if key.endswith(".png")]) == len(entry.images)
+    assert [key for key in fetched if not key.endswith("run.json")] == [
+        f"runs/{entry.run}/images.pack"]  # one download of the run's pack, by one login
     await sessions.close_all()
 
 
@@ -216,8 +217,11 @@ async def test_the_basic_auth_account_has_one_history_for_all_its_logins(
         record, _ = await one.add(fake_result(tmp_path, "everyone's"))
     two = await (await connect(cluster, user=ADMIN[0], password=ADMIN[1])).history()
     assert [r.run_id for r in await two.runs()] == [record.run_id]
+    # Two uploads a run (its PNGs in one pack, then the record), read back by range.
     assert cluster.list_keys(history_bucket(None)) == sorted(
-        [record.key("1.png"), record.key("2.png"), record.key("run.json")])
+        [record.key("images.pack"), record.key("run.json")])
+    assert await two.image(record, "2.png") == b"\x02" * 100
+    assert await two.image(record, "1.png") == b"\x01" * 100
     await two.delete(record.run_id)
     assert cluster.list_keys(history_bucket(None)) == []
 
@@ -341,3 +345,61 @@ async def test_notes_of_runs_this_process_waits_for_are_not_read(
     runs = await pending_runs(history, skip={"waited-for"})
     assert [run.job_id for run in runs] == ["left-behind"]
     assert read == ["pending/left-behind.json"]
+
+
+async def test_notes_of_runs_ending_together_are_deleted_together(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fifty logins' runs ending at once cost a few multi-object deletes, not fifty."""
+    from oscar_sd.history._pending import drop_pending, note_pending, pending_runs
+
+    history = History(DiskObjects(tmp_path / "data"))
+    jobs = [f"job-{n}" for n in range(20)]
+    for job in jobs:
+        await note_pending(history, job, GenerationRequest(prompt=job, seed=1))
+    deletes: list[list[str]] = []
+    real_remove = history.objects.remove
+    monkeypatch.setattr(history.objects, "remove",
+                        lambda keys: deletes.append(keys) or real_remove(keys))
+    async with anyio.create_task_group() as tasks:
+        for job in jobs:
+            tasks.start_soon(drop_pending, history, job)
+    assert await pending_runs(history) == []
+    assert sorted(key for keys in deletes for key in keys) == sorted(
+        f"pending/{job}.json" for job in jobs)
+    assert len(deletes) <= 2  # the first alone, then every one that ended meanwhile
+
+
+async def test_runs_kept_one_file_an_image_before_the_pack_are_still_read(
+        tmp_path: Path) -> None:
+    """Histories kept before the pack have 1.png … N.png beside a record without
+    ``packed``: shown, fetched, shared and deleted as before."""
+    from oscar_sd.history import read_shared, share_locations
+    from oscar_sd.history._record import RunRecord
+
+    objects = DiskObjects(tmp_path / "data")
+    record = RunRecord.of(fake_result(tmp_path, "old layout"), "0" * 19 + "1-" + "ab" * 8, 6)
+    assert record.packed == ()
+    for index in (1, 2):
+        objects.put(record.key(f"{index}.png"), bytes([index]) * 3)
+    objects.put(record.key("run.json"), record.to_json())
+    history = History(objects)
+    (listed,) = await history.runs()
+    assert listed.images == ("1.png", "2.png") and listed.packed == ()
+    paths = await history.fetch(listed, tmp_path / "cache")
+    assert [path.read_bytes() for path in paths] == [b"\x01" * 3, b"\x02" * 3]
+    locations = await share_locations(history, listed, 60)
+    assert await read_shared(locations["2.png"], tmp_path / "data") == b"\x02" * 3
+    await history.delete(listed.run_id)
+    assert objects.list("runs/") == []
+
+
+async def test_a_packed_run_is_shared_image_by_image(tmp_path: Path) -> None:
+    from oscar_sd.history import read_shared, share_locations
+
+    history = History(DiskObjects(tmp_path / "data"))
+    record, _ = await history.add(fake_result(tmp_path, "packed", images=3, size=5))
+    locations = await share_locations(history, record, 60)
+    assert [await read_shared(locations[name], tmp_path / "data") for name in record.images] == [
+        bytes([index]) * 5 for index in (1, 2, 3)]
+    with pytest.raises(KeyError):  # a location outside the data folder is refused
+        await read_shared(str(tmp_path / "cache" / "x#bytes=0-5"), tmp_path / "data")

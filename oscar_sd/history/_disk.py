@@ -55,6 +55,14 @@ class DiskObjects:
         except FileNotFoundError:
             raise KeyError(key) from None
 
+    def get_range(self, key: str, offset: int, length: int) -> bytes:
+        try:
+            with self._path(key).open("rb") as file:
+                file.seek(offset)
+                return file.read(length)
+        except FileNotFoundError:
+            raise KeyError(key) from None
+
     def list(self, prefix: str) -> list[str]:
         top = self._path(prefix.rstrip("/")) if prefix.strip("/") else self.folder
         if not top.is_dir():

@@ -6,8 +6,9 @@
 >>> paths = await history.fetch(record, cache)     # the PNGs, as files        # doctest: +SKIP
 >>> await history.delete(record.run_id)                                         # doctest: +SKIP
 
-Each run is ``runs/<run id>/1.png … N.png`` and ``runs/<run id>/run.json``,
-the record written last (a run without it is unfinished and not shown).
+Each run is ``runs/<run id>/images.pack`` (its PNGs, one after the other) and
+``runs/<run id>/run.json``, the record written last (a run without it is
+unfinished and not shown); ``_record.py`` says why, and reads the older layout.
 The storage behind it is an :class:`Objects` (a folder, or the identity's
 bucket on the cluster); every storage call runs in a worker thread of the
 history's own, a few at once, so listing 100 runs is not 100 round trips
@@ -38,7 +39,7 @@ import anyio.to_thread
 from .._models import GenerationResult
 from ._budget import HistoryBudget
 from ._objects import Objects
-from ._record import RECORD, RUNS, RunRecord, is_run_id, new_run_id, run_prefix
+from ._record import PACK, RECORD, RUNS, RunRecord, is_run_id, new_run_id, run_prefix
 
 log = logging.getLogger("oscar_sd.history")
 
@@ -139,12 +140,14 @@ class History:
         that left to keep the budget."""
         run_id = new_run_id()
         images = await anyio.to_thread.run_sync(_read_all, result.images)
-        prefix = run_prefix(run_id)
-        async with anyio.create_task_group() as tasks:
-            for name, data in images:
-                tasks.start_soon(self._call, self.objects.put, prefix + name, data)
-        record = RunRecord.of(result, run_id, sum(len(data) for _, data in images))
-        await self._call(self.objects.put, prefix + RECORD, record.to_json())
+        packed, offset = [], 0
+        for name, data in images:
+            packed.append((name, offset, len(data)))
+            offset += len(data)
+        record = RunRecord.of(result, run_id, offset, tuple(packed))
+        pack = b"".join(data for _, data in images)
+        await self._call(self.objects.put, run_prefix(run_id) + PACK, pack)
+        await self._call(self.objects.put, run_prefix(run_id) + RECORD, record.to_json())
         self._records[run_id] = record
         oldest_first = list(reversed(await self._known_runs()))
         dropped = self.budget.over([(r.run_id, r.size) for r in oldest_first])
@@ -158,7 +161,10 @@ class History:
         """One image of a run, as stored (the PNG with its parameters)."""
         if name not in record.images:
             raise KeyError(name)
-        return await self._call(self.objects.get, record.key(name))
+        key, byte_range = record.where(name)
+        if byte_range is None:
+            return await self._call(self.objects.get, key)
+        return await self._call(self.objects.get_range, key, *byte_range)
 
     async def fetch(
         self, record: RunRecord, folder: Path, names: tuple[str, ...] = ()
@@ -171,11 +177,18 @@ class History:
         paths = [folder / name for name in wanted]
         await anyio.to_thread.run_sync(partial(folder.mkdir, parents=True, exist_ok=True))
         gone: list[str] = []
+        whole: dict[str, bytes] = {}
+        if record.packed and len(wanted) > 1:  # one download of the pack, not one each
+            try:
+                whole = await self._call(_unpacked, self.objects, record)
+            except KeyError:
+                self._records.pop(record.run_id, None)
+                raise
 
         async def one(name: str, path: Path) -> None:
             if not await anyio.to_thread.run_sync(path.is_file):
                 try:
-                    data = await self.image(record, name)
+                    data = whole[name] if name in whole else await self.image(record, name)
                 except KeyError:
                     gone.append(name)
                     return
@@ -196,7 +209,7 @@ class History:
         known = self._records.pop(run_id, None)
         prefix = run_prefix(run_id)
         if known is not None:  # its files are named in its record: no listing needed
-            keys = [known.key(name) for name in known.images] + [prefix + RECORD]
+            keys = known.keys
         else:
             keys = await self._call(self.objects.list, prefix)
         # The record first: a run half deleted is no longer listed.
@@ -206,6 +219,12 @@ class History:
         rest = [key for key in keys if key not in record]
         if rest:
             await self._call(self.objects.remove, rest)
+
+
+def _unpacked(objects: Objects, record: RunRecord) -> dict[str, bytes]:
+    """Every image of a packed run, from one download of its pack."""
+    pack = objects.get(record.key(PACK))
+    return {name: pack[offset:offset + length] for name, offset, length in record.packed}
 
 
 def _read_all(paths: list[Path]) -> list[tuple[str, bytes]]:

@@ -53,12 +53,21 @@ class MinioObjects:
         self.place = f"{storage.endpoint}/{bucket}"
 
     def put(self, key: str, data: bytes) -> None:
-        content_type = "image/png" if key.endswith(".png") else "application/json"
+        content_type = ("image/png" if key.endswith(".png") else "application/json"
+                        if key.endswith(".json") else "application/octet-stream")
         self.storage.put(self.bucket, key, data, content_type)
 
     def get(self, key: str) -> bytes:
         try:
             return self.storage.get(self.bucket, key)
+        except S3Error as exc:
+            if exc.code == "NoSuchKey":
+                raise KeyError(key) from None
+            raise
+
+    def get_range(self, key: str, offset: int, length: int) -> bytes:
+        try:
+            return self.storage.get(self.bucket, key, byte_range=(offset, length))
         except S3Error as exc:
             if exc.code == "NoSuchKey":
                 raise KeyError(key) from None

@@ -26,6 +26,10 @@ class Objects(Protocol):
         """The object's bytes; :class:`KeyError` when there is none."""
         ...
 
+    def get_range(self, key: str, offset: int, length: int) -> bytes:
+        """``length`` bytes of the object from ``offset``; :class:`KeyError` when none."""
+        ...
+
     def list(self, prefix: str) -> list[str]:
         """Every key under ``prefix``."""
         ...

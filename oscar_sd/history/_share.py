@@ -5,7 +5,9 @@ read it until the link expires: on a cluster a presigned GET URL, signed with
 the owner's MinIO keys (S3 caps them at 7 days, ``MAX_SHARE_SECONDS``); in
 local mode the file's path. :func:`read_shared` reads one back. The app seals
 these in an encrypted, signed token (``oscar_sd/ui/share.py``), so nobody can
-forge or alter one; a path is still read only under the data folder.
+forge or alter one; a path is still read only under the data folder. An image
+kept in its run's pack (``_record.py``) is its pack's location with
+``#bytes=<offset>-<length>`` after it, read back with a ranged GET.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from ._record import RunRecord
 MAX_SHARE_SECONDS = 7 * 24 * 3600
 #: The largest image read back for a share page.
 MAX_SHARED_BYTES = 32 * 1024 * 1024
+#: Between a pack's location and an image's (offset, length) in it.
+RANGE = "#bytes="
 
 _http = urllib3.PoolManager(timeout=urllib3.Timeout(connect=10, read=60), retries=2)
 
@@ -30,8 +34,15 @@ async def share_locations(history: History, record: RunRecord, expires: float) -
     """Image name -> where it can be read for ``expires`` seconds."""
     seconds = min(expires, MAX_SHARE_SECONDS)
 
+    def locate(name: str) -> str:
+        key, byte_range = record.where(name)
+        location = history.objects.locate(key, seconds)
+        if byte_range is None:
+            return location
+        return f"{location}{RANGE}{byte_range[0]}-{byte_range[1]}"
+
     def locate_all() -> dict[str, str]:
-        return {name: history.objects.locate(record.key(name), seconds) for name in record.images}
+        return {name: locate(name) for name in record.images}
 
     return await anyio.to_thread.run_sync(locate_all)
 
@@ -42,10 +53,17 @@ async def read_shared(location: str, data_folder: Path) -> bytes:
 
 
 def _read(location: str, data_folder: Path) -> bytes:
+    location, _, ranged = location.partition(RANGE)
+    offset, _, length = ranged.partition("-")
+    byte_range = (int(offset), int(length)) if ranged else None
+    if byte_range is not None and not 0 < byte_range[1] <= MAX_SHARED_BYTES:
+        raise KeyError(location)
     if location.startswith(("http://", "https://")):
-        response = _http.request("GET", location, preload_content=False)
+        headers = {} if byte_range is None else {
+            "Range": f"bytes={byte_range[0]}-{byte_range[0] + byte_range[1] - 1}"}
+        response = _http.request("GET", location, headers=headers, preload_content=False)
         try:
-            if response.status != 200:
+            if response.status != (200 if byte_range is None else 206):
                 raise KeyError(location)
             data = response.read(MAX_SHARED_BYTES + 1)
         finally:
@@ -56,4 +74,8 @@ def _read(location: str, data_folder: Path) -> bytes:
     path = Path(location).resolve()
     if not path.is_relative_to(data_folder.expanduser().resolve()) or not path.is_file():
         raise KeyError(location)
-    return path.read_bytes()
+    if byte_range is None:
+        return path.read_bytes()
+    with path.open("rb") as file:
+        file.seek(byte_range[0])
+        return file.read(byte_range[1])
