@@ -29,10 +29,15 @@ The app runs as ``manifests/deploy_gradio.yaml`` ships it (its
 ``OSCAR_SD_CONCURRENCY``: that many runs at once, the rest wait in Gradio's
 queue), unless ``--concurrency`` says otherwise.
 
-    .venv/bin/python bench/ui.py [--rounds 10] [--users 1 50]
-        [--clients browser browser-img2img gradio_client]
+Then, as the baseline, stop 13's app (``b0ae285``) runs its own bench with
+the same users, rounds and concurrency, from a git worktree (``ui_baseline.py``):
+the speed the issue holds the page to, measured on the same machine in the same
+run, with the ratio of the two p50s.
 
-Target: p50 at or under 1 s with 50 users.
+    .venv/bin/python bench/ui.py [--rounds 10] [--users 1 50]
+        [--clients browser browser-img2img gradio_client] [--baseline b0ae285|none]
+
+Target: p50 at 50 users at or under the baseline's (0.927 s on stop 13's day).
 """
 
 from __future__ import annotations
@@ -63,6 +68,7 @@ from gradio_client import Client
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.ui_baseline import BASELINE, BaselineRow, measure_baseline
 from tests.double import ClusterDouble, services
 from tests.ui_fixtures import cluster_settings, running_app
 
@@ -386,7 +392,8 @@ def measure(client: str, users: int, rounds: int, concurrency: int, downloads: P
             process.join(timeout=30)
 
 
-def report(runs: list[Run], concurrency: int) -> None:
+def report(runs: list[Run], concurrency: int, baseline: list[BaselineRow],
+           commit: str) -> None:
     print()
     print(f"click-to-six-images (cluster double, service answers at once; app concurrency "
           f"{concurrency}; {os.cpu_count()} cores shared by app, double and clients)")
@@ -408,6 +415,15 @@ def report(runs: list[Run], concurrency: int) -> None:
         if ("browser", users) in by_kind and ("browser-img2img", users) in by_kind:
             ratio = by_kind[("browser-img2img", users)] / by_kind[("browser", users)]
             print(f"{users} users: p50 of image to image is {ratio:.2f}x text to image's")
+    for row in baseline:
+        app, double, clients = row.cpu_ms
+        print(f"{'browser @' + commit:<16} {row.users:>5} {row.clicks:>6} {row.p50:>7.3f}"
+              f" {row.p95:>7.3f} {row.slowest:>7.3f}  {app:>21.1f} {double:>7.1f} {clients:>8.1f}"
+              "   <- baseline: its own bench, same machine, this run")
+        if ("browser", row.users) in by_kind:
+            ratio = by_kind[("browser", row.users)] / row.p50
+            print(f"{row.users} users: p50 of this app is {ratio:.2f}x the baseline's "
+                  f"({commit}, stop 13)")
 
 
 def main() -> None:
@@ -419,6 +435,9 @@ def main() -> None:
                         choices=["browser", "browser-img2img", "gradio_client"])
     parser.add_argument("--concurrency", type=int, default=None,
                         help="the app's concurrency (default: manifests/deploy_gradio.yaml's)")
+    parser.add_argument("--baseline", default=BASELINE,
+                        help=f"the commit whose own bench runs after, as the baseline (default "
+                             f"{BASELINE}, stop 13's app); 'none' to skip")
     args = parser.parse_args()
     concurrency = args.concurrency or shipped_concurrency()
 
@@ -428,7 +447,9 @@ def main() -> None:
             for users in args.users:
                 place = Path(downloads) / f"{client}-{users}"
                 runs.append(measure(client, users, args.rounds, concurrency, place))
-    report(runs, concurrency)
+    baseline = [] if args.baseline == "none" else measure_baseline(
+        args.baseline, args.users, args.rounds, concurrency)
+    report(runs, concurrency, baseline, args.baseline)
 
 
 if __name__ == "__main__":

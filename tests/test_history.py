@@ -150,6 +150,7 @@ async def test_logins_of_one_account_fetch_each_image_once_into_the_apps_cache(
 async def test_logins_of_one_account_read_each_record_once(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     await History(DiskObjects(tmp_path / "data")).add(fake_result(tmp_path, "once"))
+    _READ_RECORDS.clear()  # as if another process (replica) had added it
     logins = [History(DiskObjects(tmp_path / "data")) for _ in range(5)]
     read: list[str] = []
     for login in logins:
@@ -158,6 +159,11 @@ async def test_logins_of_one_account_read_each_record_once(
                             lambda key, real_get=real_get: read.append(key) or real_get(key))
     for login in logins:
         assert [r.prompt for r in await login.runs()] == ["once"]
+    assert len([key for key in read if key.endswith("run.json")]) == 1
+    # The process that adds a run knows its record: its other logins read none.
+    await logins[0].add(fake_result(tmp_path, "twice"))
+    for login in logins:
+        assert [r.prompt for r in await login.runs()] == ["twice", "once"]
     assert len([key for key in read if key.endswith("run.json")]) == 1
 
 
@@ -333,18 +339,22 @@ async def test_a_share_link_shows_the_run_without_sign_in_and_fails_after_expiry
 async def test_notes_of_runs_this_process_waits_for_are_not_read(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Every login's read of a shared history looks for runs an earlier process left: the
-    notes of runs this process is still waiting for are skipped by name, not read."""
-    from oscar_sd.history._pending import note_pending, pending_runs
+    notes this process wrote for runs it still waits for are skipped by name, not read;
+    a note it leaves (a cancelled run) is read again."""
+    from oscar_sd.history._pending import leave_pending, note_pending, pending_runs
 
     history = History(DiskObjects(tmp_path / "data"))
-    for job in ("waited-for", "left-behind"):
-        await note_pending(history, job, GenerationRequest(prompt=job, seed=1))
+    await note_pending(history, "waited-for", GenerationRequest(prompt="ours", seed=1))
+    await note_pending(history, "cancelled", GenerationRequest(prompt="left", seed=1))
+    leave_pending("cancelled")
+    history.objects.put("pending/left-behind.json", history.objects.get(
+        "pending/cancelled.json").replace(b"cancelled", b"left-behind"))  # another process's
     read: list[str] = []
     real_get = history.objects.get
     monkeypatch.setattr(history.objects, "get", lambda key: read.append(key) or real_get(key))
-    runs = await pending_runs(history, skip={"waited-for"})
-    assert [run.job_id for run in runs] == ["left-behind"]
-    assert read == ["pending/left-behind.json"]
+    runs = await pending_runs(history)
+    assert sorted(run.job_id for run in runs) == ["cancelled", "left-behind"]
+    assert sorted(read) == ["pending/cancelled.json", "pending/left-behind.json"]
 
 
 async def test_notes_of_runs_ending_together_are_deleted_together(

@@ -125,9 +125,7 @@ class History:
         try:
             data = await self._call(self.objects.get, run_prefix(run_id) + RECORD)
             record = RunRecord.from_json(data)
-            _READ_RECORDS[run_id] = record
-            while len(_READ_RECORDS) > READ_RECORDS_KEPT:
-                _READ_RECORDS.popitem(last=False)
+            _remember(record)
             return record
         except KeyError:
             return None
@@ -149,6 +147,7 @@ class History:
         await self._call(self.objects.put, run_prefix(run_id) + PACK, pack)
         await self._call(self.objects.put, run_prefix(run_id) + RECORD, record.to_json())
         self._records[run_id] = record
+        _remember(record)  # the other logins of this identity need not read it
         oldest_first = list(reversed(await self._known_runs()))
         dropped = self.budget.over([(r.run_id, r.size) for r in oldest_first])
         for old in dropped:
@@ -207,6 +206,7 @@ class History:
         if not is_run_id(run_id):
             return
         known = self._records.pop(run_id, None)
+        _READ_RECORDS.pop(run_id, None)
         prefix = run_prefix(run_id)
         if known is not None:  # its files are named in its record: no listing needed
             keys = known.keys
@@ -219,6 +219,12 @@ class History:
         rest = [key for key in keys if key not in record]
         if rest:
             await self._call(self.objects.remove, rest)
+
+
+def _remember(record: RunRecord) -> None:
+    _READ_RECORDS[record.run_id] = record
+    while len(_READ_RECORDS) > READ_RECORDS_KEPT:
+        _READ_RECORDS.popitem(last=False)
 
 
 def _unpacked(objects: Objects, record: RunRecord) -> dict[str, bytes]:

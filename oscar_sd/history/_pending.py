@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Container
 from dataclasses import dataclass
 
 import anyio.to_thread
@@ -41,12 +40,24 @@ def _key(job_id: str) -> str:
     return f"{PENDING}{job_id}.json"
 
 
+#: Job ids whose notes this process wrote and has not deleted (nor left to the next
+#: process): :func:`pending_runs` does not read them. With many logins of one account,
+#: every page's read of the history read every other login's notes.
+_ours: set[str] = set()
+
+
 async def note_pending(
     history: History, job_id: str, request: GenerationRequest, service: str = ""
 ) -> None:
     body = json.dumps({"job_id": job_id, "created": time.time(), "service": service,
                        "request": request.to_payload()}).encode()
+    _ours.add(job_id)
     await anyio.to_thread.run_sync(history.objects.put, _key(job_id), body)
+
+
+def leave_pending(job_id: str) -> None:
+    """The run's note stays for another process (or a later read) to take it up."""
+    _ours.discard(job_id)
 
 
 @dataclass
@@ -77,18 +88,22 @@ async def drop_pending(history: History, job_id: str) -> None:
     try:
         while drops.keys:
             keys, drops.keys = drops.keys, []
-            await anyio.to_thread.run_sync(history.objects.remove, keys)
+            try:
+                await anyio.to_thread.run_sync(history.objects.remove, keys)
+            finally:  # deleted, or left for a later read to find
+                _ours.difference_update(key[len(PENDING):].removesuffix(".json")
+                                        for key in keys)
     finally:
         drops.deleting = False
 
 
-async def pending_runs(history: History, skip: Container[str] = ()) -> list[PendingRun]:
+async def pending_runs(history: History) -> list[PendingRun]:
     """The notes of this history, oldest first (unreadable ones are dropped), but for
-    those of the job ids in ``skip`` (runs this process is waiting for: not read)."""
+    those of runs this process noted and still waits for or is deleting (not read)."""
     keys = await anyio.to_thread.run_sync(history.objects.list, PENDING)
     found: list[PendingRun] = []
     for key in keys:
-        if key[len(PENDING):].removesuffix(".json") in skip:
+        if key[len(PENDING):].removesuffix(".json") in _ours:
             continue
         try:
             fields = json.loads(await anyio.to_thread.run_sync(history.objects.get, key))

@@ -25,16 +25,12 @@ from .._collect import collect_landed
 from .._errors import JobFailedError, OscarSDError
 from .._models import GenerationRequest, GenerationResult
 from .._oscar import OscarSD
-from ..history._pending import drop_pending, note_pending, pending_runs
+from ..history._pending import drop_pending, leave_pending, note_pending, pending_runs
 from .sessions import Sessions, UserSession
 
 log = logging.getLogger("oscar_sd.ui")
 
 Generate = Callable[..., Awaitable[GenerationResult]]
-#: Job ids of the noted runs this process is waiting for: their notes are not read
-#: when a history is opened (with many logins of one account, every page's read of
-#: the history read every other login's notes).
-_WAITING: set[str] = set()
 
 
 @asynccontextmanager
@@ -54,14 +50,11 @@ async def noted(session: UserSession, backend: Backend) -> AsyncIterator[Generat
             await note_pending(store, job_id, request, backend.service)
         except Exception as exc:  # the run goes on; only a restart would lose it
             log.warning("could not note a run in its history: %s", type(exc).__name__)
-        _WAITING.add(job_id)
         try:
             result = await backend.generate(request, on_progress, job_id=job_id, noted=True)
         except OscarSDError:
             ended = True
             raise
-        finally:
-            _WAITING.discard(job_id)
         ended = True
         return result
 
@@ -69,7 +62,9 @@ async def noted(session: UserSession, backend: Backend) -> AsyncIterator[Generat
         yield generate
     finally:
         # Cancelled (the app stopping, or Cancel): the note stays for the next process.
-        if ended:
+        if not ended:
+            leave_pending(job_id)
+        else:
             try:
                 await drop_pending(store, job_id)
             except Exception as exc:
@@ -85,7 +80,7 @@ async def collect_pending(sessions: Sessions, session: UserSession, settled: flo
     if store is None or not services:
         return 0
     came = 0
-    for run in await pending_runs(store, skip=_WAITING):
+    for run in await pending_runs(store):
         if run.age < settled:
             continue  # in flight in a live process, most likely
         backend = next((b for b in services if b.service == run.service), services[0])
