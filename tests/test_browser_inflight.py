@@ -60,5 +60,5 @@ def test_a_run_in_flight_when_the_app_died_lands_in_its_history(
             page.close()
     keys = cluster.list_keys(HISTORY)
     assert not any(k.startswith("pending/") for k in keys)
-    assert any(k.endswith("run.json") for k in keys)
+    assert any(k.endswith("run.pack") for k in keys)
     assert cluster.list_keys(SERVICE, "in/") == [] and cluster.list_keys(SERVICE, "out/") == []

@@ -57,7 +57,7 @@ def test_a_run_in_flight_finishes_while_the_app_drains(
         assert len(images) == 6
         assert app.drain.wait(5)
         # It is in the account's history, in its bucket.
-        assert [k for k in cluster.list_keys("oscar-sd-history") if k.endswith("run.json")]
+        assert [k for k in cluster.list_keys("oscar-sd-history") if k.endswith("run.pack")]
 
 
 def test_sigterm_stops_the_app_once_it_is_idle(cluster: ClusterDouble, tmp_path: Path) -> None:

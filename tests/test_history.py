@@ -84,20 +84,38 @@ async def test_adding_runs_lists_the_history_once_until_the_listing_is_old(
     assert listed.count("runs/") == 3
 
 
-async def test_a_run_whose_record_is_not_written_yet_is_left_out_until_it_is(
+async def test_a_run_whose_record_is_not_there_is_left_out_until_it_is(
         tmp_path: Path) -> None:
     """The listing names runs' folders (not every file, which minio-py parses one date at
-    a time): a folder whose record is missing (images still uploading, or a delete half
-    done) is not shown, and shows once its record is there."""
-    history = History(DiskObjects(tmp_path / "data"))
-    done, _ = await history.add(fake_result(tmp_path, "done"))
-    record = history.objects.get(done.key("run.json"))
-    history.objects.remove([done.key("run.json")])
+    a time): a folder without a pack or a record (a run of the older layout still being
+    written, or a delete half done) is not shown, and shows once its record is there."""
+    from oscar_sd.history._record import RunRecord
+
+    objects = DiskObjects(tmp_path / "data")
+    record = RunRecord.of(fake_result(tmp_path, "older"), "0" * 19 + "2-" + "cd" * 8, 3)
+    objects.put(record.key("1.png"), b"png")
     _READ_RECORDS.clear()
-    other = History(DiskObjects(tmp_path / "data"))  # another login: no record cached
-    assert await other.runs() == []
-    history.objects.put(done.key("run.json"), record)
-    assert [r.prompt for r in await other.runs()] == ["done"]
+    history = History(objects)
+    assert await history.runs() == []
+    objects.put(record.key("run.json"), record.to_json())
+    assert [r.prompt for r in await history.runs()] == ["older"]
+
+
+async def test_a_corrupt_pack_is_skipped_and_a_long_record_is_read_whole(
+        tmp_path: Path) -> None:
+    import dataclasses
+
+    history = History(DiskObjects(tmp_path / "data"))
+    long_prompt = "\N{FOX FACE}" * 2000  # 24 KB as JSON: longer than the first read of a pack
+    await history.add(dataclasses.replace(fake_result(tmp_path, "long"), request=(
+        GenerationRequest(prompt=long_prompt, seed=7, num_images=2))))
+    broken, _ = await history.add(fake_result(tmp_path, "broken"))
+    history.objects.put(broken.key("run.pack"), b"not a pack at all")
+    _READ_RECORDS.clear()
+    other = History(DiskObjects(tmp_path / "data"))
+    assert [r.prompt for r in await other.runs()] == [long_prompt]
+    (record,) = await other.runs()
+    assert await other.image(record, "2.png") == b"\x02" * 100
 
 
 async def test_a_run_deleted_after_the_listing_is_not_shown_and_breaks_nothing(
@@ -143,7 +161,7 @@ async def test_logins_of_one_account_fetch_each_image_once_into_the_apps_cache(
         assert [Path(image).read_bytes() for image in entry.images] == [b"\x01" * 100,
                                                                         b"\x02" * 100]
     assert [key for key in fetched if not key.endswith("run.json")] == [
-        f"runs/{entry.run}/images.pack"]  # one download of the run's pack, by one login
+        f"runs/{entry.run}/run.pack"]  # one download of the run's pack, by one login
     await sessions.close_all()
 
 
@@ -154,17 +172,17 @@ async def test_logins_of_one_account_read_each_record_once(
     logins = [History(DiskObjects(tmp_path / "data")) for _ in range(5)]
     read: list[str] = []
     for login in logins:
-        real_get = login.objects.get
-        monkeypatch.setattr(login.objects, "get",
-                            lambda key, real_get=real_get: read.append(key) or real_get(key))
+        real_read = login.objects.get_range
+        monkeypatch.setattr(login.objects, "get_range", lambda key, *at, real_read=real_read:
+                            read.append(key) or real_read(key, *at))
     for login in logins:
         assert [r.prompt for r in await login.runs()] == ["once"]
-    assert len([key for key in read if key.endswith("run.json")]) == 1
+    assert len([key for key in read if key.endswith("run.pack")]) == 1
     # The process that adds a run knows its record: its other logins read none.
     await logins[0].add(fake_result(tmp_path, "twice"))
     for login in logins:
         assert [r.prompt for r in await login.runs()] == ["twice", "once"]
-    assert len([key for key in read if key.endswith("run.json")]) == 1
+    assert len([key for key in read if key.endswith("run.pack")]) == 1
 
 
 async def test_a_deleted_run_is_gone_from_the_storage(tmp_path: Path) -> None:
@@ -223,9 +241,8 @@ async def test_the_basic_auth_account_has_one_history_for_all_its_logins(
         record, _ = await one.add(fake_result(tmp_path, "everyone's"))
     two = await (await connect(cluster, user=ADMIN[0], password=ADMIN[1])).history()
     assert [r.run_id for r in await two.runs()] == [record.run_id]
-    # Two uploads a run (its PNGs in one pack, then the record), read back by range.
-    assert cluster.list_keys(history_bucket(None)) == sorted(
-        [record.key("images.pack"), record.key("run.json")])
+    # One upload a run (its record and PNGs in one pack), read back by range.
+    assert cluster.list_keys(history_bucket(None)) == [record.key("run.pack")]
     assert await two.image(record, "2.png") == b"\x02" * 100
     assert await two.image(record, "1.png") == b"\x01" * 100
     await two.delete(record.run_id)

@@ -6,9 +6,8 @@
 >>> paths = await history.fetch(record, cache)     # the PNGs, as files        # doctest: +SKIP
 >>> await history.delete(record.run_id)                                         # doctest: +SKIP
 
-Each run is ``runs/<run id>/images.pack`` (its PNGs, one after the other) and
-``runs/<run id>/run.json``, the record written last (a run without it is
-unfinished and not shown); ``_record.py`` says why, and reads the older layout.
+Each run is one object, ``runs/<run id>/run.pack``: its record, then its PNGs
+(``_record.py`` says how, and reads the older layout of a file an image).
 The storage behind it is an :class:`Objects` (a folder, or the identity's
 bucket on the cluster); every storage call runs in a worker thread of the
 history's own, a few at once, so listing 100 runs is not 100 round trips
@@ -39,7 +38,18 @@ import anyio.to_thread
 from .._models import GenerationResult
 from ._budget import HistoryBudget
 from ._objects import Objects
-from ._record import PACK, RECORD, RUNS, RunRecord, is_run_id, new_run_id, run_prefix
+from ._record import (
+    PACK,
+    RECORD,
+    RECORD_READ,
+    RUNS,
+    RunRecord,
+    is_run_id,
+    new_run_id,
+    pack,
+    record_of_pack,
+    run_prefix,
+)
 
 log = logging.getLogger("oscar_sd.history")
 
@@ -123,8 +133,7 @@ class History:
         if run_id in _READ_RECORDS:
             return _READ_RECORDS[run_id]
         try:
-            data = await self._call(self.objects.get, run_prefix(run_id) + RECORD)
-            record = RunRecord.from_json(data)
+            record = await self._call(_read_record, self.objects, run_id)
             _remember(record)
             return record
         except KeyError:
@@ -138,14 +147,8 @@ class History:
         that left to keep the budget."""
         run_id = new_run_id()
         images = await anyio.to_thread.run_sync(_read_all, result.images)
-        packed, offset = [], 0
-        for name, data in images:
-            packed.append((name, offset, len(data)))
-            offset += len(data)
-        record = RunRecord.of(result, run_id, offset, tuple(packed))
-        pack = b"".join(data for _, data in images)
-        await self._call(self.objects.put, run_prefix(run_id) + PACK, pack)
-        await self._call(self.objects.put, run_prefix(run_id) + RECORD, record.to_json())
+        record, whole = pack(RunRecord.of(result, run_id), images)
+        await self._call(self.objects.put, run_prefix(run_id) + PACK, whole)
         self._records[run_id] = record
         _remember(record)  # the other logins of this identity need not read it
         oldest_first = list(reversed(await self._known_runs()))
@@ -227,10 +230,23 @@ def _remember(record: RunRecord) -> None:
         _READ_RECORDS.popitem(last=False)
 
 
+def _read_record(objects: Objects, run_id: str) -> RunRecord:
+    """A run's record: from its pack's start, or (a run kept before the pack) its
+    ``run.json``. KeyError when the run has neither."""
+    key = run_prefix(run_id) + PACK
+    try:
+        start = objects.get_range(key, 0, RECORD_READ)
+    except KeyError:
+        return RunRecord.from_json(objects.get(run_prefix(run_id) + RECORD))
+    return record_of_pack(start, partial(objects.get_range, key))
+
+
 def _unpacked(objects: Objects, record: RunRecord) -> dict[str, bytes]:
     """Every image of a packed run, from one download of its pack."""
-    pack = objects.get(record.key(PACK))
-    return {name: pack[offset:offset + length] for name, offset, length in record.packed}
+    whole = objects.get(record.key(PACK))
+    start = record.images_at
+    return {name: whole[start + offset:start + offset + length]
+            for name, offset, length in record.packed}
 
 
 def _read_all(paths: list[Path]) -> list[tuple[str, bytes]]:
