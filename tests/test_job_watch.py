@@ -301,12 +301,16 @@ async def test_one_job_listing_a_round_however_many_requests_run(cluster: Cluste
                     await running.all_running.wait()
                     watching = time.monotonic()
                     await until_rounds(watch, lambda: watch.stats.rounds >= 6)
+                    # Counted while all six wait: once they end, the listing of a follower
+                    # cancelled mid-round reaches the cluster without counting as a round.
+                    rounds, listed = watch.stats.rounds, cluster.oscar_requests[LIST_JOBS]
                     gate.set()
                 watched = time.monotonic() - watching
     finally:
         gate.set()
-    assert cluster.oscar_requests[LIST_JOBS] == watch.stats.rounds  # one page each, 6 jobs
-    # One listing a round for all six requests, not one each.
+    # One listing a round for all six requests (one page each, 6 jobs), not one each; at
+    # most one more already on its way to the cluster as the rounds were counted.
+    assert rounds <= listed <= rounds + 1
     assert watch.stats.rounds <= watched / interval + 2
 
 
