@@ -109,7 +109,7 @@ class Deletions:
             if not failed:
                 continue
             item.keys, item.after = failed, None
-            if reason in UNREACHABLE:
+            if reason == UNREACHABLE:
                 now = time.monotonic()
                 item.unreachable_since = item.unreachable_since or now
                 gave_up = now - item.unreachable_since >= self.outage_limit
@@ -151,9 +151,8 @@ class Deletions:
                 try:
                     failed, reason = set(remove(bucket, chunk)), "refused"
                 except Exception as exc:
-                    unreachable = outage_kind(exc) is not None
                     failed = set(chunk)
-                    reason = UNREACHABLE if unreachable else type(exc).__name__
+                    reason = UNREACHABLE if outage_kind(exc) else type(exc).__name__
                 for key in chunk:
                     outcome[(bucket, key)] = reason if key in failed else ""
         return outcome

@@ -63,9 +63,14 @@ class DiskObjects:
         except FileNotFoundError:
             raise KeyError(key) from None
 
-    def list(self, prefix: str) -> list[str]:
+    def _top(self, prefix: str) -> Path | None:
+        """The folder a prefix names, None when there is none."""
         top = self._path(prefix.rstrip("/")) if prefix.strip("/") else self.folder
-        if not top.is_dir():
+        return top if top.is_dir() else None
+
+    def list(self, prefix: str) -> list[str]:
+        top = self._top(prefix)
+        if top is None:
             return []
         keys = []
         for root, _, files in os.walk(top):
@@ -75,8 +80,8 @@ class DiskObjects:
         return keys
 
     def folders(self, prefix: str) -> list[str]:
-        top = self._path(prefix.rstrip("/")) if prefix.strip("/") else self.folder
-        if not top.is_dir():
+        top = self._top(prefix)
+        if top is None:
             return []
         with os.scandir(top) as entries:
             return [entry.name for entry in entries if entry.is_dir()]

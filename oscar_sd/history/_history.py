@@ -184,8 +184,7 @@ class History:
             try:
                 whole = await self._call(_unpacked, self.objects, record)
             except KeyError:
-                self._records.pop(record.run_id, None)
-                raise
+                gone = list(wanted)
 
         async def one(name: str, path: Path) -> None:
             if not await anyio.to_thread.run_sync(path.is_file):
@@ -196,9 +195,10 @@ class History:
                     return
                 await anyio.to_thread.run_sync(_write, path, data)
 
-        async with anyio.create_task_group() as tasks:
-            for name, path in zip(wanted, paths, strict=True):
-                tasks.start_soon(one, name, path)
+        if not gone:
+            async with anyio.create_task_group() as tasks:
+                for name, path in zip(wanted, paths, strict=True):
+                    tasks.start_soon(one, name, path)
         if gone:
             self._records.pop(record.run_id, None)
             raise KeyError(record.key(gone[0]))

@@ -58,16 +58,14 @@ class MinioObjects:
         self.storage.put(self.bucket, key, data, content_type)
 
     def get(self, key: str) -> bytes:
-        try:
-            return self.storage.get(self.bucket, key)
-        except S3Error as exc:
-            if exc.code == "NoSuchKey":
-                raise KeyError(key) from None
-            raise
+        return self._read(key)
 
     def get_range(self, key: str, offset: int, length: int) -> bytes:
+        return self._read(key, (offset, length))
+
+    def _read(self, key: str, byte_range: tuple[int, int] | None = None) -> bytes:
         try:
-            return self.storage.get(self.bucket, key, byte_range=(offset, length))
+            return self.storage.get(self.bucket, key, byte_range=byte_range)
         except S3Error as exc:
             if exc.code == "NoSuchKey":
                 raise KeyError(key) from None

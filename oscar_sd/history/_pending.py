@@ -40,6 +40,11 @@ def _key(job_id: str) -> str:
     return f"{PENDING}{job_id}.json"
 
 
+def _job_of(key: str) -> str:
+    """The job id a note's key names (the inverse of :func:`_key`)."""
+    return key[len(PENDING):].removesuffix(".json")
+
+
 #: Job ids whose notes this process wrote and has not deleted (nor left to the next
 #: process): :func:`pending_runs` does not read them. With many logins of one account,
 #: every page's read of the history read every other login's notes.
@@ -91,8 +96,7 @@ async def drop_pending(history: History, job_id: str) -> None:
             try:
                 await anyio.to_thread.run_sync(history.objects.remove, keys)
             finally:  # deleted, or left for a later read to find
-                _ours.difference_update(key[len(PENDING):].removesuffix(".json")
-                                        for key in keys)
+                _ours.difference_update(map(_job_of, keys))
     finally:
         drops.deleting = False
 
@@ -103,7 +107,7 @@ async def pending_runs(history: History) -> list[PendingRun]:
     keys = await anyio.to_thread.run_sync(history.objects.list, PENDING)
     found: list[PendingRun] = []
     for key in keys:
-        if key[len(PENDING):].removesuffix(".json") in _ours:
+        if _job_of(key) in _ours:
             continue
         try:
             fields = json.loads(await anyio.to_thread.run_sync(history.objects.get, key))

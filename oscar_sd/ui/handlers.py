@@ -213,9 +213,9 @@ class Handlers:
 
         Not ``reread`` (after a run, which the session's history has already): read
         from the store only once the last read is ``HISTORY_REREAD`` seconds old. A
-        read lists every object of the history and fetches the thumbnails it lacks;
-        after every click it made a click cost more the fuller the history, and
-        the more browsers shared it."""
+        read lists the history and fetches the thumbnails it lacks; after every click
+        it made a click cost more the fuller the history, and the more browsers
+        shared it."""
         entries = await self._load_history(request, reread)
         thumbnails = [(entry.images[0], entry.caption) for entry in entries if entry.images]
         label = self._history_label(request)

@@ -310,8 +310,9 @@ class Sessions:
         identity (``run_folders.link_from``); bounded, the newest kept."""
         if session.store is None:
             return
-        self._cached[(session.store.place, run_id)] = folder
-        self._cached.move_to_end((session.store.place, run_id))
+        key = (session.store.place, run_id)
+        self._cached[key] = folder
+        self._cached.move_to_end(key)
         while len(self._cached) > CACHED_RUNS_KEPT:
             self._cached.popitem(last=False)
 

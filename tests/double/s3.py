@@ -389,9 +389,9 @@ class S3Front:
         walks the bucket's key dict unguarded, so a delete in another thread makes it
         raise KeyError, or ValueError when it reads the ETag of a key whose buffer the
         delete closed meanwhile (``FakeKey.etag``): a 500. MinIO lists from its
-        metacache and never fails a listing because an object went away meanwhile;
-        the listing is read-only, so reading it again is what a consistent listing
-        would have answered."""
+        metacache (``cmd/metacache-set.go``) and never fails a listing because an
+        object went away meanwhile; the listing is read-only, so reading it again is
+        what a consistent listing would have answered."""
         listing = method == "GET" and bool(bucket) and not key
         for _ in range(9 if listing else 0):
             try:
