@@ -175,23 +175,19 @@ class JobWatch:
         self, job_id: str, waiter: Waiter, started: JobStarted, report: ProgressReporter,
     ) -> bool:
         """Wait for the marker, saying where jobs wait; False once the quota failed it."""
-        async with anyio.create_task_group() as tasks:
-
-            async def until_marker() -> None:
-                await started.event.wait()
-                tasks.cancel_scope.cancel()
-
-            tasks.start_soon(until_marker)
-            await self._watch_queue(job_id, waiter, started, report)
-            tasks.cancel_scope.cancel()
+        await self._watch_queue(job_id, waiter, started, report)
         return started.event.is_set()
 
     async def _watch_queue(
         self, job_id: str, waiter: Waiter, started: JobStarted, report: ProgressReporter,
     ) -> None:
-        """Round after round until the marker (cancelled then) or the quota's timeout."""
+        """Round after round until the marker or the quota's timeout.
+
+        The marker ends the wait between rounds, never inside one: a round cancelled
+        mid-listing had its listing reach OSCAR and thrown away, and the next round
+        (``_until_ended``'s, which waits for the same lock anyway) listed again."""
         told, suspended_since = "", None
-        while True:
+        while not started.event.is_set():
             this_round = await self._round()
             queued, suspended = this_round.queued, this_round.suspended
             if started.event.is_set():
@@ -216,7 +212,8 @@ class JobWatch:
             if message:  # again each round: an outage's words may have replaced it
                 told = message
                 report(stage, message)
-            await anyio.sleep(max(0.0, this_round.at + self.interval - time.monotonic()))
+            with anyio.move_on_after(max(0.0, this_round.at + self.interval - time.monotonic())):
+                await started.event.wait()
 
     async def _definition(self) -> dict[str, Any] | None:
         if self.read_service is None:

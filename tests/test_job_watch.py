@@ -302,7 +302,8 @@ async def test_one_job_listing_a_round_however_many_requests_run(cluster: Cluste
                     watching = time.monotonic()
                     await until_rounds(watch, lambda: watch.stats.rounds >= 6)
                     # Counted while all six wait: once they end, the listing of a follower
-                    # cancelled mid-round reaches the cluster without counting as a round.
+                    # cancelled mid-round (the request done) reaches the cluster without
+                    # counting as a round.
                     rounds, listed = watch.stats.rounds, cluster.oscar_requests[LIST_JOBS]
                     gate.set()
                 watched = time.monotonic() - watching
